@@ -1,0 +1,190 @@
+"""Cross-attention capture as a diffusers attention processor.
+
+`capture_cross_attention(unet)` swaps the processor of the cross-attention layers (`attn2`) at one resolution
+(by default 1/4 of the latent side: 16x16 for SD 1.x at 512 px) for `CaptureAttnProcessor`, which computes
+the softmax probabilities explicitly and hands them to an `AttentionStore`. Every other layer keeps its own
+(fast, memory-efficient) processor, and leaving the context restores the original processors, so capture
+costs nothing when it is off. No UNet forward is copied: everything goes through diffusers' own modules.
+"""
+
+from __future__ import annotations
+
+import re
+from contextlib import contextmanager
+
+import torch
+from diffusers.models.attention_processor import Attention
+
+
+class StopForward(Exception):
+    """Raised by the store after the last captured layer, to skip the rest of the UNet (training only)."""
+
+
+def layer_downscale(name: str, num_down_blocks: int, num_up_blocks: int) -> int:
+    """Factor by which a `UNet2DConditionModel` layer's feature map is smaller than the latent.
+
+    down_blocks.i run before their downsampler (2**i), the mid block at the bottom, up_blocks.i before
+    their upsampler (2**(num_up - 1 - i)).
+    """
+    if match := re.match(r"down_blocks\.(\d+)\.", name):
+        return 2 ** int(match.group(1))
+    if name.startswith("mid_block."):
+        return 2 ** (num_down_blocks - 1)
+    if match := re.match(r"up_blocks\.(\d+)\.", name):
+        return 2 ** (num_up_blocks - 1 - int(match.group(1)))
+    raise ValueError(f"cannot place attention layer {name!r} in the UNet's resolutions")
+
+
+def cross_attention_layers(unet, downscale: int = 4) -> list[str]:
+    """Processor names of the `attn2` layers whose maps are `downscale` times smaller than the latent."""
+    n_down, n_up = len(unet.down_blocks), len(unet.up_blocks)
+    names = [name for name in unet.attn_processors
+             if ".attn2." in name and layer_downscale(name, n_down, n_up) == downscale]
+    if not names:
+        raise ValueError(f"the UNet has no cross-attention layer at 1/{downscale} of the latent side")
+    return names
+
+
+def _downsampled(size: int, factor: int) -> int:
+    while factor > 1:  # stride-2 convolutions with padding 1 round up
+        size, factor = (size + 1) // 2, factor // 2
+    return size
+
+
+class AttentionStore:
+    """The probability maps of the captured layers during the latest UNet forward.
+
+    `maps()` averages them over heads and layers: shape `(batch, H, W, tokens)`, each pixel's row summing to 1
+    over all tokens. The batch is the UNet's batch: with classifier-free guidance, the unconditional half
+    comes first and the conditional half second (see `split_guidance`). Gradients are kept when the forward
+    runs with autograd on.
+    """
+
+    def __init__(self, layer_names: list[str], downscale: int, stop_after_last: bool = False):
+        self.layer_names = list(layer_names)
+        self.downscale = downscale
+        self.stop_after_last = stop_after_last
+        self.latent_hw: tuple[int, int] | None = None
+        self.by_layer: dict[str, torch.Tensor] = {}
+
+    @property
+    def map_hw(self) -> tuple[int, int]:
+        if self.latent_hw is None:
+            raise RuntimeError("no UNet forward has run under this capture yet")
+        return tuple(_downsampled(s, self.downscale) for s in self.latent_hw)
+
+    def start_forward(self, latent_hw: tuple[int, int]) -> None:
+        self.latent_hw = tuple(latent_hw)
+        self.by_layer = {}
+
+    def record(self, name: str, probs: torch.Tensor) -> None:
+        """`probs`: `(batch, heads, pixels, tokens)`; stored averaged over heads."""
+        h, w = self.map_hw
+        if probs.shape[2] != h * w:
+            raise RuntimeError(f"layer {name} has {probs.shape[2]} pixels, expected {h}x{w}: "
+                               "is the latent size divisible by the UNet's downsampling?")
+        self.by_layer[name] = probs.mean(dim=1)
+        if self.stop_after_last and len(self.by_layer) == len(self.layer_names):
+            raise StopForward
+
+    def maps(self) -> torch.Tensor:
+        if not self.by_layer:
+            raise RuntimeError("no cross-attention maps were recorded: run the UNet inside the capture")
+        h, w = self.map_hw
+        mean = torch.stack(list(self.by_layer.values())).mean(dim=0)
+        return mean.reshape(mean.shape[0], h, w, mean.shape[-1])
+
+
+class CaptureAttnProcessor:
+    """Cross-attention with explicit softmax probabilities, recorded into an `AttentionStore`.
+
+    Follows diffusers' `AttnProcessor` step by step (it is the reference computation of `Attention`).
+    """
+
+    def __init__(self, store: AttentionStore, name: str):
+        self.store = store
+        self.name = name
+
+    def __call__(self, attn: Attention, hidden_states, encoder_hidden_states=None, attention_mask=None,
+                 temb=None, *args, **kwargs):
+        residual = hidden_states
+        if attn.spatial_norm is not None:
+            hidden_states = attn.spatial_norm(hidden_states, temb)
+        input_ndim = hidden_states.ndim
+        if input_ndim == 4:
+            batch, channel, height, width = hidden_states.shape
+            hidden_states = hidden_states.view(batch, channel, height * width).transpose(1, 2)
+        batch, sequence_length, _ = (hidden_states.shape if encoder_hidden_states is None
+                                     else encoder_hidden_states.shape)
+        attention_mask = attn.prepare_attention_mask(attention_mask, sequence_length, batch)
+        if attn.group_norm is not None:
+            hidden_states = attn.group_norm(hidden_states.transpose(1, 2)).transpose(1, 2)
+
+        query = attn.to_q(hidden_states)
+        if encoder_hidden_states is None:
+            encoder_hidden_states = hidden_states
+        elif attn.norm_cross:
+            encoder_hidden_states = attn.norm_encoder_hidden_states(encoder_hidden_states)
+        key = attn.to_k(encoder_hidden_states)
+        value = attn.to_v(encoder_hidden_states)
+
+        query = attn.head_to_batch_dim(query)
+        key = attn.head_to_batch_dim(key)
+        value = attn.head_to_batch_dim(value)
+        probs = attn.get_attention_scores(query, key, attention_mask)  # (batch*heads, pixels, tokens)
+        self.store.record(self.name, probs.view(batch, attn.heads, *probs.shape[1:]))
+
+        hidden_states = attn.batch_to_head_dim(torch.bmm(probs, value))
+        hidden_states = attn.to_out[1](attn.to_out[0](hidden_states))
+        if input_ndim == 4:
+            hidden_states = hidden_states.transpose(-1, -2).reshape(batch, channel, height, width)
+        if attn.residual_connection:
+            hidden_states = hidden_states + residual
+        return hidden_states / attn.rescale_output_factor
+
+
+@contextmanager
+def capture_cross_attention(unet, downscale: int = 4, stop_after_last: bool = False):
+    """Capture the cross-attention maps at 1/`downscale` of the latent side while the context is open.
+
+    With `stop_after_last`, the UNet forward ends (with `StopForward`) right after the last captured layer:
+    training needs nothing beyond it. Yields the `AttentionStore`.
+    """
+    names = cross_attention_layers(unet, downscale)
+    store = AttentionStore(names, downscale, stop_after_last)
+    original = unet.attn_processors
+    processors = dict(original)
+    processors.update({name: CaptureAttnProcessor(store, name) for name in names})
+
+    def on_forward(module, args, kwargs):
+        sample = args[0] if args else kwargs["sample"]
+        store.start_forward(sample.shape[-2:])
+
+    unet.set_attn_processor(processors)
+    hook = unet.register_forward_pre_hook(on_forward, with_kwargs=True)
+    try:
+        yield store
+    finally:
+        hook.remove()
+        unet.set_attn_processor(original)
+
+
+def split_guidance(maps: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(unconditional, conditional) halves of maps captured under classifier-free guidance."""
+    uncond, cond = maps.chunk(2, dim=0)
+    return uncond, cond
+
+
+def object_maps(maps: torch.Tensor, token_groups) -> torch.Tensor:
+    """Per-object maps `(batch, K, H, W)` from token maps `(batch, H, W, tokens)`.
+
+    `token_groups[k]` lists the token positions of object k (a word split into sub-tokens, or a phrase such as
+    "red car"); its map is the mean of those tokens' maps. Either one list of groups shared by the whole batch
+    or one list per batch element (prompts of different wording).
+    """
+    per_item = bool(token_groups) and isinstance(token_groups[0][0], (list, tuple))
+    if not per_item:
+        return torch.stack([maps[..., list(group)].mean(-1) for group in token_groups], dim=1)
+    if len(token_groups) != maps.shape[0]:
+        raise ValueError(f"{len(token_groups)} token-group lists for a batch of {maps.shape[0]}")
+    return torch.stack([object_maps(maps[i:i + 1], groups)[0] for i, groups in enumerate(token_groups)])

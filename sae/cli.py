@@ -1,0 +1,159 @@
+"""`python -m sae`: train a SepEn checkpoint, sample with one, or write a tiny offline test model."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+EPILOG = """examples:
+  python -m sae tiny-model /tmp/tiny
+  python -m sae train --model /tmp/tiny --prompt "a cat and a dog" --objects cat,dog --out runs/cat_dog
+  python -m sae train --model CompVis/stable-diffusion-v1-4 --concepts concepts.txt --out runs/large
+  python -m sae sample --model /tmp/tiny --delta runs/cat_dog/sepen.safetensors --prompt "a cat and a dog" \\
+      --seeds 0-3 --out samples/
+"""
+
+
+def _add_runtime_args(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--model", required=True, help="hub id or local diffusers pipeline folder")
+    parser.add_argument("--device", default="auto", help="cuda, cpu, cuda:1, ... (default: cuda when present)")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from .finetune import FinetuneConfig
+
+    defaults = FinetuneConfig()
+    parser = argparse.ArgumentParser(prog="python -m sae", description=__doc__, epilog=EPILOG,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    train = commands.add_parser("train", help="finetune the cross-attention keys on a concept pair or list",
+                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    _add_runtime_args(train)
+    what = train.add_mutually_exclusive_group(required=True)
+    what.add_argument("--prompt", help='per-pair training prompt, e.g. "a photo of a cat and a dog"')
+    what.add_argument("--concepts", type=Path,
+                      help="large-scale training: a text file with one concept per line, or a JSON list")
+    train.add_argument("--objects", help="comma-separated object words of --prompt, e.g. cat,dog")
+    train.add_argument("--out", required=True, type=Path, help="output folder (resumed if it holds this run)")
+    train.add_argument("--steps", type=int, help="default: 200 per pair, 10000 large-scale")
+    train.add_argument("--batch-size", type=int, default=defaults.batch_size)
+    train.add_argument("--lr", type=float, help="default: 5e-6 per pair, 4e-6 large-scale")
+    train.add_argument("--lambda-sep", type=float, default=defaults.lambda_sep)
+    train.add_argument("--lambda-en", type=float, default=defaults.lambda_en)
+    train.add_argument("--lambda-norm", type=float, help="default: 0 per pair, 0.5 large-scale")
+    train.add_argument("--projection", choices=["k", "q", "v"], default="k",
+                       help="which attn2 projection to train (k is the method; q and v are the ablation)")
+    train.add_argument("--pair-reduction", choices=["max", "mean"], default=defaults.pair_reduction,
+                       help="Separate over object pairs when a prompt has 3+ objects")
+    train.add_argument("--seed", type=int, default=defaults.seed)
+    train.add_argument("--checkpoint-every", type=int, default=defaults.checkpoint_every)
+    train.add_argument("--mixed-precision", choices=["no", "bf16", "fp16"], default="no",
+                       help="CUDA autocast (weights stay fp32)")
+    train.add_argument("--no-progress", action="store_true", help="hide the progress bar")
+
+    sample = commands.add_parser("sample", help="generate images, optionally with a SepEn checkpoint",
+                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    _add_runtime_args(sample)
+    sample.add_argument("--delta", type=Path, help="SepEn checkpoint (.safetensors) to load onto the model")
+    sample.add_argument("--prompt", required=True)
+    sample.add_argument("--seeds", default="0-3", help="e.g. 0-63 or 0,3,5-7")
+    sample.add_argument("--out", required=True, type=Path)
+    sample.add_argument("--steps", type=int, default=50)
+    sample.add_argument("--guidance", type=float, default=6.0)
+    sample.add_argument("--batch-size", type=int, default=4)
+    sample.add_argument("--dtype", default="float32", help="float32, float16 or bfloat16")
+
+    tiny = commands.add_parser("tiny-model", help="write a random offline pipeline (tests, smoke runs, GPU timing)",
+                               formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    tiny.add_argument("out", type=Path)
+    tiny.add_argument("--arch", choices=["tiny", "sd14"], default="tiny",
+                      help="tiny (1.6M-weight UNet, 64 px) or sd14 (SD 1.4's real architecture, random weights)")
+    tiny.add_argument("--seed", type=int, default=0)
+    return parser
+
+
+def _read_concepts(path: Path) -> list[str]:
+    text = path.read_text()
+    if path.suffix == ".json":
+        data = json.loads(text)
+        return [str(c) for c in (data if isinstance(data, list) else data["concepts"])]
+    return [line.strip() for line in text.splitlines() if line.strip() and not line.startswith("#")]
+
+
+def cmd_train(args) -> int:
+    from .finetune import ConceptPair, ConceptPool, FinetuneConfig, finetune
+    from .models import load_pipeline
+    from .tokens import find_token_indices
+
+    large = args.concepts is not None
+    overrides = {k: v for k, v in {"steps": args.steps, "learning_rate": args.lr,
+                                   "lambda_norm": args.lambda_norm}.items() if v is not None}
+    common = dict(batch_size=args.batch_size, lambda_sep=args.lambda_sep, lambda_en=args.lambda_en,
+                  projection=args.projection, pair_reduction=args.pair_reduction, seed=args.seed,
+                  checkpoint_every=args.checkpoint_every, mixed_precision=args.mixed_precision)
+    config = (FinetuneConfig.large_scale if large else FinetuneConfig)(**common, **overrides)
+    if large:
+        source = ConceptPool(_read_concepts(args.concepts))
+    else:
+        if not args.objects:
+            raise ValueError("--objects is required with --prompt (the object words, e.g. --objects cat,dog)")
+        source = ConceptPair(args.prompt, [o.strip() for o in args.objects.split(",") if o.strip()])
+    pipe = load_pipeline(args.model, device=args.device)
+    if not large:  # fail on a bad object word before any work
+        find_token_indices(pipe.tokenizer, source.prompt, source.objects)
+    started = time.perf_counter()
+    result = finetune(pipe, source, config, out_dir=args.out, base_model=args.model,
+                      progress=not args.no_progress)
+    last = result.history[-1] if result.history else {}
+    print(f"wrote {result.checkpoint} ({config.steps} steps, {time.perf_counter() - started:.1f} s; "
+          f"last losses: {', '.join(f'{k}={v:.4f}' for k, v in last.items() if k != 'step' and v != '')})")
+    return 0
+
+
+def cmd_sample(args) -> int:
+    from .checkpoint import apply_delta
+    from .models import load_pipeline
+    from .sampling import generate, parse_seeds
+
+    seeds = parse_seeds(args.seeds)
+    pipe = load_pipeline(args.model, device=args.device, dtype=args.dtype)
+    if args.delta is not None:
+        apply_delta(pipe.unet, args.delta)
+    pipe.set_progress_bar_config(disable=False)
+    args.out.mkdir(parents=True, exist_ok=True)
+    images = generate(pipe, args.prompt, seeds, num_inference_steps=args.steps, guidance_scale=args.guidance,
+                      batch_size=args.batch_size)
+    for seed, image in zip(seeds, images):
+        image.save(args.out / f"seed{seed:04d}.png")
+    print(f"wrote {len(images)} images to {args.out}")
+    return 0
+
+
+def cmd_tiny_model(args) -> int:
+    from .models import write_tiny_model
+
+    write_tiny_model(args.out, arch=args.arch, seed=args.seed)
+    print(f"wrote a random {args.arch} pipeline to {args.out}")
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    from .checkpoint import CheckpointError
+    from .finetune import TrainingDivergedError
+    from .models import ModelNotFoundError
+
+    handlers = {"train": cmd_train, "sample": cmd_sample, "tiny-model": cmd_tiny_model}
+    try:
+        return handlers[args.command](args)
+    except (ModelNotFoundError, CheckpointError, TrainingDivergedError, ValueError, FileNotFoundError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,301 @@
+"""The SepEn finetuner: trains only the cross-attention projections (`attn2.to_k` by default).
+
+Each step (no image data, as in the paper): random latents are noised to a timestep drawn uniformly from
+[0, 1000), the UNet runs on the concept-pair prompts with the 1/4-resolution maps captured, and
+`lambda_sep * Separate + lambda_en * Enhance` is minimised. The UNet forward stops right after the last
+captured layer (`StopForward`): the rest of the network cannot change the maps, so it is neither run nor
+backpropagated. The optional norm loss compares noise predictions with the frozen base on single-concept
+prompts; it needs the whole UNet, and the frozen base is the same module called with the original projection
+weights (`torch.func.functional_call`), not a second copy of the UNet.
+"""
+
+from __future__ import annotations
+
+import csv
+import dataclasses
+import json
+import math
+import os
+import random
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from torch.func import functional_call
+from tqdm.auto import tqdm
+
+from .attention import StopForward, capture_cross_attention, object_maps
+from .checkpoint import base_fingerprints, save_delta
+from .losses import enhance_loss, norm_loss, separate_loss
+from .tokens import find_token_indices
+
+PROJECTIONS = ("k", "q", "v")
+CHECKPOINT_NAME = "sepen.safetensors"
+STATE_NAME = "train_state.pt"
+LOSSES_NAME = "losses.csv"
+
+
+class TrainingDivergedError(RuntimeError):
+    """A loss became NaN or infinite."""
+
+
+@dataclass
+class FinetuneConfig:
+    """Training settings; the defaults are the paper's per-pair run (method.md)."""
+
+    steps: int = 200
+    batch_size: int = 4
+    learning_rate: float = 5e-6  # the task statement's; the public scripts' effective rate is 8e-6
+    adam_betas: tuple[float, float] = (0.9, 0.999)
+    weight_decay: float = 1e-2
+    adam_eps: float = 1e-8
+    max_grad_norm: float = 1.0
+    lambda_sep: float = 1.0
+    lambda_en: float = 0.5
+    lambda_norm: float = 0.0
+    projection: str = "k"  # which attn2 projection is trained: k (the method), q or v (the ablation)
+    pair_reduction: str = "max"  # Separate over pairs of objects when a prompt has three or more
+    map_downscale: int = 4  # maps at 1/4 of the latent side (16x16 for SD 1.x)
+    latent_size: int | None = None  # default: the UNet's sample_size
+    seed: int = 0
+    checkpoint_every: int = 50
+    mixed_precision: str = "no"  # no | bf16 | fp16 (CUDA autocast; weights stay fp32)
+
+    @classmethod
+    def large_scale(cls, **overrides) -> "FinetuneConfig":
+        """The paper's large-scale run: 10,000 steps, lr 4e-6, norm loss 0.5."""
+        return cls(**{"steps": 10_000, "learning_rate": 4e-6, "lambda_norm": 0.5, **overrides})
+
+    def __post_init__(self):
+        if self.projection not in PROJECTIONS:
+            raise ValueError(f"projection must be one of {PROJECTIONS}, got {self.projection!r}")
+        if self.mixed_precision not in ("no", "bf16", "fp16"):
+            raise ValueError(f"mixed_precision must be no, bf16 or fp16, got {self.mixed_precision!r}")
+        self.adam_betas = tuple(self.adam_betas)
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+
+def with_article(word: str) -> str:
+    return f"{'an' if word[:1].lower() in 'aeiou' else 'a'} {word}"
+
+
+@dataclass
+class ConceptPair:
+    """Per-pair training: one prompt and its object words, repeated over the batch."""
+
+    prompt: str
+    objects: list[str]
+
+    @property
+    def concepts(self) -> list[str]:
+        return list(self.objects)
+
+    def draw(self, step: int, batch_size: int, seed: int) -> list[tuple[str, list[str]]]:
+        return [(self.prompt, self.objects)] * batch_size
+
+
+@dataclass
+class ConceptPool:
+    """Large-scale training: each batch element draws two distinct concepts and a connector."""
+
+    concepts_list: list[str]
+    connectors: tuple[str, ...] = ("and", "with")
+    template: str = "a photo of {a} {connector} {b}"
+
+    def __post_init__(self):
+        if len(set(self.concepts_list)) < 2:
+            raise ValueError("large-scale training needs at least two distinct concepts")
+
+    @property
+    def concepts(self) -> list[str]:
+        return list(self.concepts_list)
+
+    def draw(self, step: int, batch_size: int, seed: int) -> list[tuple[str, list[str]]]:
+        rng = random.Random(f"{seed}:{step}")  # per step, so that a resumed run draws the same pairs
+        batch = []
+        for _ in range(batch_size):
+            a, b = rng.sample(self.concepts_list, 2)
+            prompt = self.template.format(a=with_article(a), b=with_article(b), connector=rng.choice(self.connectors))
+            batch.append((prompt, [a, b]))
+        return batch
+
+
+def trainable_parameters(unet, projection: str = "k") -> dict[str, torch.nn.Parameter]:
+    """The `attn2.to_<projection>` weights (and biases, where a model has them) of every cross-attention layer."""
+    if projection not in PROJECTIONS:
+        raise ValueError(f"projection must be one of {PROJECTIONS}, got {projection!r}")
+    params = {name: p for name, p in unet.named_parameters() if f".attn2.to_{projection}." in name}
+    if not params:
+        raise ValueError(f"the UNet has no cross-attention attn2.to_{projection} projections")
+    return params
+
+
+def encode_prompts(pipe, prompts: list[str]) -> torch.Tensor:
+    """Text embeddings `(batch, 77, dim)` as the pipeline makes them (padded to the tokenizer's length)."""
+    tokens = pipe.tokenizer(prompts, padding="max_length", max_length=pipe.tokenizer.model_max_length,
+                            truncation=True, return_tensors="pt")
+    with torch.no_grad():
+        return pipe.text_encoder(tokens.input_ids.to(pipe.text_encoder.device))[0]
+
+
+def sepen_losses(unet, noisy_latents, timesteps, text_embeddings, token_groups,
+                 pair_reduction: str = "max", map_downscale: int = 4) -> dict[str, torch.Tensor]:
+    """Separate and Enhance of one UNet pass (stopped after the last captured layer), averaged over the batch."""
+    with capture_cross_attention(unet, map_downscale, stop_after_last=True) as store:
+        try:
+            unet(noisy_latents, timesteps, encoder_hidden_states=text_embeddings)
+        except StopForward:
+            pass
+        maps = object_maps(store.maps().float(), token_groups)
+    losses = {"en": enhance_loss(maps).mean()}
+    if maps.shape[1] >= 2:
+        losses["sep"] = separate_loss(maps, pair_reduction=pair_reduction).mean()
+    return losses
+
+
+def _noisy_batch(pipe, batch_size: int, latent_size: int, generator: torch.Generator, device):
+    """Random latents noised to uniformly drawn timesteps; drawn on the CPU so that runs reproduce anywhere."""
+    channels = pipe.unet.config.in_channels
+    shape = (batch_size, channels, latent_size, latent_size)
+    latents = torch.randn(shape, generator=generator)
+    noise = torch.randn(shape, generator=generator)
+    timesteps = torch.randint(0, pipe.scheduler.config.num_train_timesteps, (batch_size,), generator=generator)
+    noisy = pipe.scheduler.add_noise(latents, noise, timesteps)
+    dtype = pipe.unet.dtype
+    return noisy.to(device, dtype), timesteps.to(device)
+
+
+@dataclass
+class FinetuneResult:
+    tensors: dict[str, torch.Tensor]
+    history: list[dict] = field(default_factory=list)
+    checkpoint: Path | None = None
+
+
+def _write_losses(path: Path, history: list[dict]) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    with open(tmp, "w", newline="") as handle:
+        writer = csv.DictWriter(handle, fieldnames=["step", "total", "sep", "en", "norm"])
+        writer.writeheader()
+        writer.writerows(history)
+    os.replace(tmp, path)
+
+
+def finetune(pipe, source: ConceptPair | ConceptPool, config: FinetuneConfig | None = None,
+             out_dir: str | os.PathLike | None = None, base_model: str = "", progress: bool = True,
+             resume: bool = True) -> FinetuneResult:
+    """Train the selected projections of `pipe.unet` in place; returns the trained tensors and loss history.
+
+    With `out_dir`, the checkpoint (`sepen.safetensors`), the optimizer state and `losses.csv` are written
+    every `checkpoint_every` steps and at the end, and a run found there is resumed where it stopped.
+    """
+    config = config or FinetuneConfig()
+    unet = pipe.unet
+    device = unet.device
+    latent_size = config.latent_size or unet.config.sample_size
+    unet.requires_grad_(False)
+    pipe.text_encoder.requires_grad_(False)
+    params = trainable_parameters(unet, config.projection)
+    for p in params.values():
+        p.requires_grad_(True)
+    base_values = {name: p.detach().clone() for name, p in params.items()}
+    fingerprint = base_fingerprints(unet)
+    optimizer = torch.optim.AdamW(params.values(), lr=config.learning_rate, betas=config.adam_betas,
+                                  weight_decay=config.weight_decay, eps=config.adam_eps)
+    autocast_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(config.mixed_precision)
+    use_autocast = autocast_dtype is not None and device.type == "cuda"
+    scaler = torch.amp.GradScaler("cuda", enabled=use_autocast and autocast_dtype == torch.float16)
+
+    out = Path(out_dir) if out_dir is not None else None
+    start, history = 0, []
+    if out is not None:
+        out.mkdir(parents=True, exist_ok=True)
+        state_path = out / STATE_NAME
+        if resume and state_path.exists():
+            start, history, fingerprint = _resume(state_path, out / CHECKPOINT_NAME, params, optimizer, config,
+                                                  source)
+    token_cache: dict[tuple[str, tuple[str, ...]], list[list[int]]] = {}
+
+    def token_groups(prompt, objects):
+        key = (prompt, tuple(objects))
+        if key not in token_cache:
+            token_cache[key] = find_token_indices(pipe.tokenizer, prompt, objects)
+        return token_cache[key]
+
+    def save(step: int) -> Path:
+        path = save_delta(out / CHECKPOINT_NAME, {n: p for n, p in params.items()}, base_model=base_model,
+                          base_fingerprint=fingerprint, concepts=source.concepts, config=config.to_dict())
+        torch.save({"step": step, "optimizer": optimizer.state_dict(), "history": history,
+                    "config": config.to_dict(), "concepts": source.concepts, "base_fingerprint": fingerprint},
+                   out / (STATE_NAME + ".tmp"))
+        os.replace(out / (STATE_NAME + ".tmp"), out / STATE_NAME)
+        _write_losses(out / LOSSES_NAME, history)
+        return path
+
+    bar = tqdm(range(start, config.steps), initial=start, total=config.steps, desc="SepEn finetune",
+               disable=not progress)
+    checkpoint = None
+    for step in bar:
+        generator = torch.Generator().manual_seed(config.seed * 1_000_003 + step)
+        batch = source.draw(step, config.batch_size, config.seed)
+        prompts = [prompt for prompt, _ in batch]
+        groups = [token_groups(prompt, objects) for prompt, objects in batch]
+        noisy, timesteps = _noisy_batch(pipe, config.batch_size, latent_size, generator, device)
+        with torch.autocast(device.type, dtype=autocast_dtype or torch.float32, enabled=use_autocast):
+            losses = sepen_losses(unet, noisy, timesteps, encode_prompts(pipe, prompts), groups,
+                                  config.pair_reduction, config.map_downscale)
+            total = config.lambda_en * losses["en"] + config.lambda_sep * losses.get("sep", 0.0)
+            if config.lambda_norm > 0:
+                singles = [f"a photo of {with_article(objects[i % len(objects)])}"
+                           for i, (_, objects) in enumerate(batch)]
+                embeddings = encode_prompts(pipe, singles)
+                prediction = unet(noisy, timesteps, encoder_hidden_states=embeddings).sample
+                with torch.no_grad():
+                    frozen = functional_call(unet, base_values, (noisy, timesteps),
+                                             {"encoder_hidden_states": embeddings}).sample
+                losses["norm"] = norm_loss(prediction, frozen)
+                total = total + config.lambda_norm * losses["norm"]
+        values = {name: value.item() for name, value in losses.items()}
+        if not math.isfinite(total.item()):
+            saved = out is not None and (out / CHECKPOINT_NAME).exists()
+            where = f"; the last good checkpoint is {out / CHECKPOINT_NAME}" if saved else ""
+            raise TrainingDivergedError(
+                f"loss became {total.item()} at step {step} ({values}){where}. Lower --lr, train in fp32 "
+                "(--mixed-precision no), or check the prompt's object words.")
+        optimizer.zero_grad(set_to_none=True)
+        scaler.scale(total).backward()
+        scaler.unscale_(optimizer)
+        torch.nn.utils.clip_grad_norm_(params.values(), config.max_grad_norm)
+        scaler.step(optimizer)
+        scaler.update()
+        history.append({"step": step, "total": total.item(), "sep": values.get("sep", ""),
+                        "en": values["en"], "norm": values.get("norm", "")})
+        bar.set_postfix({k: f"{v:.4f}" for k, v in values.items()})
+        if out is not None and ((step + 1) % config.checkpoint_every == 0 or step + 1 == config.steps):
+            checkpoint = save(step + 1)
+    if out is not None and checkpoint is None and start >= config.steps:
+        checkpoint = out / CHECKPOINT_NAME  # a finished run found on disk
+    for p in params.values():
+        p.requires_grad_(False)
+    return FinetuneResult(tensors={n: p.detach().clone() for n, p in params.items()}, history=history,
+                          checkpoint=checkpoint)
+
+
+def _resume(state_path: Path, checkpoint_path: Path, params, optimizer, config: FinetuneConfig, source):
+    """Restore a run from its out folder; a folder holding another run is an error, not an overwrite."""
+    from .checkpoint import load_delta
+
+    state = torch.load(state_path, map_location="cpu", weights_only=True)
+    saved = {k: v for k, v in state["config"].items() if k not in ("steps", "checkpoint_every")}
+    wanted = {k: v for k, v in config.to_dict().items() if k not in ("steps", "checkpoint_every")}
+    if json.loads(json.dumps(saved)) != json.loads(json.dumps(wanted)) or state["concepts"] != source.concepts:
+        raise ValueError(f"{state_path.parent} holds a training run with other settings or concepts; "
+                         "pass another --out, or delete that folder to start over")
+    delta = load_delta(checkpoint_path)
+    with torch.no_grad():
+        for name, p in params.items():
+            p.copy_(delta.tensors[name].to(p.device, p.dtype))
+    optimizer.load_state_dict(state["optimizer"])
+    return state["step"], state["history"], state["base_fingerprint"]

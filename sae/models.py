@@ -1,0 +1,152 @@
+"""Loading Stable-Diffusion-style pipelines by hub id or local folder, and building test models offline.
+
+`load_pipeline` is the one door to a model: a hub id or a local folder, with one clear error when neither
+is reachable. `build_tiny_pipeline` writes a randomly initialised pipeline (tiny, or with SD 1.4's real
+architecture) whose every component is built here, the CLIP tokenizer included, so nothing is downloaded.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import torch
+
+DTYPES = {"float32": torch.float32, "fp32": torch.float32, "float16": torch.float16, "fp16": torch.float16,
+          "bfloat16": torch.bfloat16, "bf16": torch.bfloat16}
+
+
+class ModelNotFoundError(RuntimeError):
+    """The model is neither a local folder nor reachable on the hub."""
+
+
+def resolve_device(device: str | None = None) -> torch.device:
+    """`None`/"auto" picks CUDA when present, else CPU."""
+    if device in (None, "auto"):
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(device)
+
+
+def resolve_dtype(dtype: str | torch.dtype | None) -> torch.dtype:
+    if dtype is None:
+        return torch.float32
+    if isinstance(dtype, torch.dtype):
+        return dtype
+    try:
+        return DTYPES[dtype]
+    except KeyError:
+        raise ValueError(f"unknown dtype {dtype!r}: use one of {sorted(DTYPES)}") from None
+
+
+def load_pipeline(model: str | os.PathLike, device: str | torch.device | None = None,
+                  dtype: str | torch.dtype | None = None):
+    """Load a `StableDiffusionPipeline` from a hub id or a local folder (safety checker off, no code run).
+
+    Raises `ModelNotFoundError` with a one-line remedy when the weights are not available.
+    """
+    from diffusers import StableDiffusionPipeline
+
+    model = str(model)
+    kwargs = dict(dtype=resolve_dtype(dtype), safety_checker=None, requires_safety_checker=False,
+                  use_safetensors=None)
+    local = Path(model).expanduser()
+    if local.exists():
+        if not (local / "model_index.json").is_file():
+            raise ModelNotFoundError(
+                f"{model}: folder has no model_index.json; pass a diffusers pipeline folder "
+                f"(e.g. one written by `python -m sae tiny-model DIR` or `hf download ID`)")
+        pipe = StableDiffusionPipeline.from_pretrained(str(local), **kwargs)
+    else:
+        try:
+            pipe = StableDiffusionPipeline.from_pretrained(model, **kwargs)
+        except Exception as err:  # hub errors come in many classes (offline, 404, gated, bad id)
+            raise ModelNotFoundError(
+                f"cannot load model {model!r}: not a local folder and not loadable from the Hugging Face hub "
+                f"({type(err).__name__}). Download it where there is network (`hf download {model} "
+                f"--local-dir DIR`) and pass --model DIR, or make a test model with `python -m sae tiny-model DIR`."
+            ) from err
+    pipe.set_progress_bar_config(disable=True)
+    return pipe.to(resolve_device(device) if not isinstance(device, torch.device) else device)
+
+
+def clip_tokenizer(model_max_length: int = 77):
+    """CLIP's BPE tokenizer built offline from the vocabulary that open_clip ships.
+
+    Same ids as `openai/clip-vit-large-patch14`'s tokenizer (start 49406, end/pad 49407).
+    """
+    from open_clip.tokenizer import SimpleTokenizer
+    from transformers import CLIPTokenizer
+
+    bpe = SimpleTokenizer()
+    vocab = dict(bpe.encoder)
+    # open_clip names the special tokens differently from the hub's CLIP tokenizer
+    vocab["<|startoftext|>"] = vocab.pop("<start_of_text>")
+    vocab["<|endoftext|>"] = vocab.pop("<end_of_text>")
+    merges = [pair for pair, _ in sorted(bpe.bpe_ranks.items(), key=lambda kv: kv[1])]
+    return CLIPTokenizer(vocab=vocab, merges=merges, model_max_length=model_max_length)
+
+
+def _tiny_configs():
+    # SD 1.x's layout in miniature: four resolutions, cross-attention in the first three down blocks and the
+    # last three up blocks, so that the 1/4-resolution maps come from down_blocks.2 and up_blocks.1 as in SD.
+    unet = dict(sample_size=32, in_channels=4, out_channels=4, layers_per_block=1,
+                block_out_channels=(32, 32, 64, 64),
+                down_block_types=("CrossAttnDownBlock2D",) * 3 + ("DownBlock2D",),
+                up_block_types=("UpBlock2D",) + ("CrossAttnUpBlock2D",) * 3,
+                cross_attention_dim=32, attention_head_dim=4, norm_num_groups=16)
+    vae = dict(in_channels=3, out_channels=3, latent_channels=4, block_out_channels=(16, 32),
+               down_block_types=("DownEncoderBlock2D",) * 2, up_block_types=("UpDecoderBlock2D",) * 2,
+               layers_per_block=1, norm_num_groups=16, sample_size=64)
+    text = dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
+                projection_dim=32)
+    return unet, vae, text
+
+
+def _sd14_configs():
+    # Stable Diffusion v1.4's published architecture (random weights): for timing real-size runs offline.
+    unet = dict(sample_size=64, in_channels=4, out_channels=4, layers_per_block=2,
+                block_out_channels=(320, 640, 1280, 1280),
+                down_block_types=("CrossAttnDownBlock2D",) * 3 + ("DownBlock2D",),
+                up_block_types=("UpBlock2D",) + ("CrossAttnUpBlock2D",) * 3,
+                cross_attention_dim=768, attention_head_dim=8, norm_num_groups=32)
+    vae = dict(in_channels=3, out_channels=3, latent_channels=4, block_out_channels=(128, 256, 512, 512),
+               down_block_types=("DownEncoderBlock2D",) * 4, up_block_types=("UpDecoderBlock2D",) * 4,
+               layers_per_block=2, norm_num_groups=32, sample_size=512)
+    text = dict(hidden_size=768, intermediate_size=3072, num_hidden_layers=12, num_attention_heads=12,
+                projection_dim=768, hidden_act="quick_gelu")
+    return unet, vae, text
+
+
+ARCHITECTURES = {"tiny": _tiny_configs, "sd14": _sd14_configs}
+
+
+def build_tiny_pipeline(arch: str = "tiny", seed: int = 0):
+    """A randomly initialised `StableDiffusionPipeline` built entirely offline."""
+    from diffusers import AutoencoderKL, PNDMScheduler, StableDiffusionPipeline, UNet2DConditionModel
+    from transformers import CLIPTextConfig, CLIPTextModel
+
+    if arch not in ARCHITECTURES:
+        raise ValueError(f"unknown architecture {arch!r}: use one of {sorted(ARCHITECTURES)}")
+    unet_cfg, vae_cfg, text_cfg = ARCHITECTURES[arch]()
+    torch.manual_seed(seed)
+    unet = UNet2DConditionModel(**unet_cfg)
+    vae = AutoencoderKL(**vae_cfg)
+    tokenizer = clip_tokenizer()
+    text_encoder = CLIPTextModel(CLIPTextConfig(
+        vocab_size=len(tokenizer), max_position_embeddings=77, bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id, **text_cfg))
+    # SD 1.x's scheduler settings
+    scheduler = PNDMScheduler(beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear",
+                              num_train_timesteps=1000, skip_prk_steps=True, steps_offset=1,
+                              set_alpha_to_one=False)
+    return StableDiffusionPipeline(vae=vae, text_encoder=text_encoder, tokenizer=tokenizer, unet=unet,
+                                   scheduler=scheduler, safety_checker=None, feature_extractor=None,
+                                   requires_safety_checker=False)
+
+
+def write_tiny_model(out_dir: str | os.PathLike, arch: str = "tiny", seed: int = 0) -> Path:
+    """Write a random pipeline folder that `StableDiffusionPipeline.from_pretrained(out_dir)` loads offline."""
+    out = Path(out_dir)
+    pipe = build_tiny_pipeline(arch=arch, seed=seed)
+    pipe.save_pretrained(out, safe_serialization=True)
+    return out

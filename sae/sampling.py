@@ -1,0 +1,42 @@
+"""Seeded sampling: one generator per seed, so that any subset of seeds reproduces the same images."""
+
+from __future__ import annotations
+
+import re
+
+import torch
+
+
+def parse_seeds(text: str) -> list[int]:
+    """"0-3" -> [0, 1, 2, 3]; "0,5,7-8" -> [0, 5, 7, 8]."""
+    seeds: list[int] = []
+    for part in filter(None, (p.strip() for p in str(text).split(","))):
+        match = re.fullmatch(r"(\d+)(?:-(\d+))?", part)
+        if not match:
+            raise ValueError(f"bad seed range {part!r}: use forms like 0-63 or 0,3,5-7")
+        first, last = int(match.group(1)), int(match.group(2) or match.group(1))
+        if last < first:
+            raise ValueError(f"bad seed range {part!r}: the end is before the start")
+        seeds.extend(range(first, last + 1))
+    if not seeds:
+        raise ValueError("no seeds given")
+    return seeds
+
+
+def seed_generators(seeds: list[int]) -> list[torch.Generator]:
+    """One CPU generator per image: diffusers draws each image's initial latents from its own generator (on the
+    CPU, then moves them), so an image depends on its seed alone, not on the batch or the device."""
+    return [torch.Generator("cpu").manual_seed(int(seed)) for seed in seeds]
+
+
+def generate(pipe, prompt: str, seeds: list[int], num_inference_steps: int = 50, guidance_scale: float = 6.0,
+             batch_size: int = 4, height: int | None = None, width: int | None = None, **kwargs):
+    """Images for `prompt`, one per seed, generated `batch_size` at a time."""
+    images = []
+    for start in range(0, len(seeds), batch_size):
+        chunk = seeds[start:start + batch_size]
+        result = pipe(prompt=[prompt] * len(chunk), generator=seed_generators(chunk),
+                      num_inference_steps=num_inference_steps, guidance_scale=guidance_scale,
+                      height=height, width=width, **kwargs)
+        images.extend(result.images)
+    return images
