@@ -1,0 +1,58 @@
+"""One SepEn training step against one full UNet forward+backward on the same batch and tiny model (CPU).
+
+Goal (issue): ratio <= 0.6. The SepEn step stops the UNet after the last 1/4-resolution layer and
+backpropagates into the key projections only; the baseline runs the whole UNet and backpropagates into every
+weight, as a plain diffusion training step would. Run: `pytest tests/benchmarks -s` (the ratio is printed and
+stored in the benchmark's extra_info).
+"""
+
+import time
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from sae.finetune import encode_prompts, sepen_losses, trainable_parameters
+
+GOAL = 0.6
+
+
+def best_time(step, rounds):
+    times = []
+    for _ in range(rounds):
+        start = time.perf_counter()
+        step()
+        times.append(time.perf_counter() - start)
+    return min(times)
+
+
+def test_sepen_step_vs_full_forward_backward(benchmark, tiny_pipe):
+    unet = tiny_pipe.unet
+    generator = torch.Generator().manual_seed(0)
+    latents = torch.randn(4, 4, 32, 32, generator=generator)
+    timesteps = torch.randint(0, 1000, (4,), generator=generator)
+    text = encode_prompts(tiny_pipe, ["a cat and a dog"] * 4)
+    keys = list(trainable_parameters(unet).values())
+
+    def sepen_step():
+        unet.requires_grad_(False)
+        for key in keys:
+            key.requires_grad_(True)
+        losses = sepen_losses(unet, latents, timesteps, text, [[2], [5]])
+        (losses["sep"] + 0.5 * losses["en"]).backward()
+
+    def full_step():
+        unet.requires_grad_(True)
+        prediction = unet(latents, timesteps, encoder_hidden_states=text).sample
+        F.mse_loss(prediction, latents).backward()
+
+    full_step(), sepen_step()  # warm-up
+    benchmark.pedantic(sepen_step, rounds=15, iterations=1)
+    if benchmark.stats is None:
+        pytest.skip("benchmarks disabled: no timing to compare")
+    baseline = best_time(full_step, rounds=15)
+    ratio = benchmark.stats.stats.min / baseline
+    benchmark.extra_info.update(full_forward_backward_s=baseline, ratio=ratio, goal=GOAL)
+    print(f"\nSepEn step {benchmark.stats.stats.min * 1e3:.1f} ms, full forward+backward {baseline * 1e3:.1f} ms: "
+          f"ratio {ratio:.3f} (goal <= {GOAL})")
+    assert ratio <= GOAL

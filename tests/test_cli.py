@@ -1,0 +1,70 @@
+import os
+import subprocess
+import sys
+
+import pytest
+from diffusers import StableDiffusionPipeline
+from PIL import Image
+
+from sae.checkpoint import load_delta
+from sae.cli import main
+
+
+def test_tiny_model_loads_offline_with_plain_from_pretrained(tmp_path, capsys):
+    assert main(["tiny-model", str(tmp_path / "m")]) == 0
+    pipe = StableDiffusionPipeline.from_pretrained(tmp_path / "m", local_files_only=True)
+    assert pipe.tokenizer("a cat").input_ids == [49406, 320, 2368, 49407]
+    assert pipe.unet.config.cross_attention_dim == pipe.text_encoder.config.hidden_size
+    assert "wrote a random tiny pipeline" in capsys.readouterr().out
+
+
+def test_train_then_sample(tiny_model_dir, tmp_path, capsys):
+    run = tmp_path / "run"
+    assert main(["train", "--model", str(tiny_model_dir), "--prompt", "a cat and a dog", "--objects", "cat,dog",
+                 "--out", str(run), "--steps", "3", "--batch-size", "1", "--no-progress"]) == 0
+    assert {"sepen.safetensors", "train_state.pt", "losses.csv"} <= set(os.listdir(run))
+    assert load_delta(run / "sepen.safetensors").base_model == str(tiny_model_dir)
+    assert main(["sample", "--model", str(tiny_model_dir), "--delta", str(run / "sepen.safetensors"),
+                 "--prompt", "a cat and a dog", "--seeds", "0-1,5", "--steps", "2", "--out", str(tmp_path / "s")]) == 0
+    files = sorted(os.listdir(tmp_path / "s"))
+    assert files == ["seed0000.png", "seed0001.png", "seed0005.png"]
+    assert Image.open(tmp_path / "s" / files[0]).size == (64, 64)
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["train", "--prompt", "a cat and a dog", "--objects", "cat,bird"], "'bird' is not a word of the prompt"),
+    (["train", "--prompt", "a cat and a dog"], "--objects is required"),
+    (["sample", "--prompt", "x", "--seeds", "3-1"], "bad seed range"),
+])
+def test_bad_input_is_one_clear_line(tiny_model_dir, tmp_path, capsys, argv, message):
+    argv = argv[:1] + ["--model", str(tiny_model_dir), "--out", str(tmp_path / "o")] + argv[1:]
+    assert main(argv) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err[-1].startswith("error: ") and message in err[-1]
+
+
+def test_unreadable_checkpoint(tiny_model_dir, tmp_path, capsys):
+    bad = tmp_path / "bad.safetensors"
+    bad.write_text("not a checkpoint")
+    assert main(["sample", "--model", str(tiny_model_dir), "--delta", str(bad), "--prompt", "a cat",
+                 "--out", str(tmp_path / "s")]) == 2
+    assert "cannot read checkpoint" in capsys.readouterr().err
+    assert not (tmp_path / "s").exists()
+
+
+def test_missing_weights_offline_say_how_to_get_them(tmp_path):
+    env = {**os.environ, "HF_HUB_OFFLINE": "1"}
+    done = subprocess.run([sys.executable, "-m", "sae", "sample", "--model", "CompVis/stable-diffusion-v1-4",
+                           "--prompt", "a cat", "--out", str(tmp_path)], capture_output=True, text=True, env=env,
+                          timeout=300)
+    assert done.returncode == 2
+    last = done.stderr.strip().splitlines()[-1]
+    assert last.startswith("error: cannot load model 'CompVis/stable-diffusion-v1-4'")
+    assert "hf download" in last and "tiny-model" in last
+
+
+def test_help_lists_the_commands():
+    done = subprocess.run([sys.executable, "-m", "sae", "--help"], capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0
+    for command in ("train", "sample", "tiny-model"):
+        assert command in done.stdout

@@ -1,0 +1,120 @@
+import csv
+
+import pytest
+import torch
+
+from sae.finetune import (ConceptPair, ConceptPool, FinetuneConfig, TrainingDivergedError, finetune,
+                          trainable_parameters)
+
+PAIR = ConceptPair("a cat and a dog", ["cat", "dog"])
+
+
+def snapshot(pipe):
+    return {f"{part}.{name}": t.clone() for part in ("unet", "text_encoder", "vae")
+            for name, t in getattr(pipe, part).state_dict().items()}
+
+
+def changed(before, pipe):
+    after = snapshot(pipe)
+    return {name for name in before if not torch.equal(before[name], after[name])}
+
+
+@pytest.mark.parametrize("projection", ["k", "q", "v"])
+def test_one_step_changes_only_the_selected_projection(tiny_pipe, projection):
+    before = snapshot(tiny_pipe)
+    finetune(tiny_pipe, PAIR, FinetuneConfig(steps=1, batch_size=2, learning_rate=1e-3, projection=projection),
+             progress=False)
+    diff = changed(before, tiny_pipe)
+    assert diff, "the step changed nothing"
+    assert all(name.startswith("unet.") and f".attn2.to_{projection}." in name for name in diff), diff
+
+
+def test_layers_after_the_last_captured_one_get_no_gradient_without_norm_loss(tiny_pipe):
+    before = snapshot(tiny_pipe)
+    finetune(tiny_pipe, PAIR, FinetuneConfig(steps=1, batch_size=2, learning_rate=1e-3), progress=False)
+    diff = changed(before, tiny_pipe)
+    # the maps are read in down_blocks.2 and up_blocks.1: earlier layers feed them, up_blocks.2/3 cannot
+    assert any("down_blocks.0." in n for n in diff) and any("up_blocks.1." in n for n in diff)
+    assert not any("up_blocks.2." in n or "up_blocks.3." in n for n in diff)
+
+
+def test_norm_loss_trains_every_key_and_starts_at_zero(tiny_pipe):
+    before = snapshot(tiny_pipe)
+    result = finetune(tiny_pipe, PAIR, FinetuneConfig(steps=2, batch_size=2, learning_rate=1e-3, lambda_norm=1.0),
+                      progress=False)
+    diff = changed(before, tiny_pipe)
+    keys = {f"unet.{n}" for n in trainable_parameters(tiny_pipe.unet, "k")}
+    assert diff == keys
+    assert result.history[0]["norm"] == 0.0  # identical to the frozen base before the first update
+    assert result.history[1]["norm"] > 0.0
+
+
+def test_fifty_steps_lower_both_losses(tiny_pipe):
+    result = finetune(tiny_pipe, PAIR, FinetuneConfig(steps=50, learning_rate=1e-2), progress=False)
+    first, last = result.history[:10], result.history[-10:]
+    mean = lambda rows, key: sum(r[key] for r in rows) / len(rows)  # noqa: E731
+    assert mean(last, "sep") < mean(first, "sep")
+    assert mean(last, "en") < mean(first, "en")
+
+
+def test_nan_stops_with_a_clear_message_and_keeps_the_weights(tiny_pipe, tmp_path):
+    key = next(iter(trainable_parameters(tiny_pipe.unet).values()))
+    with torch.no_grad():
+        key[0, 0] = float("nan")
+    before = snapshot(tiny_pipe)
+    with pytest.raises(TrainingDivergedError, match="loss became nan at step 0"):
+        finetune(tiny_pipe, PAIR, FinetuneConfig(steps=3), out_dir=tmp_path, progress=False)
+    after = snapshot(tiny_pipe)
+    assert all(torch.equal(before[n], after[n]) or torch.isnan(before[n]).any() for n in before)
+
+
+def test_resumed_run_equals_an_uninterrupted_one(tiny_model_dir, tmp_path):
+    from sae.models import load_pipeline
+
+    config = dict(batch_size=2, learning_rate=1e-3, checkpoint_every=2)
+    straight = finetune(load_pipeline(tiny_model_dir), PAIR, FinetuneConfig(steps=4, **config),
+                        out_dir=tmp_path / "a", progress=False)
+    finetune(load_pipeline(tiny_model_dir), PAIR, FinetuneConfig(steps=2, **config), out_dir=tmp_path / "b",
+             progress=False)
+    resumed = finetune(load_pipeline(tiny_model_dir), PAIR, FinetuneConfig(steps=4, **config),
+                       out_dir=tmp_path / "b", progress=False)
+    assert [h["step"] for h in resumed.history] == [0, 1, 2, 3]
+    assert resumed.history == straight.history
+    for name, tensor in straight.tensors.items():
+        assert torch.equal(tensor, resumed.tensors[name])
+    with open(tmp_path / "b" / "losses.csv") as handle:
+        rows = list(csv.DictReader(handle))
+    assert [int(r["step"]) for r in rows] == [0, 1, 2, 3]
+
+
+def test_out_folder_of_another_run_is_refused(tiny_pipe, tmp_path):
+    finetune(tiny_pipe, PAIR, FinetuneConfig(steps=1, batch_size=1), out_dir=tmp_path, progress=False)
+    with pytest.raises(ValueError, match="other settings or concepts"):
+        finetune(tiny_pipe, ConceptPair("a cat and a bowl", ["cat", "bowl"]), FinetuneConfig(steps=2, batch_size=1),
+                 out_dir=tmp_path, progress=False)
+
+
+def test_concept_pool_draws_reproducible_distinct_pairs():
+    pool = ConceptPool(["cat", "dog", "apple", "bench"])
+    batch = pool.draw(step=3, batch_size=8, seed=0)
+    assert batch == pool.draw(step=3, batch_size=8, seed=0)
+    assert batch != pool.draw(step=4, batch_size=8, seed=0)
+    for prompt, (a, b) in batch:
+        assert a != b
+        assert prompt in {f"a photo of {x} {c} {y}" for c in ("and", "with")
+                          for x in (f"a {a}", f"an {a}") for y in (f"a {b}", f"an {b}")}
+    with pytest.raises(ValueError, match="two distinct"):
+        ConceptPool(["cat", "cat"])
+
+
+def test_large_scale_training_runs_with_norm_loss(tiny_pipe):
+    result = finetune(tiny_pipe, ConceptPool(["cat", "dog", "apple"]),
+                      FinetuneConfig.large_scale(steps=2, batch_size=2), progress=False)
+    assert len(result.history) == 2 and all(isinstance(h["norm"], float) for h in result.history)
+
+
+def test_bad_settings_are_refused():
+    with pytest.raises(ValueError, match="projection"):
+        FinetuneConfig(projection="o")
+    with pytest.raises(ValueError, match="mixed_precision"):
+        FinetuneConfig(mixed_precision="fp8")
