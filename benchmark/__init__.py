@@ -1,0 +1,1 @@
+"""The evaluation suite: prompt suites, methods, generation, metrics and reports."""
