@@ -1,0 +1,149 @@
+"""`python -m benchmark`: run a suite, list what exists, rebuild or compare tables."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+EPILOG = """examples:
+  python -m benchmark ls suites
+  python -m sae tiny-model /tmp/tiny
+  python -m benchmark run --suite multi_object --model /tmp/tiny --methods plain,attend_excite,sepen \\
+      --num-seeds 2 --limit 3 --steps 20 --out runs/tiny
+  python -m benchmark run --suite ae276 --model CompVis/stable-diffusion-v1-4 --methods plain,attend_excite,sepen \\
+      --seeds 0-63 --batch-size 8 --out runs/ae276        # the paper's protocol (GPU)
+  accelerate launch -m benchmark run ...                # the same, split across processes
+  python -m benchmark report runs/tiny
+  python -m benchmark compare runs/a runs/b
+"""
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m benchmark", description=__doc__, epilog=EPILOG,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    run = commands.add_parser("run", help="generate a suite with several methods, score it, write the tables",
+                              formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    run.add_argument("--suite", required=True, help="suite name (`ls suites`) or a .jsonl file")
+    run.add_argument("--model", required=True, help="hub id or local diffusers pipeline folder")
+    run.add_argument("--methods", default="plain", help="comma-separated (`ls methods`)")
+    seeds = run.add_mutually_exclusive_group()
+    seeds.add_argument("--seeds", help="e.g. 0-63 or 0,3,5-7")
+    seeds.add_argument("--num-seeds", type=int, help="seeds 0..N-1 (default 4)")
+    run.add_argument("--limit", type=int, help="only the first N prompts of the suite")
+    run.add_argument("--steps", type=int, default=50, help="denoising steps")
+    run.add_argument("--guidance", type=float, default=7.5, help="classifier-free guidance scale")
+    run.add_argument("--batch-size", type=int, default=4, help="images per pipeline call")
+    run.add_argument("--out", type=Path, default=Path("results/run"), help="run folder (resumed if it exists)")
+    run.add_argument("--device", default="auto", help="cuda, cpu, ... (default: cuda when present)")
+    run.add_argument("--metrics", default="", help="comma-separated (`ls metrics`) or module:Class")
+    run.add_argument("--metric-model", action="append", default=[], metavar="METRIC=PATH",
+                     help="weights for a metric: a local path or hub id (repeatable)")
+    run.add_argument("--sepen-steps", type=int, default=200, help="per-prompt finetuning steps")
+    run.add_argument("--sepen-lr", type=float, default=5e-6, help="per-prompt finetuning learning rate")
+    run.add_argument("--sepen-checkpoint", help="a large-scale SepEn checkpoint used for every prompt")
+    run.add_argument("--checkpoint-cache", type=Path, default=Path.home() / ".cache" / "sae" / "checkpoints",
+                     help="where per-prompt SepEn checkpoints are cached and reused")
+    run.add_argument("--no-progress", action="store_true")
+
+    ls = commands.add_parser("ls", help="list suites, methods or metrics")
+    ls.add_argument("what", choices=["suites", "methods", "metrics"])
+
+    report = commands.add_parser("report", help="rebuild samples.jsonl and the tables of a run folder")
+    report.add_argument("run_dir", type=Path)
+
+    compare = commands.add_parser("compare", help="print the per-metric deltas of run B against run A")
+    compare.add_argument("run_a", type=Path)
+    compare.add_argument("run_b", type=Path)
+    return parser
+
+
+def _metric_models(pairs: list[str]) -> dict:
+    models = {}
+    for pair in pairs:
+        name, sep, path = pair.partition("=")
+        if not sep:
+            raise ValueError(f"--metric-model takes METRIC=PATH, got {pair!r}")
+        models[name] = path
+    return models
+
+
+def cmd_run(args) -> int:
+    from sae.sampling import parse_seeds
+
+    from .generate import RunConfig, run
+    from .report import markdown_table, summarize
+    from .records import read_jsonl
+
+    seeds = parse_seeds(args.seeds) if args.seeds else list(range(args.num_seeds or 4))
+    config = RunConfig(suite=args.suite, model=args.model, methods=[m.strip() for m in args.methods.split(",") if m.strip()],
+                       seeds=seeds, limit=args.limit, steps=args.steps, guidance=args.guidance,
+                       batch_size=args.batch_size, out=args.out, device=args.device,
+                       metrics=[m.strip() for m in args.metrics.split(",") if m.strip()],
+                       metric_models=_metric_models(args.metric_model),
+                       sepen={"steps": args.sepen_steps, "learning_rate": args.sepen_lr},
+                       sepen_checkpoint=args.sepen_checkpoint, checkpoint_cache=args.checkpoint_cache,
+                       progress=not args.no_progress)
+    out = run(config)
+    print(markdown_table(summarize(read_jsonl(out / "samples.jsonl"), config.methods)), end="")
+    print(f"wrote {out}/samples.jsonl, summary.csv, summary.md, results.json")
+    return 0
+
+
+def cmd_ls(args) -> int:
+    if args.what == "suites":
+        from .suites import DESCRIPTIONS, available_suites, load_suite
+
+        for name in available_suites():
+            prompts = load_suite(name)
+            categories = sorted({p.category for p in prompts})
+            print(f"{name:16s} {len(prompts):4d} prompts  {DESCRIPTIONS.get(name, '')}  [{', '.join(categories)}]")
+    elif args.what == "methods":
+        from .methods import METHODS
+
+        for name, cls in METHODS.items():
+            print(f"{name:16s} {cls.description}")
+    else:
+        from .metrics import METRICS
+
+        if not METRICS:
+            print("(no metrics registered)")
+        for name, cls in METRICS.items():
+            columns = ", ".join(f"{c} ({'higher' if up else 'lower'} is better)" for c, up in cls.columns.items())
+            print(f"{name:16s} {cls.description}  columns: {columns}")
+    return 0
+
+
+def cmd_report(args) -> int:
+    from .report import markdown_table, write_report
+
+    print(markdown_table(write_report(args.run_dir)), end="")
+    return 0
+
+
+def cmd_compare(args) -> int:
+    from .report import compare
+
+    table = compare(args.run_a, args.run_b)
+    print(table.to_string(index=False, float_format=lambda v: f"{v:+.4f}" if v < 0 else f"{v:.4f}"))
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    from sae.checkpoint import CheckpointError
+    from sae.models import ModelNotFoundError
+
+    handlers = {"run": cmd_run, "ls": cmd_ls, "report": cmd_report, "compare": cmd_compare}
+    try:
+        return handlers[args.command](args)
+    except (ModelNotFoundError, CheckpointError, ValueError, FileNotFoundError, json.JSONDecodeError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,211 @@
+"""`benchmark run`: suite -> jobs -> images -> records -> tables.
+
+Jobs are (method, prompt, seed); an image depends on its seed alone (one generator per image), so any
+subset of seeds, any batch size and any resume reproduce the same images. Finished images are skipped, so a
+run stopped at any point and started again completes what is missing. Under `accelerate launch` the
+(method, prompt) units are split across processes without overlap; the main process merges the records.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import torch
+from tqdm.auto import tqdm
+
+from sae.finetune import FinetuneConfig
+from sae.models import load_pipeline
+from sae.tokens import encode_prompt_ids
+
+from .methods import GenerationContext, get_method
+from .metrics import MetricContext, MetricUnavailable, get_metric
+from .records import append_jsonl, image_path, read_scores, record_key, scan_records, write_image
+from .report import write_report
+from .suites import SuitePrompt, load_suite
+
+# settings that change an image: a run folder holds images of one value of each
+IMAGE_SETTINGS = ("model", "steps", "guidance", "sepen")
+
+
+class RunError(ValueError):
+    """A run that cannot start (bad input); nothing has been written when it is raised."""
+
+
+@dataclass
+class RunConfig:
+    suite: str
+    model: str
+    methods: list[str] = field(default_factory=lambda: ["plain"])
+    seeds: list[int] = field(default_factory=lambda: list(range(4)))
+    limit: int | None = None
+    steps: int = 50
+    guidance: float = 7.5
+    batch_size: int = 4
+    out: Path = Path("results/run")
+    device: str = "auto"
+    metrics: list[str] = field(default_factory=list)
+    metric_models: dict = field(default_factory=dict)
+    sepen: dict = field(default_factory=lambda: {"steps": 200, "learning_rate": 5e-6})
+    sepen_checkpoint: str | None = None
+    checkpoint_cache: Path = Path.home() / ".cache" / "sae" / "checkpoints"
+    progress: bool = True
+
+    def to_json(self) -> dict:
+        data = asdict(self)
+        return json.loads(json.dumps(data, default=str))
+
+
+def _check_prompts(pipe, prompts: list[SuitePrompt]) -> None:
+    """Every prompt fits the text encoder and names its objects: fail before generating anything."""
+    from sae.tokens import find_token_indices
+
+    for item in prompts:
+        try:
+            encode_prompt_ids(pipe.tokenizer, item.prompt)
+            find_token_indices(pipe.tokenizer, item.prompt, item.object_words)
+        except ValueError as err:
+            raise RunError(f"prompt {item.id}: {err}") from err
+
+
+def _check_run_folder(out: Path, config: RunConfig) -> None:
+    path = out / "run_config.json"
+    if not path.exists():
+        return
+    saved = json.loads(path.read_text())
+    wanted = config.to_json()
+    differ = [key for key in IMAGE_SETTINGS if saved.get(key) != wanted.get(key)]
+    if differ:
+        raise RunError(f"{out} holds a run made with other {', '.join(differ)} "
+                       f"({', '.join(f'{k}={saved.get(k)!r}' for k in differ)}); pass another --out to keep both")
+
+
+def _distributed():
+    """accelerate's process state when launched with it, else a single process."""
+    from accelerate import PartialState
+
+    return PartialState()
+
+
+def _setup_metrics(names: list[str], context: MetricContext) -> list:
+    metrics = []
+    for name in names:
+        metric = get_metric(name)
+        try:
+            metric.setup(context)
+        except MetricUnavailable as err:
+            print(f"metric {name} unavailable: {err}", file=sys.stderr)
+            continue
+        metrics.append(metric)
+    return metrics
+
+
+def score_missing(run_dir: Path, metrics: list, progress: bool = True) -> int:
+    """Score finished images that lack a metric's columns (e.g. after a kill between writing and scoring)."""
+    from PIL import Image
+
+    scores = read_scores(run_dir)
+    done = 0
+    for metric in metrics:
+        todo = [r for r in scan_records(run_dir) if not set(metric.columns) <= set(scores.get(record_key(r), {}))]
+        for start in tqdm(range(0, len(todo), 16), desc=f"scoring {metric.name}", disable=not progress or not todo):
+            batch = todo[start:start + 16]
+            images = [Image.open(run_dir / r["path"]).convert("RGB") for r in batch]
+            _append_scores(run_dir, metric, batch, metric.score(images, batch))
+            done += len(batch)
+    return done
+
+
+def _append_scores(run_dir: Path, metric, records: list[dict], values: list[dict]) -> None:
+    rows = [{"method": r["method"], "prompt_id": r["prompt_id"], "seed": r["seed"], "values": v}
+            for r, v in zip(records, values)]
+    append_jsonl(run_dir / "scores" / f"{metric.name}.jsonl", rows)
+
+
+def run(config: RunConfig) -> Path:
+    """Generate what is missing, score it, and write the tables. Returns the run folder."""
+    prompts = load_suite(config.suite)
+    if config.limit is not None:
+        prompts = prompts[:config.limit]
+    methods = [get_method(name) for name in config.methods]
+    out = Path(config.out)
+    _check_run_folder(out, config)
+    state = _distributed()
+    device = str(state.device) if state.num_processes > 1 else config.device
+    pipe = load_pipeline(config.model, device=device)
+    _check_prompts(pipe, prompts)
+    for name in config.metrics:
+        get_metric(name)  # an unknown metric is an error before any work
+    out.mkdir(parents=True, exist_ok=True)
+    metric_context = MetricContext(device=str(pipe.device), model_paths=config.metric_models)
+    metrics = _setup_metrics(config.metrics, metric_context)
+    described = {m.name: m.describe() for m in metrics}
+    if state.is_main_process:
+        (out / "run_config.json").write_text(json.dumps({**config.to_json(), "domain": "natural",
+                                                         "metrics_described": described}, indent=1))
+
+    sepen_config = FinetuneConfig(**config.sepen)
+    context = GenerationContext(pipe=pipe, base_model=config.model, num_inference_steps=config.steps,
+                                guidance_scale=config.guidance, sepen_config=sepen_config,
+                                checkpoint_cache=Path(config.checkpoint_cache),
+                                sepen_checkpoint=Path(config.sepen_checkpoint) if config.sepen_checkpoint else None,
+                                progress=config.progress and state.is_main_process)
+    units = []  # (method, prompt, seeds still missing)
+    for method in methods:
+        for item in prompts:
+            missing = [s for s in config.seeds if not image_path(out, method.name, item.id, s).exists()]
+            if missing:
+                units.append((method, item, missing))
+    mine = units[state.process_index::state.num_processes]
+    total = sum(len(seeds) for _, _, seeds in mine)
+    bar = tqdm(total=total, desc="generating", disable=not context.progress, unit="img")
+    for method in methods:
+        todo = [(item, seeds) for m, item, seeds in mine if m is method]
+        if not todo:
+            continue
+        method.prepare(context, [item for item, _ in todo])
+        _record_finetune_costs(out, method, context, [item for item, _ in todo])
+        for item, seeds in todo:
+            for start in range(0, len(seeds), config.batch_size):
+                chunk = seeds[start:start + config.batch_size]
+                bar.set_postfix_str(f"{method.name} {item.id}")
+                started = time.perf_counter()
+                with torch.no_grad():
+                    images = method.generate(context, item, chunk)
+                seconds = (time.perf_counter() - started) / len(chunk)
+                records = []
+                for seed, image in zip(chunk, images):
+                    record = {"method": method.name, "prompt_id": item.id, "suite": item.suite,
+                              "category": item.category, "prompt": item.prompt,
+                              "objects": [o.__dict__ for o in item.objects], "seed": seed, "model": config.model,
+                              "steps": config.steps, "guidance": config.guidance, "seconds": seconds}
+                    path = image_path(out, method.name, item.id, seed)
+                    write_image(path, image, record)
+                    records.append({**record, "path": str(path.relative_to(out))})
+                for metric in metrics:
+                    _append_scores(out, metric, records, metric.score(images, records))
+                bar.update(len(chunk))
+    bar.close()
+    state.wait_for_everyone()
+    if state.is_main_process:
+        score_missing(out, metrics, progress=context.progress)
+        write_report(out)
+    return out
+
+
+def _record_finetune_costs(out: Path, method, context: GenerationContext, prompts: list[SuitePrompt]) -> None:
+    """The one-off SepEn training cost of each prompt's checkpoint (trained now or found in the cache)."""
+    if not hasattr(method, "_checkpoint") or context.sepen_checkpoint is not None:
+        return
+    rows = []
+    for item in prompts:
+        info = method._checkpoint(context, item).parent / "prompt.json"
+        if info.exists():
+            seconds = json.loads(info.read_text())["seconds"]
+            rows.append({"method": method.name, "prompt_id": item.id, "seconds": seconds,
+                         "cached": item.id not in context.finetune_seconds})
+    if rows:
+        append_jsonl(out / "finetune.jsonl", rows)

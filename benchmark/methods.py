@@ -1,0 +1,178 @@
+"""Generation methods, registered by name: adding one is one class with `name`, `description` and `generate`.
+
+- `plain`: the base pipeline.
+- `attend_excite`: Attend-and-Excite on our attention capture (`benchmark.guidance`).
+- `sepen`: the base pipeline with a SepEn checkpoint: per prompt, trained through `sae` when the cache has
+  none (cached by base weights, prompt, objects and config) or one large-scale checkpoint for all.
+- `sepen+ae`: both.
+- `sepen_tt`: SepEn's test-time variant (no finetuning; latent updates on Separate + Enhance).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from tqdm.auto import tqdm
+
+from sae.checkpoint import apply_delta, base_fingerprints, load_delta
+from sae.finetune import ConceptPair, FinetuneConfig, finetune, trainable_parameters
+from sae.sampling import seed_generators
+from sae.tokens import find_token_indices
+
+from .guidance import attend_and_excite, sepen_test_time
+from .suites import SuitePrompt
+
+
+@dataclass
+class GenerationContext:
+    """What every method needs: the pipeline and the run's sampling and SepEn settings."""
+
+    pipe: object
+    base_model: str
+    num_inference_steps: int = 50
+    guidance_scale: float = 7.5
+    sepen_config: FinetuneConfig = field(default_factory=FinetuneConfig)
+    checkpoint_cache: Path = Path("runs/checkpoints")
+    sepen_checkpoint: Path | None = None  # a large-scale checkpoint used for every prompt
+    progress: bool = True
+    finetune_seconds: dict = field(default_factory=dict)  # prompt id -> seconds spent training (this run)
+    _base_keys: dict | None = None
+    _fingerprint: dict | None = None
+
+    def token_groups(self, item: SuitePrompt) -> list[list[int]]:
+        return find_token_indices(self.pipe.tokenizer, item.prompt, item.object_words)
+
+    def plain_images(self, item: SuitePrompt, seeds: list[int], **kwargs):
+        return self.pipe(prompt=[item.prompt] * len(seeds), generator=seed_generators(seeds),
+                         num_inference_steps=self.num_inference_steps, guidance_scale=self.guidance_scale,
+                         **kwargs).images
+
+    # --- the base keys, so that checkpoints can be swapped per prompt and the base restored
+    def base_fingerprint(self) -> dict:
+        if self._fingerprint is None:
+            self._fingerprint = base_fingerprints(self.pipe.unet)
+            self._base_keys = {n: p.detach().clone() for n, p in
+                               trainable_parameters(self.pipe.unet, self.sepen_config.projection).items()}
+        return self._fingerprint
+
+    def restore_base(self) -> None:
+        self.base_fingerprint()
+        params = dict(self.pipe.unet.named_parameters())
+        with torch.no_grad():
+            for name, value in self._base_keys.items():
+                params[name].copy_(value)
+
+
+class Method:
+    name = ""
+    description = ""
+
+    def prepare(self, context: GenerationContext, prompts: list[SuitePrompt]) -> None:
+        """One-off work before generating (e.g. training checkpoints)."""
+
+    def generate(self, context: GenerationContext, item: SuitePrompt, seeds: list[int]) -> list:
+        raise NotImplementedError
+
+
+METHODS: dict[str, type[Method]] = {}
+
+
+def register_method(cls: type[Method]) -> type[Method]:
+    METHODS[cls.name] = cls
+    return cls
+
+
+def get_method(name: str) -> Method:
+    if name not in METHODS:
+        raise ValueError(f"unknown method {name!r}: choose from {', '.join(METHODS)} (`python -m benchmark ls methods`)")
+    return METHODS[name]()
+
+
+@register_method
+class Plain(Method):
+    name = "plain"
+    description = "the base pipeline"
+
+    def generate(self, context, item, seeds):
+        return context.plain_images(item, seeds)
+
+
+@register_method
+class AttendExcite(Method):
+    name = "attend_excite"
+    description = "Attend-and-Excite: latent updates on max_k(1 - max A_k) in the first 25 of 50 steps"
+
+    def generate(self, context, item, seeds):
+        return attend_and_excite(context.num_inference_steps).generate(context.pipe, item.prompt, context.token_groups(item),
+                                            seed_generators(seeds), context.num_inference_steps,
+                                            context.guidance_scale)
+
+
+def checkpoint_key(fingerprint: dict, item: SuitePrompt, config: FinetuneConfig) -> str:
+    """Cache key of a per-prompt checkpoint: base weights, prompt, objects and training config."""
+    blob = json.dumps({"base": fingerprint["float16"], "prompt": item.prompt, "objects": item.object_words,
+                       "config": config.to_dict()}, sort_keys=True)
+    return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+
+@register_method
+class SepEn(Method):
+    name = "sepen"
+    description = "the base pipeline with SepEn-finetuned keys (per prompt, trained and cached, or large-scale)"
+    use_attend_excite = False
+
+    def _checkpoint(self, context: GenerationContext, item: SuitePrompt) -> Path:
+        if context.sepen_checkpoint is not None:
+            return context.sepen_checkpoint
+        key = checkpoint_key(context.base_fingerprint(), item, context.sepen_config)
+        return context.checkpoint_cache / key / "sepen.safetensors"
+
+    def prepare(self, context, prompts):
+        if context.sepen_checkpoint is not None:
+            load_delta(context.sepen_checkpoint)  # fail early on an unreadable file
+            return
+        missing = [p for p in prompts if not self._checkpoint(context, p).exists()]
+        for item in tqdm(missing, desc="SepEn checkpoints", disable=not context.progress or not missing):
+            out = self._checkpoint(context, item).parent
+            context.restore_base()
+            started = time.perf_counter()
+            finetune(context.pipe, ConceptPair(item.prompt, item.object_words), context.sepen_config, out_dir=out,
+                     base_model=context.base_model, progress=False)
+            context.finetune_seconds[item.id] = time.perf_counter() - started
+            (out / "prompt.json").write_text(json.dumps({"prompt": item.prompt, "objects": item.object_words,
+                                                         "seconds": context.finetune_seconds[item.id]}))
+        context.restore_base()
+
+    def generate(self, context, item, seeds):
+        context.restore_base()
+        apply_delta(context.pipe.unet, self._checkpoint(context, item))
+        try:
+            if self.use_attend_excite:
+                return AttendExcite().generate(context, item, seeds)
+            return context.plain_images(item, seeds)
+        finally:
+            context.restore_base()
+
+
+@register_method
+class SepEnAttendExcite(SepEn):
+    name = "sepen+ae"
+    description = "SepEn checkpoint and Attend-and-Excite together"
+    use_attend_excite = True
+
+
+@register_method
+class SepEnTestTime(Method):
+    name = "sepen_tt"
+    description = "SepEn test-time variant: latent updates on Separate + Enhance in the first 25 of 50 steps"
+
+    def generate(self, context, item, seeds):
+        config = context.sepen_config
+        return sepen_test_time(config.lambda_sep, config.lambda_en, context.num_inference_steps).generate(
+            context.pipe, item.prompt, context.token_groups(item), seed_generators(seeds),
+            context.num_inference_steps, context.guidance_scale)

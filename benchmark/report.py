@@ -1,0 +1,144 @@
+"""Tables from the per-image records: `summary.csv`, `summary.md` and `results.json`, and run comparisons.
+
+Everything here is rebuilt from the files of a run folder (`python -m benchmark report RUN_DIR`), never
+from a run's memory: rows are method x suite category (plus `all`), columns each metric's mean with a 95%
+bootstrap interval and the image count.
+"""
+
+from __future__ import annotations
+
+import json
+import platform
+import subprocess
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from .records import build_samples, read_jsonl, write_text_atomic
+
+RECORD_FIELDS = {"method", "prompt_id", "suite", "category", "prompt", "objects", "seed", "path", "steps",
+                 "guidance", "seconds", "model", "height", "width", "domain"}
+BOOTSTRAP_SAMPLES = 1000
+
+
+def bootstrap_interval(values: np.ndarray, confidence: float = 0.95, seed: int = 0) -> tuple[float, float]:
+    """Percentile bootstrap of the mean (fixed seed, so that tables reproduce)."""
+    if len(values) == 0:
+        return float("nan"), float("nan")
+    rng = np.random.default_rng(seed)
+    means = rng.choice(values, size=(BOOTSTRAP_SAMPLES, len(values)), replace=True).mean(axis=1)
+    tail = (1 - confidence) / 2 * 100
+    return float(np.percentile(means, tail)), float(np.percentile(means, 100 - tail))
+
+
+def score_columns(rows: list[dict]) -> list[str]:
+    columns = {}
+    for row in rows:
+        for key, value in row.items():
+            if key not in RECORD_FIELDS and isinstance(value, (int, float)) and not isinstance(value, bool):
+                columns[key] = True
+    return list(columns)
+
+
+def summarize(rows: list[dict], method_order: list[str] | None = None) -> pd.DataFrame:
+    """One row per (method, category) and per (method, "all"), methods in `method_order` (else as found)."""
+    columns = score_columns(rows)
+    frame = pd.DataFrame(rows)
+    out = []
+    if frame.empty:
+        return pd.DataFrame(columns=["method", "category", "images"])
+    found = list(dict.fromkeys(frame["method"]))
+    methods = [m for m in (method_order or []) if m in found] + [m for m in found if m not in (method_order or [])]
+    categories = list(dict.fromkeys(frame["category"]))
+    for method in methods:
+        for category in categories + ["all"]:
+            part = frame[(frame["method"] == method) & ((frame["category"] == category) | (category == "all"))]
+            if part.empty:
+                continue
+            row = {"method": method, "category": category, "images": len(part)}
+            for column in columns:
+                values = pd.to_numeric(part[column], errors="coerce").dropna().to_numpy(dtype=float)
+                low, high = bootstrap_interval(values)
+                row[f"{column}_mean"] = float(values.mean()) if len(values) else float("nan")
+                row[f"{column}_ci_low"], row[f"{column}_ci_high"] = low, high
+            out.append(row)
+    return pd.DataFrame(out)
+
+
+def markdown_table(summary: pd.DataFrame) -> str:
+    means = [c.removesuffix("_mean") for c in summary.columns if c.endswith("_mean")]
+    header = ["method", "category", "images"] + means
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    for _, row in summary.iterrows():
+        cells = [str(row["method"]), str(row["category"]), str(int(row["images"]))]
+        for column in means:
+            mean = row[f"{column}_mean"]
+            cells.append("n/a" if pd.isna(mean) else
+                         f"{mean:.3f} [{row[f'{column}_ci_low']:.3f}, {row[f'{column}_ci_high']:.3f}]")
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def git_commit() -> str | None:
+    try:
+        return subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, check=True,
+                              cwd=Path(__file__).resolve().parent).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        return None
+
+
+def library_versions() -> dict:
+    from sae.checkpoint import library_versions as sae_versions
+
+    import sae
+
+    return {**sae_versions(), "sae": sae.__version__, "python": platform.python_version()}
+
+
+def timings(rows: list[dict], run_dir: Path) -> dict:
+    """Seconds per image per method, and the one-off SepEn finetuning cost."""
+    frame = pd.DataFrame(rows)
+    result = {}
+    if not frame.empty:
+        for method, part in frame.groupby("method", sort=False):
+            result[method] = {"seconds_per_image": float(part["seconds"].mean()), "images": len(part)}
+    finetunes = {row["prompt_id"]: row for row in read_jsonl(run_dir / "finetune.jsonl")}
+    if finetunes:
+        seconds = [row["seconds"] for row in finetunes.values()]
+        result["sepen_finetune"] = {"checkpoints": len(seconds), "seconds_total": float(sum(seconds)),
+                                    "seconds_per_checkpoint": float(np.mean(seconds))}
+    return result
+
+
+def write_report(run_dir: Path) -> pd.DataFrame:
+    """Rebuild samples.jsonl, summary.csv, summary.md and results.json from the run folder."""
+    run_dir = Path(run_dir)
+    config_path = run_dir / "run_config.json"
+    if not config_path.exists():
+        raise FileNotFoundError(f"{run_dir} is not a benchmark run folder (no run_config.json)")
+    config = json.loads(config_path.read_text())
+    rows = build_samples(run_dir)
+    summary = summarize(rows, config.get("methods"))
+    write_text_atomic(run_dir / "summary.csv", summary.to_csv(index=False))
+    title = f"# {config.get('suite')} on {config.get('model')} ({config.get('domain', 'natural')} suites)\n\n"
+    write_text_atomic(run_dir / "summary.md", title + markdown_table(summary))
+    results = {"config": config, "versions": library_versions(), "git_commit": git_commit(),
+               "metrics": config.get("metrics_described", {}), "timings": timings(rows, run_dir),
+               "images": len(rows), "summary": json.loads(summary.to_json(orient="records"))}
+    write_text_atomic(run_dir / "results.json", json.dumps(results, indent=1))
+    return summary
+
+
+def compare(run_a: Path, run_b: Path) -> pd.DataFrame:
+    """Per (method, category): run B's means minus run A's."""
+    a = pd.read_csv(Path(run_a) / "summary.csv")
+    b = pd.read_csv(Path(run_b) / "summary.csv")
+    joined = a.merge(b, on=["method", "category"], suffixes=("_a", "_b"))
+    out = joined[["method", "category"]].copy()
+    for column in [c for c in a.columns if c.endswith("_mean") and c in b.columns]:
+        name = column.removesuffix("_mean")
+        out[f"{name}_a"] = joined[f"{column}_a"]
+        out[f"{name}_b"] = joined[f"{column}_b"]
+        out[f"{name}_delta"] = joined[f"{column}_b"] - joined[f"{column}_a"]
+    return out

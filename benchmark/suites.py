@@ -1,0 +1,98 @@
+"""Prompt suites: JSONL files in `prompts/`, one prompt per line with its objects annotated.
+
+A line: `{"id": "two_object/0003", "suite": ..., "category": "animal_object", "prompt": "a cat and a red car",
+"objects": [{"name": "cat", "count": 1}, {"name": "car", "attribute": "red", "count": 1}]}`; an object may
+also carry `query`, what a detector should look for when the word has several senses ("computer mouse").
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+
+PROMPTS_DIR = Path(__file__).resolve().parents[1] / "prompts"
+
+DESCRIPTIONS = {
+    "single_object": "one object (animal, object, coloured object): the base model's floor",
+    "two_object": "two objects: animal-animal, animal-object, object-object, objects sometimes coloured",
+    "multi_object": "three and four objects",
+    "ae276": "Attend-and-Excite's 276 prompts in 3 categories (the paper's main table)",
+    "sepen_large": "SepEn's 200 large-scale test prompts: seen-seen, seen-unseen, unseen-unseen",
+    "polysemy": "pairs where one word has two senses (mouse, bat, crane, seal, ...); presence asks for the sense",
+    "ci": "two prompts of every category of every suite, for regression checks",
+}
+
+
+class SuiteError(ValueError):
+    """A suite that cannot be loaded."""
+
+
+@dataclass(frozen=True)
+class SuiteObject:
+    name: str
+    attribute: str | None = None
+    count: int = 1
+    query: str | None = None
+
+    @property
+    def phrase(self) -> str:
+        """What a detector or a CLIP text prompt should look for."""
+        return self.query or (f"{self.attribute} {self.name}" if self.attribute else self.name)
+
+
+@dataclass(frozen=True)
+class SuitePrompt:
+    id: str
+    prompt: str
+    objects: tuple[SuiteObject, ...]
+    category: str
+    suite: str
+    extra: dict = field(default_factory=dict, compare=False, hash=False)
+
+    @property
+    def object_words(self) -> list[str]:
+        return [o.name for o in self.objects]
+
+
+def available_suites(prompts_dir: Path = PROMPTS_DIR) -> list[str]:
+    return sorted(p.stem for p in prompts_dir.glob("*.jsonl"))
+
+
+def suite_path(name: str, prompts_dir: Path = PROMPTS_DIR) -> Path:
+    """A suite name from `prompts/`, or a path to a JSONL file of the same format."""
+    path = Path(name)
+    if path.suffix == ".jsonl" and path.is_file():
+        return path
+    candidate = prompts_dir / f"{name}.jsonl"
+    if not candidate.is_file():
+        raise SuiteError(f"unknown suite {name!r}: choose one of {', '.join(available_suites(prompts_dir))} "
+                         "(`python -m benchmark ls suites`) or pass a .jsonl file")
+    return candidate
+
+
+def load_suite(name: str, prompts_dir: Path = PROMPTS_DIR) -> list[SuitePrompt]:
+    path = suite_path(name, prompts_dir)
+    prompts, ids = [], set()
+    for number, line in enumerate(path.read_text().splitlines(), start=1):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+            objects = tuple(SuiteObject(**o) for o in row["objects"])
+            item = SuitePrompt(id=str(row["id"]), prompt=row["prompt"], objects=objects,
+                               category=row.get("category", "all"), suite=row.get("suite", path.stem),
+                               extra={k: v for k, v in row.items()
+                                      if k not in ("id", "prompt", "objects", "category", "suite")})
+        except (json.JSONDecodeError, KeyError, TypeError) as err:
+            raise SuiteError(f"{path}:{number}: not a suite line ({type(err).__name__}: {err}); each line needs "
+                             "id, prompt and objects [{name, ...}]") from err
+        if not objects:
+            raise SuiteError(f"{path}:{number}: prompt {item.id} lists no objects")
+        if item.id in ids:
+            raise SuiteError(f"{path}:{number}: duplicate prompt id {item.id}")
+        ids.add(item.id)
+        prompts.append(item)
+    if not prompts:
+        raise SuiteError(f"suite file {path} holds no prompts")
+    return prompts
