@@ -1,8 +1,9 @@
 """`benchmark run`: suite -> jobs -> images -> records -> tables.
 
-Jobs are (method, prompt, seed); an image depends on its seed alone (one generator per image), so any
-subset of seeds, any batch size and any resume reproduce the same images. Finished images are skipped, so a
-run stopped at any point and started again completes what is missing. Under `accelerate launch` the
+Jobs are (method, prompt, seed); each image has its own seeded generator, so its initial noise depends on
+its seed alone, and the same command reproduces every image bit for bit on the CPU (another batch size can
+move a pixel by one 8-bit level: batched kernels round differently). Finished images are skipped, so a run
+stopped at any point and started again completes what is missing and ends as an uninterrupted run would. Under `accelerate launch` the
 (method, prompt) units are split across processes without overlap; the main process merges the records.
 """
 
@@ -97,7 +98,7 @@ def _setup_metrics(names: list[str], context: MetricContext) -> list:
         try:
             metric.setup(context)
         except MetricUnavailable as err:
-            print(f"metric {name} unavailable: {err}", file=sys.stderr)
+            print(f"metric {metric.name or name} unavailable: {err}", file=sys.stderr)
             continue
         metrics.append(metric)
     return metrics
@@ -153,41 +154,48 @@ def run(config: RunConfig) -> Path:
                                 checkpoint_cache=Path(config.checkpoint_cache),
                                 sepen_checkpoint=Path(config.sepen_checkpoint) if config.sepen_checkpoint else None,
                                 progress=config.progress and state.is_main_process)
-    units = []  # (method, prompt, seeds still missing)
+    # Blocks of `batch_size` consecutive seeds are the unit of generation: batched kernels on the CPU can differ
+    # from one image at a time by one 8-bit level, so a resumed run regenerates a block whole (writing only its
+    # missing images) to end bit-identical to an uninterrupted one.
+    blocks = [config.seeds[i:i + config.batch_size] for i in range(0, len(config.seeds), config.batch_size)]
+    units = []  # (method, prompt, [blocks with a missing image])
     for method in methods:
         for item in prompts:
-            missing = [s for s in config.seeds if not image_path(out, method.name, item.id, s).exists()]
-            if missing:
-                units.append((method, item, missing))
+            todo = [b for b in blocks if not all(image_path(out, method.name, item.id, s).exists() for s in b)]
+            if todo:
+                units.append((method, item, todo))
     mine = units[state.process_index::state.num_processes]
-    total = sum(len(seeds) for _, _, seeds in mine)
+    total = sum(not image_path(out, m.name, item.id, s).exists() for m, item, todo in mine for b in todo for s in b)
     bar = tqdm(total=total, desc="generating", disable=not context.progress, unit="img")
     for method in methods:
-        todo = [(item, seeds) for m, item, seeds in mine if m is method]
-        if not todo:
+        work = [(item, todo) for m, item, todo in mine if m is method]
+        if not work:
             continue
-        method.prepare(context, [item for item, _ in todo])
-        _record_finetune_costs(out, method, context, [item for item, _ in todo])
-        for item, seeds in todo:
-            for start in range(0, len(seeds), config.batch_size):
-                chunk = seeds[start:start + config.batch_size]
+        method.prepare(context, [item for item, _ in work])
+        _record_finetune_costs(out, method, context, [item for item, _ in work])
+        for item, todo in work:
+            for block in todo:
                 bar.set_postfix_str(f"{method.name} {item.id}")
                 started = time.perf_counter()
                 with torch.no_grad():
-                    images = method.generate(context, item, chunk)
-                seconds = (time.perf_counter() - started) / len(chunk)
-                records = []
-                for seed, image in zip(chunk, images):
+                    images = method.generate(context, item, block)
+                seconds = (time.perf_counter() - started) / len(block)
+                records, written = [], []
+                for seed, image in zip(block, images):
+                    path = image_path(out, method.name, item.id, seed)
+                    if path.exists():
+                        continue  # written before an interruption: never rewritten
                     record = {"method": method.name, "prompt_id": item.id, "suite": item.suite,
                               "category": item.category, "prompt": item.prompt,
                               "objects": [o.__dict__ for o in item.objects], "seed": seed, "model": config.model,
-                              "steps": config.steps, "guidance": config.guidance, "seconds": seconds}
-                    path = image_path(out, method.name, item.id, seed)
+                              "steps": config.steps, "guidance": config.guidance, "seconds": seconds,
+                              "batch": len(block)}
                     write_image(path, image, record)
                     records.append({**record, "path": str(path.relative_to(out))})
+                    written.append(image)
                 for metric in metrics:
-                    _append_scores(out, metric, records, metric.score(images, records))
-                bar.update(len(chunk))
+                    _append_scores(out, metric, records, metric.score(written, records))
+                bar.update(len(written))
     bar.close()
     state.wait_for_everyone()
     if state.is_main_process:

@@ -18,7 +18,7 @@ import pandas as pd
 from .records import build_samples, read_jsonl, write_text_atomic
 
 RECORD_FIELDS = {"method", "prompt_id", "suite", "category", "prompt", "objects", "seed", "path", "steps",
-                 "guidance", "seconds", "model", "height", "width", "domain"}
+                 "guidance", "seconds", "model", "height", "width", "domain", "batch"}
 BOOTSTRAP_SAMPLES = 1000
 
 

@@ -1,0 +1,133 @@
+import json
+import os
+
+import numpy as np
+import pandas as pd
+import pytest
+from PIL import Image
+
+from benchmark.cli import main
+from benchmark.generate import RunConfig, RunError, run
+from benchmark.records import read_record
+from benchmark.report import bootstrap_interval, compare, summarize
+
+FAKE = "fake_metrics:MeanBrightness"
+
+
+def config(model, suite, out, **kw):
+    base = dict(suite=str(suite), model=str(model), methods=["plain"], seeds=[0, 1, 2], steps=4, batch_size=2,
+                out=out, metrics=[FAKE], progress=False, checkpoint_cache=out.parent / "ckpt",
+                sepen={"steps": 3, "learning_rate": 1e-3, "batch_size": 1})
+    base.update(kw)
+    return RunConfig(**base)
+
+
+def file_state(run_dir):
+    return {p: (p.stat().st_mtime_ns, p.stat().st_ino) for p in (run_dir / "images").rglob("*.png")}
+
+
+@pytest.fixture(scope="module")
+def finished_run(tiny_model_dir, small_suite, tmp_path_factory):
+    out = tmp_path_factory.mktemp("runs") / "a"
+    run(config(tiny_model_dir, small_suite, out, methods=["plain", "sepen"]))
+    return out
+
+
+def test_run_writes_images_records_and_tables(finished_run):
+    for name in ("samples.jsonl", "summary.csv", "summary.md", "results.json"):
+        assert (finished_run / name).is_file()
+    rows = [json.loads(line) for line in (finished_run / "samples.jsonl").read_text().splitlines()]
+    assert len(rows) == 2 * 2 * 3  # methods x prompts x seeds
+    assert {(r["method"], r["prompt_id"], r["seed"]) for r in rows} == {
+        (m, p, s) for m in ("plain", "sepen") for p in ("t/0", "t/1") for s in (0, 1, 2)}
+    first = rows[0]
+    assert Image.open(finished_run / first["path"]).size == (64, 64)
+    assert read_record(finished_run / first["path"])["prompt"] == first["prompt"]
+    assert 0 <= first["brightness"] <= 1 and first["seconds"] > 0
+    summary = pd.read_csv(finished_run / "summary.csv")  # tables load into pandas directly
+    assert set(summary["category"]) == {"two", "three", "all"}
+    assert {"brightness_mean", "brightness_ci_low", "brightness_ci_high", "images"} <= set(summary.columns)
+    plain_all = summary[(summary.method == "plain") & (summary.category == "all")].iloc[0]
+    plain_rows = [r["brightness"] for r in rows if r["method"] == "plain"]
+    assert plain_all["images"] == 6 and plain_all["brightness_mean"] == pytest.approx(np.mean(plain_rows))
+    results = json.loads((finished_run / "results.json").read_text())
+    assert results["config"]["methods"] == ["plain", "sepen"]
+    assert results["metrics"]["brightness"]["convention"].startswith("mean over pixels")
+    assert {"plain", "sepen", "sepen_finetune"} <= set(results["timings"])
+    assert results["timings"]["sepen_finetune"]["checkpoints"] == 2
+    assert "torch" in results["versions"]
+
+
+def test_rerun_generates_nothing_and_report_rebuilds_the_same_tables(finished_run, tiny_model_dir, small_suite):
+    before = file_state(finished_run)
+    summary_before = (finished_run / "summary.csv").read_text()
+    run(config(tiny_model_dir, small_suite, finished_run, methods=["plain", "sepen"]))
+    assert file_state(finished_run) == before
+    assert main(["report", str(finished_run)]) == 0
+    assert (finished_run / "summary.csv").read_text() == summary_before
+
+
+def test_same_command_gives_bit_identical_images(finished_run, tiny_model_dir, small_suite, tmp_path):
+    again = tmp_path / "b"
+    run(config(tiny_model_dir, small_suite, again, metrics=[]))
+    for path in (finished_run / "images" / "plain").rglob("*.png"):
+        other = again / path.relative_to(finished_run)
+        assert np.array_equal(np.asarray(Image.open(path)), np.asarray(Image.open(other))), path
+
+
+def test_other_batch_sizes_agree_within_one_level(finished_run, tiny_model_dir, small_suite, tmp_path):
+    other = tmp_path / "b"
+    run(config(tiny_model_dir, small_suite, other, seeds=[2, 1], batch_size=1, metrics=[]))
+    for seed in (1, 2):
+        a = np.asarray(Image.open(finished_run / "images" / "plain" / "t_0" / f"{seed:04d}.png"), dtype=int)
+        b = np.asarray(Image.open(other / "images" / "plain" / "t_0" / f"{seed:04d}.png"), dtype=int)
+        assert np.abs(a - b).max() <= 1
+
+
+def test_sepen_checkpoints_are_cached_and_reused(finished_run, tiny_model_dir, small_suite, tmp_path):
+    cache = finished_run.parent / "ckpt"
+    checkpoints = sorted(cache.glob("*/sepen.safetensors"))
+    assert len(checkpoints) == 2
+    stamps = [p.stat().st_mtime_ns for p in checkpoints]
+    other = tmp_path / "c"
+    run(config(tiny_model_dir, small_suite, other, methods=["sepen"], checkpoint_cache=cache))
+    assert [p.stat().st_mtime_ns for p in checkpoints] == stamps
+    finetune = [json.loads(line) for line in (other / "finetune.jsonl").read_text().splitlines()]
+    assert all(row["cached"] for row in finetune)
+    same = Image.open(finished_run / "images" / "sepen" / "t_1" / "0000.png")
+    again = Image.open(other / "images" / "sepen" / "t_1" / "0000.png")
+    assert np.array_equal(np.asarray(same), np.asarray(again))
+
+
+def test_compare_prints_deltas(finished_run, tmp_path):
+    table = compare(finished_run, finished_run)
+    assert (table["brightness_delta"] == 0).all() and len(table) == 6
+
+
+def test_bootstrap_interval_brackets_the_mean_and_is_reproducible():
+    values = np.array([0.0, 1.0] * 20)
+    low, high = bootstrap_interval(values)
+    assert low < 0.5 < high and (low, high) == bootstrap_interval(values)
+    assert bootstrap_interval(np.ones(5)) == (1.0, 1.0)
+
+
+def test_summary_of_binary_column_counts_rates():
+    rows = [{"method": "m", "category": "c", "ok": v} for v in (1, 0, 1, 1)]
+    summary = summarize(rows)
+    assert summary.iloc[0]["ok_mean"] == 0.75 and summary.iloc[0]["images"] == 4
+
+
+def test_unavailable_metric_is_named_and_the_rest_still_score(tiny_model_dir, small_suite, tmp_path, capsys):
+    out = tmp_path / "m"
+    run(config(tiny_model_dir, small_suite, out, seeds=[0], limit=1,
+               metrics=["fake_metrics:NeedsWeights", FAKE]))
+    assert "metric needs_weights unavailable: no weights for needs_weights" in capsys.readouterr().err
+    row = json.loads((out / "samples.jsonl").read_text().splitlines()[0])
+    assert "brightness" in row and "never" not in row
+
+
+def test_other_settings_in_the_same_folder_are_refused(finished_run, tiny_model_dir, small_suite):
+    before = file_state(finished_run)
+    with pytest.raises(RunError, match="other steps"):
+        run(config(tiny_model_dir, small_suite, finished_run, steps=5))
+    assert file_state(finished_run) == before
