@@ -18,6 +18,7 @@ from pathlib import Path
 import torch
 from tqdm.auto import tqdm
 
+from sae.checkpoint import check_base_model, load_delta
 from sae.finetune import FinetuneConfig
 from sae.models import load_pipeline
 from sae.tokens import encode_prompt_ids
@@ -140,6 +141,8 @@ def run(config: RunConfig) -> Path:
     _check_prompts(pipe, prompts)
     for name in config.metrics:
         get_metric(name)  # an unknown metric is an error before any work
+    if config.sepen_checkpoint:
+        check_base_model(pipe.unet, load_delta(config.sepen_checkpoint))
     out.mkdir(parents=True, exist_ok=True)
     metric_context = MetricContext(device=str(pipe.device), model_paths=config.metric_models)
     metrics = _setup_metrics(config.metrics, metric_context)
@@ -176,32 +179,37 @@ def run(config: RunConfig) -> Path:
         for item, todo in work:
             for block in todo:
                 bar.set_postfix_str(f"{method.name} {item.id}")
-                started = time.perf_counter()
-                with torch.no_grad():
-                    images = method.generate(context, item, block)
-                seconds = (time.perf_counter() - started) / len(block)
-                records, written = [], []
-                for seed, image in zip(block, images):
-                    path = image_path(out, method.name, item.id, seed)
-                    if path.exists():
-                        continue  # written before an interruption: never rewritten
-                    record = {"method": method.name, "prompt_id": item.id, "suite": item.suite,
-                              "category": item.category, "prompt": item.prompt,
-                              "objects": [o.__dict__ for o in item.objects], "seed": seed, "model": config.model,
-                              "steps": config.steps, "guidance": config.guidance, "seconds": seconds,
-                              "batch": len(block)}
-                    write_image(path, image, record)
-                    records.append({**record, "path": str(path.relative_to(out))})
-                    written.append(image)
-                for metric in metrics:
-                    _append_scores(out, metric, records, metric.score(written, records))
-                bar.update(len(written))
+                bar.update(generate_block(out, method, context, item, block, metrics))
     bar.close()
     state.wait_for_everyone()
     if state.is_main_process:
         score_missing(out, metrics, progress=context.progress)
         write_report(out)
     return out
+
+
+def generate_block(out: Path, method, context: GenerationContext, item: SuitePrompt, block: list[int],
+                   metrics: list = ()) -> int:
+    """Generate one block of seeds, write its missing images with their records, score them; returns the count."""
+    started = time.perf_counter()
+    with torch.no_grad():
+        images = method.generate(context, item, block)
+    seconds = (time.perf_counter() - started) / len(block)
+    records, written = [], []
+    for seed, image in zip(block, images):
+        path = image_path(out, method.name, item.id, seed)
+        if path.exists():
+            continue  # written before an interruption: never rewritten
+        record = {"method": method.name, "prompt_id": item.id, "suite": item.suite, "category": item.category,
+                  "prompt": item.prompt, "objects": [o.__dict__ for o in item.objects], "seed": seed,
+                  "model": context.base_model, "steps": context.num_inference_steps,
+                  "guidance": context.guidance_scale, "seconds": seconds, "batch": len(block)}
+        write_image(path, image, record)
+        records.append({**record, "path": str(path.relative_to(out))})
+        written.append(image)
+    for metric in metrics:
+        _append_scores(out, metric, records, metric.score(written, records))
+    return len(written)
 
 
 def _record_finetune_costs(out: Path, method, context: GenerationContext, prompts: list[SuitePrompt]) -> None:

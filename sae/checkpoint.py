@@ -115,6 +115,18 @@ def load_delta(path: str | os.PathLike) -> Delta:
                  versions=json.loads(metadata["versions"]))
 
 
+def check_base_model(unet, delta: Delta) -> None:
+    """Raise `BaseModelMismatchError` unless `unet` holds the base weights the checkpoint was trained on."""
+    key = _fingerprint_key(unet)
+    found = weights_fingerprint(unet, torch.bfloat16 if key == "bfloat16" else torch.float16)
+    expected = delta.base_fingerprint.get(key)
+    if found != expected:
+        raise BaseModelMismatchError(
+            f"checkpoint was trained on base model {delta.base_model!r} (weights fingerprint "
+            f"{str(expected)[:12]}), but this UNet's weights differ (fingerprint {found[:12]}): load that "
+            "base model (and no other checkpoint on top of it)")
+
+
 def apply_delta(unet, delta: Delta | str | os.PathLike, check_base: bool = True) -> Delta:
     """Copy a checkpoint's tensors into `unet` (in place), after checking that it is the right base."""
     if not isinstance(delta, Delta):
@@ -129,14 +141,7 @@ def apply_delta(unet, delta: Delta | str | os.PathLike, check_base: bool = True)
             raise CheckpointError(f"checkpoint tensor {name} has shape {tuple(tensor.shape)}, the UNet's is "
                                   f"{tuple(params[name].shape)}: it was trained on another architecture")
     if check_base:
-        key = _fingerprint_key(unet)
-        found = weights_fingerprint(unet, torch.bfloat16 if key == "bfloat16" else torch.float16)
-        expected = delta.base_fingerprint.get(key)
-        if found != expected:
-            raise BaseModelMismatchError(
-                f"checkpoint was trained on base model {delta.base_model!r} (weights fingerprint "
-                f"{str(expected)[:12]}), but this UNet's weights differ (fingerprint {found[:12]}): load that "
-                "base model (and no other checkpoint on top of it)")
+        check_base_model(unet, delta)
     with torch.no_grad():
         for name, tensor in delta.tensors.items():
             params[name].copy_(tensor.to(params[name].device, params[name].dtype))

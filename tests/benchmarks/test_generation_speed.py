@@ -1,0 +1,52 @@
+"""The harness generating with `plain` against diffusers' own pipeline call (same model, seeds, steps).
+
+Goals (issue): <= 1.03x without attention capture, <= 1.15x with it. The harness side includes writing the PNGs
+with their records. Run: `pytest tests/benchmarks -s` (ratios printed and stored in extra_info).
+"""
+
+import itertools
+
+import pytest
+from benchmarks.timing import interleaved
+
+from benchmark.generate import generate_block
+from benchmark.methods import GenerationContext, Plain
+from benchmark.suites import SuiteObject, SuitePrompt
+from sae.attention import capture_cross_attention
+from sae.sampling import seed_generators
+
+SEEDS = [0, 1, 2, 3]
+STEPS = 10
+ITEM = SuitePrompt(id="bench/0", prompt="a cat and a dog", objects=(SuiteObject("cat"), SuiteObject("dog")),
+                   category="two", suite="bench")
+
+
+@pytest.mark.parametrize("capture, goal", [(False, 1.03), (True, 1.15)], ids=["plain", "capture_on"])
+def test_harness_against_diffusers_call(benchmark, tiny_pipe, tmp_path, capture, goal):
+    context = GenerationContext(pipe=tiny_pipe, base_model="tiny", num_inference_steps=STEPS, guidance_scale=7.5,
+                                progress=False)
+    runs = itertools.count()
+
+    def diffusers_call():
+        tiny_pipe(prompt=[ITEM.prompt] * len(SEEDS), generator=seed_generators(SEEDS), num_inference_steps=STEPS,
+                  guidance_scale=7.5)
+
+    def harness():
+        out = tmp_path / str(next(runs))  # a fresh folder each round: nothing is skipped
+        if capture:
+            with capture_cross_attention(tiny_pipe.unet):
+                generate_block(out, Plain(), context, ITEM, SEEDS)
+        else:
+            generate_block(out, Plain(), context, ITEM, SEEDS)
+
+    diffusers_call(), harness()  # warm-up
+    round_, times = interleaved(harness, diffusers_call)
+    benchmark.pedantic(round_, rounds=7, iterations=1)
+    if benchmark.stats is None:
+        pytest.skip("benchmarks disabled: no timing to compare")
+    candidate, baseline = min(times["candidate"]), min(times["baseline"])
+    ratio = candidate / baseline
+    benchmark.extra_info.update(harness_s=candidate, diffusers_call_s=baseline, ratio=ratio, goal=goal)
+    print(f"\nharness{' with capture' if capture else ''} {candidate * 1e3:.0f} ms, diffusers call "
+          f"{baseline * 1e3:.0f} ms: ratio {ratio:.3f} (goal <= {goal})")
+    assert ratio <= goal

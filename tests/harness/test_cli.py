@@ -1,0 +1,92 @@
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from benchmark.cli import main
+
+TESTS = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="module")
+def existing_run(tiny_model_dir, small_suite, tmp_path_factory):
+    out = tmp_path_factory.mktemp("cli") / "run"
+    assert main(["run", "--suite", str(small_suite), "--model", str(tiny_model_dir), "--seeds", "0", "--steps", "2",
+                 "--out", str(out), "--no-progress"]) == 0
+    return out
+
+
+def folder_state(run_dir):
+    return {p: p.stat().st_mtime_ns for p in run_dir.rglob("*") if p.is_file()}
+
+
+def write(tmp_path, name, rows):
+    path = tmp_path / name
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return str(path)
+
+
+BAD = {
+    "unknown suite": (lambda tmp: ["--suite", "nope"], "unknown suite 'nope'"),
+    "unknown method": (lambda tmp: ["--methods", "plain,magic"], "unknown method 'magic'"),
+    "unknown metric": (lambda tmp: ["--metrics", "sharpness"], "unknown metric 'sharpness'"),
+    "object not in prompt": (lambda tmp: ["--suite", write(tmp, "s.jsonl", [
+        {"id": "x", "prompt": "a cat and a dog", "objects": [{"name": "cat"}, {"name": "bird"}]}])],
+        "prompt x: object 'bird' is not a word of the prompt"),
+    "prompt too long": (lambda tmp: ["--suite", write(tmp, "s.jsonl", [
+        {"id": "x", "prompt": "a cat and " * 30 + "a dog", "objects": [{"name": "cat"}]}])],
+        "over the text encoder's 77"),
+    "empty suite": (lambda tmp: ["--suite", write(tmp, "s.jsonl", [])], "holds no prompts"),
+    "unreadable checkpoint": (lambda tmp: ["--methods", "sepen", "--sepen-checkpoint", str(tmp / "missing.safetensors")],
+                              "does not exist"),
+    "bad seeds": (lambda tmp: ["--seeds", "5-2"], "bad seed range"),
+}
+
+
+@pytest.mark.parametrize("case", list(BAD))
+def test_bad_input_is_one_line_and_loses_nothing(case, existing_run, tiny_model_dir, small_suite, tmp_path, capsys):
+    extra, message = BAD[case]
+    before = folder_state(existing_run)
+    argv = ["run", "--suite", str(small_suite), "--model", str(tiny_model_dir), "--seeds", "0", "--steps", "2",
+            "--out", str(existing_run), "--no-progress"] + extra(tmp_path)
+    capsys.readouterr()
+    assert main(argv) == 2
+    last = capsys.readouterr().err.strip().splitlines()[-1]
+    assert last.startswith("error: ") and message in last, last
+    assert folder_state(existing_run) == before
+
+
+def test_garbage_checkpoint_file(existing_run, tiny_model_dir, small_suite, tmp_path, capsys):
+    garbage = tmp_path / "g.safetensors"
+    garbage.write_bytes(b"\x01" * 100)
+    assert main(["run", "--suite", str(small_suite), "--model", str(tiny_model_dir), "--methods", "sepen",
+                 "--sepen-checkpoint", str(garbage), "--out", str(tmp_path / "o"), "--no-progress"]) == 2
+    assert "cannot read checkpoint" in capsys.readouterr().err
+
+
+def test_ls_lists_with_sizes_and_descriptions(capsys):
+    for what in ("suites", "methods", "metrics"):
+        assert main(["ls", what]) == 0
+    out = capsys.readouterr().out
+    assert "ae276" in out and "276 prompts" in out and "attend_excite" in out and "sepen_tt" in out
+
+
+@pytest.mark.slow
+def test_the_issue_command_on_the_tiny_model(tiny_model_dir, tmp_path):
+    """`run --suite multi_object --methods plain,attend_excite,sepen --num-seeds 2 --limit 3`, offline."""
+    out = tmp_path / "run"
+    done = subprocess.run([sys.executable, "-m", "benchmark", "run", "--suite", "multi_object", "--model",
+                           str(tiny_model_dir), "--methods", "plain,attend_excite,sepen", "--num-seeds", "2",
+                           "--limit", "3", "--steps", "20", "--sepen-steps", "50", "--out", str(out),
+                           "--checkpoint-cache", str(tmp_path / "cache"), "--no-progress"],
+                          capture_output=True, text=True, timeout=1800, env={**os.environ, "HF_HUB_OFFLINE": "1"})
+    assert done.returncode == 0, done.stderr[-3000:]
+    for name in ("samples.jsonl", "summary.csv", "summary.md", "results.json"):
+        assert (out / name).is_file()
+    assert len((out / "samples.jsonl").read_text().splitlines()) == 3 * 3 * 2
+    timings = json.loads((out / "results.json").read_text())["timings"]
+    assert {"plain", "attend_excite", "sepen", "sepen_finetune"} <= set(timings)
+    assert "| attend_excite | three_objects | 6 |" in done.stdout
