@@ -88,8 +88,9 @@ def cmd_run(args) -> int:
                        sepen_checkpoint=args.sepen_checkpoint, checkpoint_cache=args.checkpoint_cache,
                        progress=not args.no_progress)
     out = run(config)
-    print(markdown_table(summarize(read_jsonl(out / "samples.jsonl"), config.methods)), end="")
-    print(f"wrote {out}/samples.jsonl, summary.csv, summary.md, results.json")
+    if out is not None:  # the main process
+        print(markdown_table(summarize(read_jsonl(out / "samples.jsonl"), config.methods)), end="")
+        print(f"wrote {out}/samples.jsonl, summary.csv, summary.md, results.json")
     return 0
 
 

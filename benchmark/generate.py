@@ -85,11 +85,12 @@ def _check_run_folder(out: Path, config: RunConfig) -> None:
                        f"({', '.join(f'{k}={saved.get(k)!r}' for k in differ)}); pass another --out to keep both")
 
 
-def _distributed():
-    """accelerate's process state when launched with it, else a single process."""
+def _distributed(device: str):
+    """accelerate's process state when launched with it (or torchrun), else a single process."""
     from accelerate import PartialState
 
-    return PartialState()
+    # without cpu=True, accelerate does not take CPU processes as a distributed group
+    return PartialState(cpu=device == "cpu" or not torch.cuda.is_available())
 
 
 def _setup_metrics(names: list[str], context: MetricContext) -> list:
@@ -127,15 +128,16 @@ def _append_scores(run_dir: Path, metric, records: list[dict], values: list[dict
     append_jsonl(run_dir / "scores" / f"{metric.name}.jsonl", rows)
 
 
-def run(config: RunConfig) -> Path:
-    """Generate what is missing, score it, and write the tables. Returns the run folder."""
+def run(config: RunConfig) -> Path | None:
+    """Generate what is missing, score it, and write the tables. Returns the run folder (None on the other
+    processes of a distributed run)."""
     prompts = load_suite(config.suite)
     if config.limit is not None:
         prompts = prompts[:config.limit]
     methods = [get_method(name) for name in config.methods]
     out = Path(config.out)
     _check_run_folder(out, config)
-    state = _distributed()
+    state = _distributed(config.device)
     device = str(state.device) if state.num_processes > 1 else config.device
     pipe = load_pipeline(config.model, device=device)
     _check_prompts(pipe, prompts)
@@ -167,7 +169,7 @@ def run(config: RunConfig) -> Path:
             todo = [b for b in blocks if not all(image_path(out, method.name, item.id, s).exists() for s in b)]
             if todo:
                 units.append((method, item, todo))
-    mine = units[state.process_index::state.num_processes]
+    mine = split_units(units, state.process_index, state.num_processes)
     total = sum(not image_path(out, m.name, item.id, s).exists() for m, item, todo in mine for b in todo for s in b)
     bar = tqdm(total=total, desc="generating", disable=not context.progress, unit="img")
     for method in methods:
@@ -185,7 +187,13 @@ def run(config: RunConfig) -> Path:
     if state.is_main_process:
         score_missing(out, metrics, progress=context.progress)
         write_report(out)
-    return out
+    state.wait_for_everyone()  # the other processes return once the tables exist
+    return out if state.is_main_process else None
+
+
+def split_units(units: list, process_index: int, num_processes: int) -> list:
+    """This process's share of the (method, prompt) units: every unit goes to exactly one process."""
+    return units[process_index::num_processes]
 
 
 def generate_block(out: Path, method, context: GenerationContext, item: SuitePrompt, block: list[int],

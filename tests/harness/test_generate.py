@@ -131,3 +131,31 @@ def test_other_settings_in_the_same_folder_are_refused(finished_run, tiny_model_
     with pytest.raises(RunError, match="other steps"):
         run(config(tiny_model_dir, small_suite, finished_run, steps=5))
     assert file_state(finished_run) == before
+
+
+def test_split_gives_every_unit_to_exactly_one_process():
+    from benchmark.generate import split_units
+
+    units = list(range(11))
+    shares = [split_units(units, i, 3) for i in range(3)]
+    assert sorted(sum(shares, [])) == units
+    assert all(abs(len(a) - len(b)) <= 1 for a in shares for b in shares)
+
+
+@pytest.mark.slow
+def test_two_processes_split_the_work_and_merge_the_records(tiny_model_dir, small_suite, tmp_path, finished_run):
+    import subprocess
+    import sys
+
+    out = tmp_path / "dist"
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}
+    done = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "-m", "benchmark",
+                           "run", "--suite", str(small_suite), "--model", str(tiny_model_dir), "--seeds", "0-2",
+                           "--steps", "4", "--batch-size", "2", "--out", str(out), "--no-progress"],
+                          capture_output=True, text=True, timeout=900, env=env)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert done.stdout.count("| plain | all | 6 |") == 1  # one table, from the main process
+    rows = (out / "samples.jsonl").read_text().splitlines()
+    assert len(rows) == 6
+    for path in (out / "images").rglob("*.png"):  # the same images as one process makes
+        assert np.array_equal(np.asarray(Image.open(path)), np.asarray(Image.open(finished_run / path.relative_to(out))))
