@@ -7,7 +7,7 @@ with their records. Run: `pytest tests/benchmarks -s` (ratios printed and stored
 import itertools
 
 import pytest
-from benchmarks.timing import interleaved
+from benchmarks.timing import measure_ratio
 
 from benchmark.generate import generate_block
 from benchmark.methods import GenerationContext, Plain
@@ -39,14 +39,7 @@ def test_harness_against_diffusers_call(benchmark, tiny_pipe, tmp_path, capture,
         else:
             generate_block(out, Plain(), context, ITEM, SEEDS)
 
-    diffusers_call(), harness()  # warm-up
-    round_, times = interleaved(harness, diffusers_call)
-    benchmark.pedantic(round_, rounds=7, iterations=1)
-    if benchmark.stats is None:
-        pytest.skip("benchmarks disabled: no timing to compare")
-    candidate, baseline = min(times["candidate"]), min(times["baseline"])
-    ratio = candidate / baseline
-    benchmark.extra_info.update(harness_s=candidate, diffusers_call_s=baseline, ratio=ratio, goal=goal)
+    candidate, baseline, ratio = measure_ratio(benchmark, harness, diffusers_call, rounds=7)
     print(f"\nharness{' with capture' if capture else ''} {candidate * 1e3:.0f} ms, diffusers call "
           f"{baseline * 1e3:.0f} ms: ratio {ratio:.3f} (goal <= {goal})")
     assert ratio <= goal

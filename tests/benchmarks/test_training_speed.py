@@ -6,10 +6,9 @@ weight, as a plain diffusion training step would. Run: `pytest tests/benchmarks 
 stored in the benchmark's extra_info).
 """
 
-import pytest
-from benchmarks.timing import interleaved
 import torch
 import torch.nn.functional as F
+from benchmarks.timing import measure_ratio
 
 from sae.finetune import encode_prompts, sepen_losses, trainable_parameters
 
@@ -36,14 +35,7 @@ def test_sepen_step_vs_full_forward_backward(benchmark, tiny_pipe):
         prediction = unet(latents, timesteps, encoder_hidden_states=text).sample
         F.mse_loss(prediction, latents).backward()
 
-    full_step(), sepen_step()  # warm-up
-    round_, times = interleaved(sepen_step, full_step)
-    benchmark.pedantic(round_, rounds=15, iterations=1)
-    if benchmark.stats is None:
-        pytest.skip("benchmarks disabled: no timing to compare")
-    candidate, baseline = min(times["candidate"]), min(times["baseline"])
-    ratio = candidate / baseline
-    benchmark.extra_info.update(sepen_step_s=candidate, full_forward_backward_s=baseline, ratio=ratio, goal=GOAL)
+    candidate, baseline, ratio = measure_ratio(benchmark, sepen_step, full_step, rounds=15)
     print(f"\nSepEn step {candidate * 1e3:.1f} ms, full forward+backward {baseline * 1e3:.1f} ms: "
           f"ratio {ratio:.3f} (goal <= {GOAL})")
     assert ratio <= GOAL
