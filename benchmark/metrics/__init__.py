@@ -63,3 +63,7 @@ def get_metric(spec: str) -> Metric:
         return cls()
     raise ValueError(f"unknown metric {spec!r}: choose from {', '.join(METRICS) or '(none registered)'} "
                      "(`python -m benchmark ls metrics`) or name one as module:Class")
+
+
+# the metrics register themselves on import
+from . import clip  # noqa: E402,F401

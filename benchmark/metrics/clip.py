@@ -1,0 +1,93 @@
+"""CLIP image-text similarity in the Attend-and-Excite convention, plus torchmetrics' CLIPScore convention.
+
+- `clip_full`: cosine between the image embedding and the prompt's text embedding, where the text embedding is
+  the normalised mean of the (normalised) embeddings of the prompt in the 80 ImageNet templates
+  ("a bad photo of a {}.", ...), as A&E's metric script does.
+- `clip_min_object`: the prompt split on " and " (else " with "): every part scored the same way, the image's
+  minimum. For three or more objects every object counts.
+- `clip_full_tm`: torchmetrics' CLIPScore convention, `max(100 * cos, 0)` on the raw prompt (no templates).
+  torchmetrics' own class is not used: its 1.9.0 breaks with transformers 5 and it takes only transformers
+  CLIP models, while the A&E convention is open_clip's ViT-B/16.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from . import Metric, MetricUnavailable, register_metric
+
+MODEL_NAME = "ViT-B-16"
+
+
+def object_phrases(prompt: str) -> list[str]:
+    """A&E's split: on " and " if the prompt has one, else on " with "; every part kept."""
+    joiner = " and " if " and " in prompt else " with "
+    return [part.strip() for part in prompt.split(joiner) if part.strip()]
+
+
+def torchmetrics_clip_score(cosine: torch.Tensor) -> torch.Tensor:
+    """torchmetrics' CLIPScore of a cosine: `max(100 * cos, 0)`."""
+    return torch.clamp(100 * cosine, min=0)
+
+
+@register_metric
+class ClipScore(Metric):
+    name = "clip"
+    description = "CLIP ViT-B/16 full-prompt and minimum-object similarity (A&E), and torchmetrics' CLIPScore"
+    columns = {"clip_full": True, "clip_min_object": True, "clip_full_tm": True}
+    convention = ("open_clip ViT-B-16; text = normalised mean of the 80 ImageNet-template embeddings; cosine; "
+                  "min-object splits the prompt on ' and ' (else ' with ') and takes the per-image minimum; "
+                  "clip_full_tm = max(100 * cos, 0) on the raw prompt (torchmetrics' convention)")
+
+    def __init__(self, model=None, tokenizer=None, preprocess=None, device: str = "cpu"):
+        self.model, self.tokenizer, self.preprocess, self.device = model, tokenizer, preprocess, device
+        self._text_cache: dict[tuple[str, bool], torch.Tensor] = {}
+
+    def setup(self, context) -> None:
+        self.device = context.device
+        if self.model is not None:
+            return
+        import open_clip
+
+        source = context.model_paths.get(self.name, "openai")
+        try:
+            model, _, preprocess = open_clip.create_model_and_transforms(MODEL_NAME, pretrained=source,
+                                                                         device=self.device)
+        except Exception as err:  # download, file and format errors all mean "no weights here"
+            raise MetricUnavailable(
+                f"cannot load open_clip {MODEL_NAME} weights {source!r} ({type(err).__name__}); fetch them where "
+                "there is network (open_clip's 'openai' ViT-B-16) and pass --metric-model clip=PATH") from err
+        self.model, self.preprocess = model.eval(), preprocess
+        self.tokenizer = open_clip.get_tokenizer(MODEL_NAME)
+
+    @torch.no_grad()
+    def text_embedding(self, text: str, templates: bool = True) -> torch.Tensor:
+        """Unit text embedding; with `templates`, the normalised mean over the 80 ImageNet templates."""
+        key = (text, templates)
+        if key not in self._text_cache:
+            from open_clip.zero_shot_metadata import OPENAI_IMAGENET_TEMPLATES
+
+            texts = [template(text) for template in OPENAI_IMAGENET_TEMPLATES] if templates else [text]
+            features = F.normalize(self.model.encode_text(self.tokenizer(texts).to(self.device)).float(), dim=-1)
+            self._text_cache[key] = F.normalize(features.mean(dim=0), dim=-1)
+        return self._text_cache[key]
+
+    @torch.no_grad()
+    def image_embeddings(self, images) -> torch.Tensor:
+        batch = torch.stack([self.preprocess(image.convert("RGB")) for image in images]).to(self.device)
+        return F.normalize(self.model.encode_image(batch).float(), dim=-1)
+
+    def score(self, images, records):
+        if self.model is None:
+            raise MetricUnavailable("clip metric used before setup()")
+        embeddings = self.image_embeddings(images)
+        out = []
+        for embedding, record in zip(embeddings, records):
+            prompt = record["prompt"]
+            parts = [float(embedding @ self.text_embedding(p)) for p in object_phrases(prompt)]
+            raw = embedding @ self.text_embedding(prompt, templates=False)
+            out.append({"clip_full": float(embedding @ self.text_embedding(prompt)),
+                        "clip_min_object": min(parts),
+                        "clip_full_tm": float(torchmetrics_clip_score(raw))})
+        return out
