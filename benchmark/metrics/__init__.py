@@ -66,4 +66,4 @@ def get_metric(spec: str) -> Metric:
 
 
 # the metrics register themselves on import
-from . import clip  # noqa: E402,F401
+from . import clip, presence  # noqa: E402,F401
