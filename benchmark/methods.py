@@ -19,7 +19,7 @@ from pathlib import Path
 import torch
 from tqdm.auto import tqdm
 
-from sae.checkpoint import apply_delta, base_fingerprints, load_delta
+from sae.checkpoint import apply_delta, base_fingerprints, fingerprint_key, load_delta, require_same_base
 from sae.finetune import ConceptPair, FinetuneConfig, finetune, trainable_parameters
 from sae.sampling import seed_generators
 from sae.tokens import find_token_indices
@@ -59,6 +59,15 @@ class GenerationContext:
             self._base_keys = {n: p.detach().clone() for n, p in
                                trainable_parameters(self.pipe.unet, self.sepen_config.projection).items()}
         return self._fingerprint
+
+    def apply_checkpoint(self, path: Path) -> None:
+        """The base keys, then the checkpoint's: its base is checked against the fingerprint taken once per run
+        rather than hashing the UNet again for every block."""
+        self.restore_base()
+        delta = load_delta(path)
+        key = fingerprint_key(self.pipe.unet)
+        require_same_base(delta, self.base_fingerprint()[key], key)
+        apply_delta(self.pipe.unet, delta, check_base=False)
 
     def restore_base(self) -> None:
         self.base_fingerprint()
@@ -149,8 +158,7 @@ class SepEn(Method):
         context.restore_base()
 
     def generate(self, context, item, seeds):
-        context.restore_base()
-        apply_delta(context.pipe.unet, self._checkpoint(context, item))
+        context.apply_checkpoint(self._checkpoint(context, item))
         try:
             if self.use_attend_excite:
                 return AttendExcite().generate(context, item, seeds)

@@ -51,7 +51,8 @@ def base_fingerprints(unet) -> dict[str, str]:
             "bfloat16": weights_fingerprint(unet, torch.bfloat16)}
 
 
-def _fingerprint_key(unet) -> str:
+def fingerprint_key(unet) -> str:
+    """Which of a checkpoint's base fingerprints applies to this UNet's dtype."""
     return "bfloat16" if unet.dtype == torch.bfloat16 else "float16"
 
 
@@ -117,8 +118,13 @@ def load_delta(path: str | os.PathLike) -> Delta:
 
 def check_base_model(unet, delta: Delta) -> None:
     """Raise `BaseModelMismatchError` unless `unet` holds the base weights the checkpoint was trained on."""
-    key = _fingerprint_key(unet)
+    key = fingerprint_key(unet)
     found = weights_fingerprint(unet, torch.bfloat16 if key == "bfloat16" else torch.float16)
+    require_same_base(delta, found, key)
+
+
+def require_same_base(delta: Delta, found: str, key: str = "float16") -> None:
+    """Raise `BaseModelMismatchError` unless `found` is the checkpoint's base fingerprint for `key`."""
     expected = delta.base_fingerprint.get(key)
     if found != expected:
         raise BaseModelMismatchError(

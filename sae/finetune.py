@@ -25,7 +25,7 @@ from torch.func import functional_call
 from tqdm.auto import tqdm
 
 from .attention import StopForward, capture_cross_attention, object_maps
-from .checkpoint import base_fingerprints, save_delta
+from .checkpoint import base_fingerprints, load_delta, save_delta
 from .losses import enhance_loss, norm_loss, separate_loss
 from .tokens import find_token_indices
 
@@ -285,8 +285,6 @@ def finetune(pipe, source: ConceptPair | ConceptPool, config: FinetuneConfig | N
 
 def _resume(state_path: Path, checkpoint_path: Path, params, optimizer, config: FinetuneConfig, source):
     """Restore a run from its out folder; a folder holding another run is an error, not an overwrite."""
-    from .checkpoint import load_delta
-
     state = torch.load(state_path, map_location="cpu", weights_only=True)
     saved = {k: v for k, v in state["config"].items() if k not in ("steps", "checkpoint_every")}
     wanted = {k: v for k, v in config.to_dict().items() if k not in ("steps", "checkpoint_every")}

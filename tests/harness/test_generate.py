@@ -4,6 +4,7 @@ import os
 import numpy as np
 import pandas as pd
 import pytest
+import torch
 from PIL import Image
 
 from benchmark.cli import main
@@ -159,3 +160,29 @@ def test_two_processes_split_the_work_and_merge_the_records(tiny_model_dir, smal
     assert len(rows) == 6
     for path in (out / "images").rglob("*.png"):  # the same images as one process makes
         assert np.array_equal(np.asarray(Image.open(path)), np.asarray(Image.open(finished_run / path.relative_to(out))))
+
+
+def test_one_large_scale_checkpoint_for_every_prompt(finished_run, tiny_model_dir, small_suite, tmp_path):
+    from sae.checkpoint import BaseModelMismatchError, base_fingerprints, save_delta
+    from sae.finetune import trainable_parameters
+    from sae.models import build_tiny_pipeline, load_pipeline
+
+    base = load_pipeline(tiny_model_dir)
+    generator = torch.Generator().manual_seed(0)
+    trained = {n: p.detach() + torch.randn(p.shape, generator=generator)
+               for n, p in trainable_parameters(base.unet).items()}
+    good = save_delta(tmp_path / "good.safetensors", trained, base_model="tiny",
+                      base_fingerprint=base_fingerprints(base.unet))
+    out = tmp_path / "large"
+    run(config(tiny_model_dir, small_suite, out, methods=["sepen"], sepen_checkpoint=str(good), metrics=[]))
+    for path in (out / "images" / "sepen").rglob("*.png"):
+        plain = finished_run / "images" / "plain" / path.relative_to(out / "images" / "sepen")
+        assert not np.array_equal(np.asarray(Image.open(path)), np.asarray(Image.open(plain)))
+    assert not (out / "finetune.jsonl").exists()  # nothing trained
+
+    other = build_tiny_pipeline(seed=1)
+    bad = save_delta(tmp_path / "bad.safetensors", trained, base_model="other",
+                     base_fingerprint=base_fingerprints(other.unet))
+    with pytest.raises(BaseModelMismatchError, match="trained on base model 'other'"):
+        run(config(tiny_model_dir, small_suite, tmp_path / "refused", methods=["sepen"], sepen_checkpoint=str(bad)))
+    assert not (tmp_path / "refused").exists()
