@@ -1,0 +1,381 @@
+"""Train the shapes model from scratch: first the VAE, then the UNet and the text encoder jointly.
+
+    python -m benchmark.shapes.train --out /tmp/shapes_run                  # the shipped model's run
+    python -m benchmark.shapes.train --out /tmp/shapes_run --export benchmark/shapes/pretrained
+
+Rerunning the same command resumes from the latest checkpoint in --out (written every --checkpoint-minutes and at
+the end of each phase); a finished run only (re)exports. Everything random comes from --seed: the scenes of each
+step are a function of (seed, step) (see data.py) and so are the noise and the timesteps, so an interrupted run
+sees the same batches as an uninterrupted one.
+
+Phases:
+1. VAE (`--vae-steps`): L1 + MSE reconstruction of rendered scenes, with latent channels 0-2 pulled towards the
+   2x2-pooled RGB image (an "RGB-like" latent, see TrainConfig.vae_align) and KL weight 0; afterwards the latents are normalised per channel (model.normalize_latent_channels; scaling factor 1).
+2. Diffusion (`--steps`): DDPM v-prediction loss on SD's scaled_linear betas rescaled to zero terminal SNR
+   (model.sd_scheduler_kwargs), x0 weight capped at 6 (as min-SNR-5), AdamW
+   with warm-up and cosine decay, the text encoder at `--text-lr-mult` times the UNet's learning rate, 10% of
+   captions dropped (for classifier-free guidance), an EMA of the weights, which is what gets exported.
+   Training scenes hold 1-4 objects (`--count-probs`, single objects over-represented so that a one-object
+   prompt yields one object), never both members of a held-out pair (data.HELDOUT_PAIRS).
+
+Outputs in --out: vae/ (trained VAE), diffusion.pt (resumable state), latest/ (the EMA pipeline at the last
+checkpoint, loadable by `sae.models.load_pipeline`), pipeline/ (the final EMA pipeline, fp32), log.csv.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import dataclasses
+import json
+import math
+import os
+import shutil
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from tqdm.auto import tqdm
+
+from . import model as M
+from .data import DIFFUSION_STREAM, VAE_STREAM, BatchStream
+
+# Settings that change the trained weights; the rest (threads, device, workers, checkpoint interval) do not.
+@dataclass
+class TrainConfig:
+    arch: str = "small"
+    seed: int = 0
+    # phase 1: VAE
+    vae_steps: int = 600
+    vae_batch: int = 16
+    vae_lr: float = 2e-3
+    # KL weight 0: with SD's 1e-6, Adam still followed the KL gradient and the posterior std grew to ~0.45 of
+    # the latents' spread (noisy latents for the UNet); the small log-variance set at init (model.build_vae)
+    # keeps the posterior nearly deterministic, and the scaling factor normalises the latents instead.
+    vae_kl: float = 0.0
+    # Latent channels 0-2 are pulled towards the 2x2-average-pooled RGB image (weight vae_align); channel 3 is
+    # free for sub-pixel edge detail but kept small (vae_detail). Measured without it: the free latent packed
+    # the six colours within ~0.5-1 latent std of the background, with edge codes taking most of the variance,
+    # so the UNet's slightly shrunken predictions decoded orange as red, green as blue, blue as purple, yellow as
+    # nothing (samples were mostly blank or wrong-coloured). An RGB-like latent shrinks to paler, same-hue shapes.
+    vae_align: float = 1.0
+    vae_detail: float = 0.1
+    # phase 2: UNet + text encoder
+    steps: int = 3000
+    batch: int = 32
+    lr: float = 1e-3
+    text_lr_mult: float = 3.0
+    warmup: int = 200
+    min_lr_frac: float = 0.1
+    weight_decay: float = 0.01
+    ema: float = 0.999
+    snr_cap: float = 5.0  # v-loss weight min(snr + 1, cap + 1) / (snr + 1), i.e. x0 weight min(snr + 1, cap + 1)
+    caption_dropout: float = 0.1
+    count_probs: tuple = (0.45, 0.2, 0.2, 0.15)
+    max_grad_norm: float = 1.0
+
+    def to_dict(self):
+        return dataclasses.asdict(self)
+
+
+def _to_tensor(images: np.ndarray, device) -> torch.Tensor:
+    x = torch.from_numpy(images).to(device).permute(0, 3, 1, 2).float()
+    return x / 127.5 - 1.0
+
+
+def _atomic_save(obj, path: Path) -> None:
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    torch.save(obj, tmp)
+    os.replace(tmp, path)
+
+
+def _lr_factor(step: int, cfg: TrainConfig) -> float:
+    if step < cfg.warmup:
+        return (step + 1) / cfg.warmup
+    progress = (step - cfg.warmup) / max(1, cfg.steps - cfg.warmup)
+    return cfg.min_lr_frac + (1 - cfg.min_lr_frac) * 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
+
+
+def _step_generator(seed: int, stream: int, step: int) -> torch.Generator:
+    return torch.Generator("cpu").manual_seed(int(np.random.SeedSequence([seed, stream, step, 99]).generate_state(1)[0]))
+
+
+class _Log:
+    def __init__(self, path: Path, header: str):
+        self.path = path
+        if not path.exists():
+            path.write_text(header + "\n")
+
+    def write(self, *values):
+        with open(self.path, "a") as f:
+            f.write(",".join(f"{v:.6g}" if isinstance(v, float) else str(v) for v in values) + "\n")
+
+
+# ----------------------------------------------------------------------------------------------- phase 1: VAE
+
+def train_vae(cfg: TrainConfig, out: Path, device, workers: int = 0, checkpoint_minutes: float = 5.0):
+    """Train (or resume, or load) the VAE; returns it with its scaling factor set."""
+    from diffusers import AutoencoderKL
+
+    final = out / "vae"
+    if (final / "config.json").is_file():
+        return AutoencoderKL.from_pretrained(final).to(device)
+    state_path = out / "vae_state.pt"
+    vae = M.build_vae(cfg.seed).to(device)
+    opt = torch.optim.AdamW(vae.parameters(), lr=cfg.vae_lr, weight_decay=0.0)
+    start, elapsed = 0, 0.0
+    if state_path.is_file():
+        state = torch.load(state_path, map_location=device, weights_only=False)
+        vae.load_state_dict(state["vae"])
+        opt.load_state_dict(state["opt"])
+        start, elapsed = state["step"], state["elapsed"]
+    log = _Log(out / "vae_log.csv", "step,loss,l1,kl,elapsed_s")
+    stream = BatchStream(start, cfg.vae_steps, workers, seed=cfg.seed, stream=VAE_STREAM,
+                         batch_size=cfg.vae_batch, count_probs=(0.25, 0.25, 0.25, 0.25))
+    t0, last_ckpt = time.time() - elapsed, time.time()
+    bar = tqdm(stream, total=cfg.vae_steps, initial=start, desc="vae", dynamic_ncols=True)
+    step = start
+    try:
+        for step, (images, _) in enumerate(bar, start=start):
+            opt.param_groups[0]["lr"] = cfg.vae_lr * 0.5 * (1 + math.cos(math.pi * step / cfg.vae_steps))
+            x = _to_tensor(images, device)
+            posterior = vae.encode(x).latent_dist
+            z = posterior.sample(generator=_step_generator(cfg.seed, VAE_STREAM, step))
+            recon = vae.decode(z).sample
+            l1 = (recon - x).abs().mean()
+            kl = posterior.kl().mean()
+            mean = posterior.mean
+            align = F.mse_loss(mean[:, :3], F.avg_pool2d(x, 2)) + cfg.vae_detail * mean[:, 3:].pow(2).mean()
+            loss = l1 + F.mse_loss(recon, x) + cfg.vae_kl * kl + cfg.vae_align * align
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(vae.parameters(), 1.0)
+            opt.step()
+            if step % 25 == 0:
+                bar.set_postfix(loss=f"{loss.item():.4f}", l1=f"{l1.item():.4f}")
+                log.write(step, loss.item(), l1.item(), kl.item(), time.time() - t0)
+            if time.time() - last_ckpt > checkpoint_minutes * 60:
+                _atomic_save({"vae": vae.state_dict(), "opt": opt.state_dict(), "step": step + 1,
+                              "elapsed": time.time() - t0}, state_path)
+                last_ckpt = time.time()
+    finally:
+        stream.close()
+        bar.close()
+    vae.eval()
+    M.normalize_latent_channels(vae, *_latent_stats(vae, cfg, device))
+    vae.save_pretrained(final, safe_serialization=True)
+    (out / "vae_time.json").write_text(json.dumps({"elapsed_s": time.time() - t0}))
+    return vae
+
+
+@torch.no_grad()
+def _latent_stats(vae, cfg: TrainConfig, device, n_batches: int = 8) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-channel mean and std of the latents (posterior means) of scenes outside the training steps."""
+    from .data import training_batch
+
+    zs = torch.cat([vae.encode(_to_tensor(training_batch(10_000_000 + i, seed=cfg.seed, stream=VAE_STREAM,
+                                                         batch_size=64)[0], device)).latent_dist.mean
+                    for i in range(n_batches)])
+    return zs.mean(dim=(0, 2, 3)), zs.std(dim=(0, 2, 3))
+
+
+# ----------------------------------------------------------------------------------------- phase 2: diffusion
+
+class _Tokens:
+    """Caption -> padded ids, cached (the captions repeat a lot and CLIP's BPE is slow in Python)."""
+
+    def __init__(self, tokenizer):
+        self.tokenizer = tokenizer
+        self.cache: dict[str, torch.Tensor] = {}
+
+    def __call__(self, captions) -> torch.Tensor:
+        missing = [c for c in set(captions) if c not in self.cache]
+        if missing:
+            ids = self.tokenizer(missing, padding="max_length", max_length=self.tokenizer.model_max_length,
+                                 truncation=True, return_tensors="pt").input_ids
+            self.cache.update(zip(missing, ids))
+        return torch.stack([self.cache[c] for c in captions])
+
+
+def _ema_update(ema_params, params, decay: float) -> None:
+    torch._foreach_mul_(ema_params, decay)
+    torch._foreach_add_(ema_params, params, alpha=1 - decay)
+
+
+def train_diffusion(cfg: TrainConfig, out: Path, vae, device, workers: int = 0, checkpoint_minutes: float = 5.0):
+    """Train (or resume) the UNet and text encoder; returns (unet, text_encoder) holding the EMA weights."""
+    from sae.models import clip_tokenizer
+
+    tokenizer = clip_tokenizer()
+    unet = M.build_unet(cfg.arch, cfg.seed + 2).to(device)
+    text_encoder = M.build_text_encoder(tokenizer, cfg.arch, cfg.seed + 1).to(device)
+    ema_unet, ema_text = copy.deepcopy(unet).eval(), copy.deepcopy(text_encoder).eval()
+    params = [p for p in unet.parameters()] + [p for p in text_encoder.parameters()]
+    ema_params = list(ema_unet.parameters()) + list(ema_text.parameters())
+    opt = torch.optim.AdamW([{"params": list(unet.parameters()), "lr": cfg.lr},
+                             {"params": list(text_encoder.parameters()), "lr": cfg.lr * cfg.text_lr_mult}],
+                            betas=(0.9, 0.999), weight_decay=cfg.weight_decay)
+    base_lrs = [g["lr"] for g in opt.param_groups]
+    noise_sched = M.training_scheduler()
+    alphas = noise_sched.alphas_cumprod.to(device)
+    state_path = out / "diffusion.pt"
+    start, elapsed = 0, 0.0
+    if state_path.is_file():
+        state = torch.load(state_path, map_location=device, weights_only=False)
+        unet.load_state_dict(state["unet"])
+        text_encoder.load_state_dict(state["text_encoder"])
+        ema_unet.load_state_dict(state["ema_unet"])
+        ema_text.load_state_dict(state["ema_text"])
+        opt.load_state_dict(state["opt"])
+        start, elapsed = state["step"], state["elapsed"]
+    if start >= cfg.steps:
+        return ema_unet, ema_text, tokenizer
+    vae.requires_grad_(False).eval()
+    scale = vae.config.scaling_factor
+    tokens = _Tokens(tokenizer)
+    log = _Log(out / "log.csv", "step,loss,lr,elapsed_s")
+    stream = BatchStream(start, cfg.steps, workers, seed=cfg.seed, stream=DIFFUSION_STREAM,
+                         batch_size=cfg.batch, count_probs=tuple(cfg.count_probs),
+                         caption_dropout=cfg.caption_dropout)
+
+    def checkpoint(next_step: int):
+        _atomic_save({"unet": unet.state_dict(), "text_encoder": text_encoder.state_dict(),
+                      "ema_unet": ema_unet.state_dict(), "ema_text": ema_text.state_dict(),
+                      "opt": opt.state_dict(), "step": next_step, "elapsed": time.time() - t0,
+                      "config": cfg.to_dict()}, state_path)
+        save_pipeline(out / "latest", vae, ema_text, tokenizer, ema_unet)
+
+    t0, last_ckpt = time.time() - elapsed, time.time()
+    bar = tqdm(stream, total=cfg.steps, initial=start, desc="diffusion", dynamic_ncols=True)
+    running = None
+    unet.train()
+    text_encoder.train()
+    try:
+        for step, (images, captions) in enumerate(bar, start=start):
+            for group, base in zip(opt.param_groups, base_lrs):
+                group["lr"] = base * _lr_factor(step, cfg)
+            gen = _step_generator(cfg.seed, DIFFUSION_STREAM, step)
+            with torch.no_grad():
+                posterior = vae.encode(_to_tensor(images, device)).latent_dist
+                latents = posterior.sample(generator=gen) * scale
+            noise = torch.randn(latents.shape, generator=gen).to(device)
+            t = torch.randint(0, noise_sched.config.num_train_timesteps, (len(images),), generator=gen).to(device)
+            noisy = noise_sched.add_noise(latents, noise, t)
+            target = noise_sched.get_velocity(latents, noise, t)  # v-prediction (model.sd_scheduler_kwargs)
+            context = text_encoder(tokens(captions).to(device))[0]
+            pred = unet(noisy, t, context).sample
+            per_sample = (pred.float() - target).pow(2).mean(dim=(1, 2, 3))
+            if cfg.snr_cap > 0:
+                # The v-loss weighs x0 errors by snr + 1: ~1 at high noise, where layout and colours are decided
+                # (epsilon-loss weighs them by snr, ~0 there). Capping it at cap + 1 (as min-SNR does) keeps the
+                # low-noise steps from dominating.
+                snr = alphas[t] / (1 - alphas[t])
+                per_sample = per_sample * (snr + 1).clamp(max=cfg.snr_cap + 1) / (snr + 1)
+            loss = per_sample.mean()
+            if not torch.isfinite(loss):
+                raise RuntimeError(f"loss is {loss.item()} at step {step}")
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(params, cfg.max_grad_norm)
+            opt.step()
+            with torch.no_grad():
+                _ema_update(ema_params, params, min(cfg.ema, (1 + step) / (10 + step)))
+            running = loss.item() if running is None else 0.98 * running + 0.02 * loss.item()
+            if step % 25 == 0:
+                bar.set_postfix(loss=f"{running:.4f}")
+                log.write(step, running, opt.param_groups[0]["lr"], time.time() - t0)
+            if time.time() - last_ckpt > checkpoint_minutes * 60:
+                checkpoint(step + 1)
+                last_ckpt = time.time()
+    finally:
+        stream.close()
+        bar.close()
+    checkpoint(cfg.steps)
+    return ema_unet, ema_text, tokenizer
+
+
+# -------------------------------------------------------------------------------------------------- export
+
+def save_pipeline(path: Path, vae, text_encoder, tokenizer, unet, dtype: torch.dtype = torch.float32) -> Path:
+    """Write a `StableDiffusionPipeline` folder (safetensors) from the given components (copied, cast to dtype)."""
+    path = Path(path)
+    comps = [copy.deepcopy(m).to("cpu", dtype) for m in (vae, text_encoder, unet)]
+    pipe = M.assemble_pipeline(comps[0], comps[1], tokenizer, comps[2])
+    tmp = path.with_name(path.name + ".tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    pipe.save_pretrained(tmp, safe_serialization=True)
+    shutil.rmtree(path, ignore_errors=True)
+    os.replace(tmp, path)
+    return path
+
+
+def folder_size(path: Path) -> int:
+    return sum(f.stat().st_size for f in Path(path).rglob("*") if f.is_file())
+
+
+VAE_KEYS = ("seed", "vae_steps", "vae_batch", "vae_lr", "vae_kl", "vae_align", "vae_detail")
+
+
+def _check_settings(cfg: TrainConfig, out: Path) -> None:
+    """A resumed phase must use the settings it started with (the VAE's for phase 1, all for phase 2)."""
+    given = json.loads(json.dumps(cfg.to_dict()))
+    path = out / "config.json"
+    if path.is_file():
+        saved = json.loads(path.read_text())
+        started = (out / "diffusion.pt").is_file()
+        keys = given if started else [k for k in VAE_KEYS if (out / "vae").is_dir() or (out / "vae_state.pt").is_file()]
+        diff = {k: (saved.get(k), given[k]) for k in keys if saved.get(k) != given[k]}
+        if diff:
+            raise SystemExit(f"{out} holds a run with other settings (saved, given): {diff}; "
+                             f"use another --out or the same settings")
+    path.write_text(json.dumps(given, indent=1))
+
+
+def run(cfg: TrainConfig, out: Path, device: str = "cpu", threads: int = 1, workers: int = 0,
+        checkpoint_minutes: float = 5.0, export: Path | None = None, export_dtype: str = "float16") -> Path:
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    torch.set_num_threads(threads)
+    _check_settings(cfg, out)
+    device = torch.device(device)
+    vae = train_vae(cfg, out, device, workers, checkpoint_minutes)
+    unet, text_encoder, tokenizer = train_diffusion(cfg, out, vae, device, workers, checkpoint_minutes)
+    final = save_pipeline(out / "pipeline", vae, text_encoder, tokenizer, unet)
+    if export is not None:
+        from sae.models import resolve_dtype
+
+        save_pipeline(Path(export), vae, text_encoder, tokenizer, unet, resolve_dtype(export_dtype))
+        print(f"exported {export} ({folder_size(Path(export)) / 2**20:.1f} MiB, {export_dtype})")
+    return final
+
+
+def main(argv=None):
+    defaults = TrainConfig()
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--out", required=True, type=Path, help="run folder (checkpoints; rerun to resume)")
+    for f in dataclasses.fields(TrainConfig):
+        name = "--" + f.name.replace("_", "-")
+        if f.name == "count_probs":
+            p.add_argument(name, type=float, nargs=4, default=list(defaults.count_probs),
+                           help="probabilities of 1, 2, 3, 4 objects per training scene")
+        else:
+            p.add_argument(name, type=type(getattr(defaults, f.name)), default=getattr(defaults, f.name))
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--threads", type=int, default=1, help="torch CPU threads (1: measured best on a shared 2-core CPU)")
+    p.add_argument("--workers", type=int, default=0, help="processes rendering batches ahead (0: inline)")
+    p.add_argument("--checkpoint-minutes", type=float, default=5.0)
+    p.add_argument("--export", type=Path, default=None, help="also write the final pipeline here")
+    p.add_argument("--export-dtype", default="float16", help="weights dtype of --export (float16 or float32)")
+    args = p.parse_args(argv)
+    cfg = TrainConfig(**{f.name: (tuple(getattr(args, f.name)) if f.name == "count_probs" else getattr(args, f.name))
+                         for f in dataclasses.fields(TrainConfig)})
+    final = run(cfg, args.out, args.device, args.threads, args.workers, args.checkpoint_minutes, args.export,
+                args.export_dtype)
+    print(f"pipeline: {final}")
+
+
+if __name__ == "__main__":
+    main()
