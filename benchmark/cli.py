@@ -16,6 +16,7 @@ EPILOG = """examples:
       --seeds 0-63 --batch-size 8 --out runs/ae276        # the paper's protocol (GPU)
   accelerate launch -m benchmark run ...                # the same, split across processes
   python -m benchmark report runs/tiny
+  python -m benchmark score runs/tiny --metrics presence,clip --metric-model presence=DIR --metric-model clip=FILE
   python -m benchmark compare runs/a runs/b
 """
 
@@ -54,6 +55,14 @@ def build_parser() -> argparse.ArgumentParser:
 
     report = commands.add_parser("report", help="rebuild samples.jsonl and the tables of a run folder")
     report.add_argument("run_dir", type=Path)
+
+    score = commands.add_parser("score", help="score a run's images from its records (never regenerates)",
+                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    score.add_argument("run_dir", type=Path)
+    score.add_argument("--metrics", help="comma-separated; default: the run's own")
+    score.add_argument("--metric-model", action="append", default=[], metavar="METRIC=PATH")
+    score.add_argument("--rescore", action="store_true", help="score every image again, not only unscored ones")
+    score.add_argument("--device", default="auto")
 
     compare = commands.add_parser("compare", help="print the per-metric deltas of run B against run A")
     compare.add_argument("run_a", type=Path)
@@ -125,6 +134,17 @@ def cmd_report(args) -> int:
     return 0
 
 
+def cmd_score(args) -> int:
+    from .generate import rescore
+    from .report import markdown_table
+
+    names = [m.strip() for m in args.metrics.split(",") if m.strip()] if args.metrics else None
+    summary = rescore(args.run_dir, names, _metric_models(args.metric_model), device=args.device,
+                      again=args.rescore)
+    print(markdown_table(summary), end="")
+    return 0
+
+
 def cmd_compare(args) -> int:
     from .report import compare
 
@@ -138,7 +158,7 @@ def main(argv: list[str] | None = None) -> int:
     from sae.checkpoint import CheckpointError
     from sae.models import ModelNotFoundError
 
-    handlers = {"run": cmd_run, "ls": cmd_ls, "report": cmd_report, "compare": cmd_compare}
+    handlers = {"run": cmd_run, "ls": cmd_ls, "report": cmd_report, "score": cmd_score, "compare": cmd_compare}
     try:
         return handlers[args.command](args)
     except (ModelNotFoundError, CheckpointError, ValueError, FileNotFoundError, json.JSONDecodeError) as err:

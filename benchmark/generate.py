@@ -106,20 +106,44 @@ def _setup_metrics(names: list[str], context: MetricContext) -> list:
     return metrics
 
 
-def score_missing(run_dir: Path, metrics: list, progress: bool = True) -> int:
-    """Score finished images that lack a metric's columns (e.g. after a kill between writing and scoring)."""
+def score_missing(run_dir: Path, metrics: list, progress: bool = True, again: bool = False) -> int:
+    """Score finished images that lack a metric's columns (e.g. after a kill between writing and scoring), or
+    with `again` every image (a later line replaces an earlier one). Images are read from disk, never made."""
     from PIL import Image
 
     scores = read_scores(run_dir)
     done = 0
     for metric in metrics:
-        todo = [r for r in scan_records(run_dir) if not set(metric.columns) <= set(scores.get(record_key(r), {}))]
+        todo = [r for r in scan_records(run_dir)
+                if again or not set(metric.columns) <= set(scores.get(record_key(r), {}))]
         for start in tqdm(range(0, len(todo), 16), desc=f"scoring {metric.name}", disable=not progress or not todo):
             batch = todo[start:start + 16]
             images = [Image.open(run_dir / r["path"]).convert("RGB") for r in batch]
             _append_scores(run_dir, metric, batch, metric.score(images, batch))
             done += len(batch)
     return done
+
+
+def rescore(run_dir: Path, metric_names: list[str] | None = None, metric_models: dict | None = None,
+            device: str = "auto", again: bool = False, progress: bool = True):
+    """`benchmark score`: load the metrics once, score the run's images from disk, rebuild the tables."""
+    from sae.models import resolve_device
+
+    run_dir = Path(run_dir)
+    config_path = run_dir / "run_config.json"
+    if not config_path.exists():
+        raise FileNotFoundError(f"{run_dir} is not a benchmark run folder (no run_config.json)")
+    config = json.loads(config_path.read_text())
+    names = metric_names if metric_names is not None else config.get("metrics", [])
+    for name in names:
+        get_metric(name)  # unknown names fail before any work
+    models = {**config.get("metric_models", {}), **(metric_models or {})}
+    metrics = _setup_metrics(names, MetricContext(device=str(resolve_device(device)), model_paths=models))
+    score_missing(run_dir, metrics, progress=progress, again=again)
+    described = {**config.get("metrics_described", {}), **{m.name: m.describe() for m in metrics}}
+    config.update(metrics=sorted(set(config.get("metrics", [])) | set(names)), metrics_described=described)
+    (run_dir / "run_config.json").write_text(json.dumps(config, indent=1))
+    return write_report(run_dir)
 
 
 def _append_scores(run_dir: Path, metric, records: list[dict], values: list[dict]) -> None:

@@ -186,3 +186,23 @@ def test_one_large_scale_checkpoint_for_every_prompt(finished_run, tiny_model_di
     with pytest.raises(BaseModelMismatchError, match="trained on base model 'other'"):
         run(config(tiny_model_dir, small_suite, tmp_path / "refused", methods=["sepen"], sepen_checkpoint=str(bad)))
     assert not (tmp_path / "refused").exists()
+
+
+def test_score_command_adds_a_metric_without_regenerating(tiny_model_dir, small_suite, tmp_path, capsys):
+    out = tmp_path / "s"
+    run(config(tiny_model_dir, small_suite, out, seeds=[0], metrics=[]))
+    before = file_state(out)
+    assert "brightness" not in (out / "samples.jsonl").read_text()
+    assert main(["score", str(out), "--metrics", FAKE]) == 0
+    assert file_state(out) == before
+    rows = [json.loads(line) for line in (out / "samples.jsonl").read_text().splitlines()]
+    for row in rows:
+        pixels = np.asarray(Image.open(out / row["path"]).convert("RGB"), dtype=np.float64) / 255
+        assert row["brightness"] == pytest.approx(pixels.mean())
+    assert "brightness_mean" in pd.read_csv(out / "summary.csv").columns
+    assert json.loads((out / "results.json").read_text())["metrics"]["brightness"]["columns"]
+    lines = len((out / "scores" / "brightness.jsonl").read_text().splitlines())
+    assert main(["score", str(out), "--metrics", FAKE]) == 0  # nothing left to score
+    assert len((out / "scores" / "brightness.jsonl").read_text().splitlines()) == lines
+    assert main(["score", str(out), "--metrics", FAKE, "--rescore"]) == 0
+    assert len((out / "scores" / "brightness.jsonl").read_text().splitlines()) == 2 * lines
