@@ -21,9 +21,11 @@ Design (measured on the project's 2-core CPU, see `ARCHITECTURES` and train.py):
 * Scheduler: SD 1.x's betas (scaled_linear 0.00085-0.012, 1000 steps) rescaled to zero terminal SNR, with
   v-prediction (see `sd_scheduler_kwargs` for why). Training uses DDPM noising; the saved pipeline samples with
   DDIM (`DDIMScheduler`, trailing timesteps, 30-50 steps).
-* Latents: the VAE's per-channel mean and std are folded into its quant convolutions after training
-  (`normalize_latent_channels`), so latents are zero-mean and unit-variance per channel and the scaling factor
-  is 1.
+* Latents: "RGB-like": training pulls latent channels 0-2 towards the 2x2-pooled image and keeps channel 3
+  (sub-pixel edge detail) small (train.TrainConfig.vae_align), so that a UNet prediction that falls short of
+  an object's latent decodes as a paler shape of the same hue rather than another colour. Afterwards the
+  per-channel mean and std are folded into the VAE's quant convolutions (`normalize_latent_channels`), so
+  latents are zero-mean and unit-variance per channel and the scaling factor is 1.
 """
 
 from __future__ import annotations

@@ -259,8 +259,9 @@ def train_diffusion(cfg: TrainConfig, out: Path, vae, device, workers: int = 0, 
                 group["lr"] = base * _lr_factor(step, cfg)
             gen = _step_generator(cfg.seed, DIFFUSION_STREAM, step)
             with torch.no_grad():
-                posterior = vae.encode(_to_tensor(images, device)).latent_dist
-                latents = posterior.sample(generator=gen) * scale
+                # The posterior mean: the VAE is nearly deterministic, except that channels the decoder barely uses
+                # drift to a large posterior std (KL weight 0), which would only feed the UNet noise.
+                latents = vae.encode(_to_tensor(images, device)).latent_dist.mode() * scale
             noise = torch.randn(latents.shape, generator=gen).to(device)
             t = torch.randint(0, noise_sched.config.num_train_timesteps, (len(images),), generator=gen).to(device)
             noisy = noise_sched.add_noise(latents, noise, t)
