@@ -158,8 +158,14 @@ def test_two_processes_split_the_work_and_merge_the_records(tiny_model_dir, smal
     assert done.stdout.count("| plain | all | 6 |") == 1  # one table, from the main process
     rows = (out / "samples.jsonl").read_text().splitlines()
     assert len(rows) == 6
-    for path in (out / "images").rglob("*.png"):  # the same images as one process makes
-        assert np.array_equal(np.asarray(Image.open(path)), np.asarray(Image.open(finished_run / path.relative_to(out))))
+    # The same images as one process makes. The workers run with one thread and this process may not, and another
+    # thread count can change float reduction order: at most one 8-bit level, as the README states.
+    images = sorted((out / "images").rglob("*.png"))
+    assert len(images) == 6
+    for path in images:
+        ours = np.asarray(Image.open(path)).astype(int)
+        single = np.asarray(Image.open(finished_run / path.relative_to(out))).astype(int)
+        assert np.abs(ours - single).max() <= 1
 
 
 def test_one_large_scale_checkpoint_for_every_prompt(finished_run, tiny_model_dir, small_suite, tmp_path):
