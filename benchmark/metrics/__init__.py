@@ -1,5 +1,6 @@
 """Metrics, registered by name. Each declares its columns (with higher-is-better), its convention and its
 models; it loads them once per run (`setup`) and scores images in batches (`score`), torchmetrics-style.
+A `SetMetric` (FID) gives one value per method and suite category instead of one per image.
 
 A metric can also be named as `module:Class` on the command line (a metric of your own, or of the tests).
 """
@@ -42,6 +43,40 @@ class Metric:
                 "version": self.version}
 
 
+class SetMetric(Metric):
+    """A metric of a set of images: one value per method x suite category (and per method over all of its
+    images), not per image. The harness feeds `update` batches of images as they are generated or read back
+    from the run folder; `embed` turns each image into a state (e.g. a feature vector) kept by record key, and
+    `compute` gives the columns of one group from its images' states. The values of every group are stored
+    in `scores/<name>.sets.json` and the tables show them as one column (no interval)."""
+
+    def embed(self, images: list, records: list[dict]) -> list:
+        """One state per image (batched)."""
+        raise NotImplementedError
+
+    def compute(self, states: list) -> dict[str, float]:
+        """The columns of one group of images, from their states."""
+        raise NotImplementedError
+
+    @property
+    def states(self) -> dict:
+        if "_states" not in self.__dict__:
+            self._states = {}
+        return self._states
+
+    def update(self, images: list, records: list[dict]) -> None:
+        from ..records import record_key
+
+        for record, state in zip(records, self.embed(images, records)):
+            self.states[record_key(record)] = state
+
+    def reset(self) -> None:
+        self.states.clear()
+
+    def score(self, images, records):
+        raise TypeError(f"{self.name} is a set metric: feed it with update() and read it with compute()")
+
+
 METRICS: dict[str, type[Metric]] = {}
 
 
@@ -66,4 +101,4 @@ def get_metric(spec: str) -> Metric:
 
 
 # the metrics register themselves on import
-from . import clip, presence  # noqa: E402,F401
+from . import blip, clip, presence  # noqa: E402,F401

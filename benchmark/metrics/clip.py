@@ -12,12 +12,15 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import torch
 import torch.nn.functional as F
 
 from . import Metric, MetricUnavailable, register_metric
 
 MODEL_NAME = "ViT-B-16"
+HUB_FOLDER = "timm/vit_base_patch16_clip_224.openai"  # OpenAI's ViT-B/16 as an open_clip folder
 
 
 def object_phrases(prompt: str) -> list[str]:
@@ -50,16 +53,22 @@ class ClipScore(Metric):
             return
         import open_clip
 
-        source = context.model_paths.get(self.name, "openai")
+        source = context.model_paths.get("clip", "openai")  # the blip metric reads the same weights
+        # a weights file (or open_clip tag) for ViT-B-16, or an open_clip folder (open_clip_config.json + weights)
+        folder = Path(source).is_dir()
+        name = f"local-dir:{source}" if folder else MODEL_NAME
         try:
-            model, _, preprocess = open_clip.create_model_and_transforms(MODEL_NAME, pretrained=source,
+            if folder and not any(Path(source).glob(p) for p in ("*.safetensors", "*.bin", "*.pth")):
+                raise FileNotFoundError(f"no weights in {source}")  # open_clip would build a random model
+            model, _, preprocess = open_clip.create_model_and_transforms(name, pretrained=None if folder else source,
                                                                          device=self.device)
         except Exception as err:  # download, file and format errors all mean "no weights here"
             raise MetricUnavailable(
                 f"cannot load open_clip {MODEL_NAME} weights {source!r} ({type(err).__name__}); fetch them where "
-                "there is network (open_clip's 'openai' ViT-B-16) and pass --metric-model clip=PATH") from err
+                f"there is network (`hf download {HUB_FOLDER} --local-dir DIR`, or open_clip's 'openai' "
+                "ViT-B-16 file) and pass --metric-model clip=PATH") from err
         self.model, self.preprocess = model.eval(), preprocess
-        self.tokenizer = open_clip.get_tokenizer(MODEL_NAME)
+        self.tokenizer = open_clip.get_tokenizer(name)
 
     @torch.no_grad()
     def text_embedding(self, text: str, templates: bool = True) -> torch.Tensor:
@@ -69,9 +78,13 @@ class ClipScore(Metric):
             from open_clip.zero_shot_metadata import OPENAI_IMAGENET_TEMPLATES
 
             texts = [template(text) for template in OPENAI_IMAGENET_TEMPLATES] if templates else [text]
-            features = F.normalize(self.model.encode_text(self.tokenizer(texts).to(self.device)).float(), dim=-1)
-            self._text_cache[key] = F.normalize(features.mean(dim=0), dim=-1)
+            self._text_cache[key] = F.normalize(self.text_embeddings(texts).mean(dim=0), dim=-1)
         return self._text_cache[key]
+
+    @torch.no_grad()
+    def text_embeddings(self, texts: list[str]) -> torch.Tensor:
+        """Unit embeddings of raw texts (no templates), one forward for all of them."""
+        return F.normalize(self.model.encode_text(self.tokenizer(texts).to(self.device)).float(), dim=-1)
 
     @torch.no_grad()
     def image_embeddings(self, images) -> torch.Tensor:
