@@ -101,4 +101,4 @@ def get_metric(spec: str) -> Metric:
 
 
 # the metrics register themselves on import
-from . import blip, clip, presence  # noqa: E402,F401
+from . import blip, clip, fid, presence  # noqa: E402,F401
