@@ -17,6 +17,8 @@ EPILOG = """examples:
   accelerate launch -m benchmark run ...                # the same, split across processes
   python -m benchmark report runs/tiny
   python -m benchmark score runs/tiny --metrics presence,clip --metric-model presence=DIR --metric-model clip=FILE
+  python -m benchmark score runs/tiny --metrics blip,fid --metric-model blip=DIR --metric-model blip.itm=DIR \
+      --metric-model clip=DIR --metric-model fid=inception.pth --metric-model fid.reference=REAL_IMAGES_DIR
   python -m benchmark compare runs/a runs/b
 """
 
@@ -42,7 +44,8 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--device", default="auto", help="cuda, cpu, ... (default: cuda when present)")
     run.add_argument("--metrics", default="", help="comma-separated (`ls metrics`) or module:Class")
     run.add_argument("--metric-model", action="append", default=[], metavar="METRIC=PATH",
-                     help="weights for a metric: a local path or hub id (repeatable)")
+                     help="weights for a metric: a local path or hub id (repeatable); also blip.itm=, "
+                          "fid.reference=DIR|FILE.npz, fid.cache=DIR (README: metrics)")
     run.add_argument("--sepen-steps", type=int, default=200, help="per-prompt finetuning steps")
     run.add_argument("--sepen-lr", type=float, default=5e-6, help="per-prompt finetuning learning rate")
     run.add_argument("--sepen-checkpoint", help="a large-scale SepEn checkpoint used for every prompt")
@@ -83,9 +86,10 @@ def _metric_models(pairs: list[str]) -> dict:
 def cmd_run(args) -> int:
     from sae.sampling import parse_seeds
 
+    import pandas as pd
+
     from .generate import RunConfig, run
-    from .report import markdown_table, summarize
-    from .records import read_jsonl
+    from .report import markdown_table
 
     seeds = parse_seeds(args.seeds) if args.seeds else list(range(args.num_seeds or 4))
     config = RunConfig(suite=args.suite, model=args.model, methods=[m.strip() for m in args.methods.split(",") if m.strip()],
@@ -98,7 +102,7 @@ def cmd_run(args) -> int:
                        progress=not args.no_progress)
     out = run(config)
     if out is not None:  # the main process
-        print(markdown_table(summarize(read_jsonl(out / "samples.jsonl"), config.methods)), end="")
+        print(markdown_table(pd.read_csv(out / "summary.csv")), end="")
         print(f"wrote {out}/samples.jsonl, summary.csv, summary.md, results.json")
     return 0
 

@@ -9,6 +9,7 @@ stopped at any point and started again completes what is missing and ends as an 
 
 from __future__ import annotations
 
+import hashlib
 import json
 import sys
 import time
@@ -24,8 +25,9 @@ from sae.models import load_pipeline
 from sae.tokens import encode_prompt_ids
 
 from .methods import GenerationContext, get_method
-from .metrics import MetricContext, MetricUnavailable, get_metric
-from .records import append_jsonl, image_path, read_scores, record_key, scan_records, write_image
+from .metrics import MetricContext, MetricUnavailable, SetMetric, get_metric
+from .records import (append_jsonl, image_path, read_scores, record_key, scan_records, write_image,
+                      write_text_atomic)
 from .report import write_report
 from .suites import SuitePrompt, load_suite
 
@@ -108,12 +110,16 @@ def _setup_metrics(names: list[str], context: MetricContext) -> list:
 
 def score_missing(run_dir: Path, metrics: list, progress: bool = True, again: bool = False) -> int:
     """Score finished images that lack a metric's columns (e.g. after a kill between writing and scoring), or
-    with `again` every image (a later line replaces an earlier one). Images are read from disk, never made."""
+    with `again` every image (a later line replaces an earlier one); set metrics get their groups' values.
+    Images are read from disk, never made."""
     from PIL import Image
 
     scores = read_scores(run_dir)
     done = 0
     for metric in metrics:
+        if isinstance(metric, SetMetric):
+            done += score_sets(run_dir, metric, progress=progress, again=again)
+            continue
         todo = [r for r in scan_records(run_dir)
                 if again or not set(metric.columns) <= set(scores.get(record_key(r), {}))]
         for start in tqdm(range(0, len(todo), 16), desc=f"scoring {metric.name}", disable=not progress or not todo):
@@ -122,6 +128,38 @@ def score_missing(run_dir: Path, metrics: list, progress: bool = True, again: bo
             _append_scores(run_dir, metric, batch, metric.score(images, batch))
             done += len(batch)
     return done
+
+
+def score_sets(run_dir: Path, metric, progress: bool = True, again: bool = False) -> int:
+    """A set metric's values per (method, category) and per (method, "all"), into `scores/<name>.sets.json`.
+
+    Images the metric has not seen in this process (a resumed run, `benchmark score`) are read from disk.
+    Nothing is done when the stored values cover exactly these images with this convention (unless `again`).
+    Returns the number of images read."""
+    from PIL import Image
+
+    records = scan_records(run_dir)
+    path = run_dir / "scores" / f"{metric.name}.sets.json"
+    described = metric.describe()
+    fingerprint = hashlib.sha256(json.dumps([described, [record_key(r) for r in records]], default=str)
+                                 .encode()).hexdigest()
+    if not again and path.exists() and json.loads(path.read_text()).get("fingerprint") == fingerprint:
+        return 0
+    if again:
+        metric.reset()
+    todo = [r for r in records if record_key(r) not in metric.states]
+    for start in tqdm(range(0, len(todo), 16), desc=f"scoring {metric.name}", disable=not progress or not todo):
+        batch = todo[start:start + 16]
+        metric.update([Image.open(run_dir / r["path"]).convert("RGB") for r in batch], batch)
+    groups: dict[tuple[str, str], list] = {}
+    for record in records:
+        for category in (record["category"], "all"):
+            groups.setdefault((record["method"], category), []).append(record_key(record))
+    rows = [{"method": method, "category": category, "images": len(keys),
+             "values": metric.compute([metric.states[k] for k in keys])} for (method, category), keys in groups.items()]
+    path.parent.mkdir(parents=True, exist_ok=True)
+    write_text_atomic(path, json.dumps({"fingerprint": fingerprint, "metric": described, "groups": rows}, indent=1))
+    return len(todo)
 
 
 def rescore(run_dir: Path, metric_names: list[str] | None = None, metric_models: dict | None = None,
@@ -138,7 +176,8 @@ def rescore(run_dir: Path, metric_names: list[str] | None = None, metric_models:
     for name in names:
         get_metric(name)  # unknown names fail before any work
     models = {**config.get("metric_models", {}), **(metric_models or {})}
-    metrics = _setup_metrics(names, MetricContext(device=str(resolve_device(device)), model_paths=models))
+    metrics = _setup_metrics(names, MetricContext(device=str(resolve_device(device)), model_paths=models,
+                                                  domain=config.get("domain", "natural")))
     score_missing(run_dir, metrics, progress=progress, again=again)
     described = {**config.get("metrics_described", {}), **{m.name: m.describe() for m in metrics}}
     config.update(metrics=sorted(set(config.get("metrics", [])) | set(names)), metrics_described=described)
@@ -240,7 +279,10 @@ def generate_block(out: Path, method, context: GenerationContext, item: SuitePro
         records.append({**record, "path": str(path.relative_to(out))})
         written.append(image)
     for metric in metrics:
-        _append_scores(out, metric, records, metric.score(written, records))
+        if isinstance(metric, SetMetric):
+            metric.update(written, records)  # its groups' values are computed once the run's images exist
+        else:
+            _append_scores(out, metric, records, metric.score(written, records))
     return len(written)
 
 

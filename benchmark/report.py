@@ -2,7 +2,8 @@
 
 Everything here is rebuilt from the files of a run folder (`python -m benchmark report RUN_DIR`), never
 from a run's memory: rows are method x suite category (plus `all`), columns each metric's mean with a 95%
-bootstrap interval and the image count.
+bootstrap interval and the image count, and each set metric's value (FID: `scores/<name>.sets.json`) as
+one column without an interval. Every metric's convention goes into `results.json` and under the table.
 """
 
 from __future__ import annotations
@@ -41,8 +42,28 @@ def score_columns(rows: list[dict]) -> list[str]:
     return list(columns)
 
 
-def summarize(rows: list[dict], method_order: list[str] | None = None) -> pd.DataFrame:
-    """One row per (method, category) and per (method, "all"), methods in `method_order` (else as found)."""
+def read_set_scores(run_dir: Path) -> tuple[dict, dict]:
+    """Set metrics' values, {(method, category): (images, {column: value})}, and their descriptions."""
+    values, described = {}, {}
+    for path in sorted((Path(run_dir) / "scores").glob("*.sets.json")):
+        data = json.loads(path.read_text())
+        described[path.name.removesuffix(".sets.json")] = data["metric"]
+        for group in data["groups"]:
+            key = (group["method"], group["category"])
+            values.setdefault(key, (group["images"], {}))[1].update(group["values"])
+    return values, described
+
+
+def set_columns(summary: pd.DataFrame) -> list[str]:
+    """The set metrics' columns of a summary (those without a mean and interval)."""
+    return [c for c in summary.columns if c not in ("method", "category", "images")
+            and not c.endswith(("_mean", "_ci_low", "_ci_high"))]
+
+
+def summarize(rows: list[dict], method_order: list[str] | None = None, sets: dict | None = None) -> pd.DataFrame:
+    """One row per (method, category) and per (method, "all"), methods in `method_order` (else as found).
+    `sets` (from `read_set_scores`) adds the set metrics' columns; a value computed over another number of
+    images than the group now holds (stale: the run grew since it was scored) shows as n/a."""
     columns = score_columns(rows)
     frame = pd.DataFrame(rows)
     out = []
@@ -62,13 +83,16 @@ def summarize(rows: list[dict], method_order: list[str] | None = None) -> pd.Dat
                 low, high = bootstrap_interval(values)
                 row[f"{column}_mean"] = float(values.mean()) if len(values) else float("nan")
                 row[f"{column}_ci_low"], row[f"{column}_ci_high"] = low, high
+            images, values = (sets or {}).get((method, category), (len(part), {}))
+            row.update({k: (v if images == len(part) else float("nan")) for k, v in values.items()})
             out.append(row)
     return pd.DataFrame(out)
 
 
 def markdown_table(summary: pd.DataFrame) -> str:
     means = [c.removesuffix("_mean") for c in summary.columns if c.endswith("_mean")]
-    header = ["method", "category", "images"] + means
+    sets = set_columns(summary)
+    header = ["method", "category", "images"] + means + sets
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for _, row in summary.iterrows():
         cells = [str(row["method"]), str(row["category"]), str(int(row["images"]))]
@@ -76,8 +100,18 @@ def markdown_table(summary: pd.DataFrame) -> str:
             mean = row[f"{column}_mean"]
             cells.append("n/a" if pd.isna(mean) else
                          f"{mean:.3f} [{row[f'{column}_ci_low']:.3f}, {row[f'{column}_ci_high']:.3f}]")
+        cells += ["n/a" if pd.isna(row[c]) else f"{row[c]:.3f}" for c in sets]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
+
+
+def conventions_text(described: dict) -> str:
+    """One line per metric: its columns (higher or lower is better) and its convention."""
+    lines = []
+    for name, info in described.items():
+        columns = ", ".join(f"{c} ({'higher' if up else 'lower'} is better)" for c, up in info.get("columns", {}).items())
+        lines.append(f"- `{name}`: {columns}. {info.get('convention', '')}".rstrip())
+    return "\n".join(["", "Conventions:", ""] + lines) + "\n" if lines else ""
 
 
 def git_commit() -> str | None:
@@ -119,12 +153,14 @@ def write_report(run_dir: Path) -> pd.DataFrame:
         raise FileNotFoundError(f"{run_dir} is not a benchmark run folder (no run_config.json)")
     config = json.loads(config_path.read_text())
     rows = build_samples(run_dir)
-    summary = summarize(rows, config.get("methods"))
+    sets, sets_described = read_set_scores(run_dir)
+    summary = summarize(rows, config.get("methods"), sets)
+    described = {**config.get("metrics_described", {}), **sets_described}
     write_text_atomic(run_dir / "summary.csv", summary.to_csv(index=False))
     title = f"# {config.get('suite')} on {config.get('model')} ({config.get('domain', 'natural')} suites)\n\n"
-    write_text_atomic(run_dir / "summary.md", title + markdown_table(summary))
+    write_text_atomic(run_dir / "summary.md", title + markdown_table(summary) + conventions_text(described))
     results = {"config": config, "versions": library_versions(), "git_commit": git_commit(),
-               "metrics": config.get("metrics_described", {}), "timings": timings(rows, run_dir),
+               "metrics": described, "timings": timings(rows, run_dir),
                "images": len(rows), "summary": json.loads(summary.to_json(orient="records"))}
     write_text_atomic(run_dir / "results.json", json.dumps(results, indent=1))
     return summary
@@ -136,7 +172,9 @@ def compare(run_a: Path, run_b: Path) -> pd.DataFrame:
     b = pd.read_csv(Path(run_b) / "summary.csv")
     joined = a.merge(b, on=["method", "category"], suffixes=("_a", "_b"))
     out = joined[["method", "category"]].copy()
-    for column in [c for c in a.columns if c.endswith("_mean") and c in b.columns]:
+    columns = [c for c in a.columns if c.endswith("_mean") and c in b.columns]
+    columns += [c for c in set_columns(a) if c in b.columns]
+    for column in columns:
         name = column.removesuffix("_mean")
         out[f"{name}_a"] = joined[f"{column}_a"]
         out[f"{name}_b"] = joined[f"{column}_b"]

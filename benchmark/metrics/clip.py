@@ -12,6 +12,7 @@
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 
 import torch
@@ -57,6 +58,7 @@ class ClipScore(Metric):
         # a weights file (or open_clip tag) for ViT-B-16, or an open_clip folder (open_clip_config.json + weights)
         folder = Path(source).is_dir()
         name = f"local-dir:{source}" if folder else MODEL_NAME
+        logging.disable(logging.ERROR)  # open_clip logs its failed download; our one line says it with the remedy
         try:
             if folder and not any(Path(source).glob(p) for p in ("*.safetensors", "*.bin", "*.pth")):
                 raise FileNotFoundError(f"no weights in {source}")  # open_clip would build a random model
@@ -67,6 +69,8 @@ class ClipScore(Metric):
                 f"cannot load open_clip {MODEL_NAME} weights {source!r} ({type(err).__name__}); fetch them where "
                 f"there is network (`hf download {HUB_FOLDER} --local-dir DIR`, or open_clip's 'openai' "
                 "ViT-B-16 file) and pass --metric-model clip=PATH") from err
+        finally:
+            logging.disable(logging.NOTSET)
         self.model, self.preprocess = model.eval(), preprocess
         self.tokenizer = open_clip.get_tokenizer(name)
 
