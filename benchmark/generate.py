@@ -235,6 +235,8 @@ def run(config: RunConfig) -> Path | None:
     mine = split_units(units, state.process_index, state.num_processes)
     total = sum(not image_path(out, m.name, item.id, s).exists() for m, item, todo in mine for b in todo for s in b)
     bar = tqdm(total=total, desc="generating", disable=not context.progress, unit="img")
+    # set metrics (FID) are computed by the main process, which reads the other processes' images from disk
+    block_metrics = [m for m in metrics if state.is_main_process or not isinstance(m, SetMetric)]
     for method in methods:
         work = [(item, todo) for m, item, todo in mine if m is method]
         if not work:
@@ -244,7 +246,7 @@ def run(config: RunConfig) -> Path | None:
         for item, todo in work:
             for block in todo:
                 bar.set_postfix_str(f"{method.name} {item.id}")
-                bar.update(generate_block(out, method, context, item, block, metrics))
+                bar.update(generate_block(out, method, context, item, block, block_metrics))
     bar.close()
     state.wait_for_everyone()
     if state.is_main_process:
