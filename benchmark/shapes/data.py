@@ -24,7 +24,7 @@ HELDOUT_PAIRS: tuple[tuple[tuple[str, str], tuple[str, str]], ...] = (
 )
 
 # Streams of the seeded data: different streams never share scenes.
-VAE_STREAM, DIFFUSION_STREAM = 1, 2
+VAE_STREAM, DIFFUSION_STREAM, DECODER_STREAM, CLIP_STREAM = 1, 2, 4, 5  # 3 is evaluate.py's
 
 
 def has_heldout_pair(labels) -> bool:
@@ -55,12 +55,13 @@ def training_batch(step: int, seed: int = 0, stream: int = DIFFUSION_STREAM, bat
 
 
 class BatchStream:
-    """Batches for steps start..stop-1, rendered in `workers` processes ahead of use (0: in this process)."""
+    """Batches for steps start..stop-1 (`batch_fn(step, **kwargs)`, default `training_batch`), rendered in
+    `workers` processes ahead of use (0: in this process)."""
 
-    def __init__(self, start: int, stop: int, workers: int = 0, **kwargs):
+    def __init__(self, start: int, stop: int, workers: int = 0, batch_fn=None, **kwargs):
         import functools
 
-        self.fn = functools.partial(training_batch, **kwargs)
+        self.fn = functools.partial(batch_fn or training_batch, **kwargs)
         self.steps = range(start, stop)
         self.pool = None
         if workers > 0:

@@ -26,7 +26,7 @@ from .detector import presence
 from .geometry import SHAPES
 from .world import COLOURS, caption_for, sample_scene
 
-EVAL_STREAM = 3  # data.py's streams 1 and 2 are training's; evaluation scenes come from their own stream
+EVAL_STREAM = 3  # data.py's streams 1, 2 and 4 are training's; evaluation scenes come from their own stream
 
 
 def eval_prompts(count: int | str, n: int, seed: int = 1000) -> list[list[tuple[str, str]]]:
