@@ -6,6 +6,9 @@
 `ae276` and `sepen_large` are the published sets (Attend-and-Excite's 276 prompts; SepEn's 200 large-scale
 test prompts with their seen/unseen splits, and its concept lists); `polysemy` is written by hand; `ci` takes
 two prompts of every category of every suite. Rerunning the script rewrites identical files.
+
+The shapes world's suites (`prompts/shapes/`, the same names) come from `benchmark.shapes.suites`; they need no
+shared data and are written too.
 """
 
 from __future__ import annotations
@@ -151,6 +154,18 @@ def write_jsonl(path: Path, rows) -> None:
     path.write_text("".join(json.dumps(r) + "\n" for r in rows))
 
 
+def write_shapes_suites(out: Path) -> dict:
+    from .shapes.suites import shapes_suites
+
+    suites = shapes_suites()
+    suites["ci"] = ci_subset(suites)
+    out.mkdir(parents=True, exist_ok=True)
+    for name, rows in suites.items():
+        write_jsonl(out / f"{name}.jsonl", rows)
+        print(f"shapes/{name}: {len(rows)} prompts")
+    return suites
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--shared-data", type=Path, default=Path("../shared/data"),
@@ -166,6 +181,7 @@ def main(argv=None) -> int:
     for name, rows in suites.items():
         write_jsonl(args.out / f"{name}.jsonl", rows)
     write_jsonl(args.out / "ci.jsonl", ci_subset(suites))
+    write_shapes_suites(args.out / "shapes")
     concepts = large["concepts"]
     (args.out / "sepen_large_concepts.json").write_text(json.dumps(
         {"train": concepts["animal_train"] + concepts["object_train"],

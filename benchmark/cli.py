@@ -7,7 +7,15 @@ import json
 import sys
 from pathlib import Path
 
+SHAPES_DESCRIPTIONS = {
+    "single_object": "each of the 18 colour x shape objects alone: the quality bar",
+    "two_object": "two objects; the held-out pairs (never together in training) in both orders",
+    "multi_object": "three objects (one of each shape) and four objects",
+    "ci": "two prompts of every category, for regression checks",
+}
+
 EPILOG = """examples:
+  python -m benchmark run --suite multi_object   # the shipped shapes model: plain, attend_excite, sepen (CPU)
   python -m benchmark ls suites
   python -m sae tiny-model /tmp/tiny
   python -m benchmark run --suite multi_object --model /tmp/tiny --methods plain,attend_excite,sepen \\
@@ -23,6 +31,13 @@ EPILOG = """examples:
 """
 
 
+def _defaults(key: str) -> str:
+    from .domains import RUN_DEFAULTS
+
+    return ", ".join(f"{value or 'none'} ({domain} models)" for domain, value in
+                     ((d, RUN_DEFAULTS[d][key]) for d in RUN_DEFAULTS))
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m benchmark", description=__doc__, epilog=EPILOG,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -31,23 +46,28 @@ def build_parser() -> argparse.ArgumentParser:
     run = commands.add_parser("run", help="generate a suite with several methods, score it, write the tables",
                               formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     run.add_argument("--suite", required=True, help="suite name (`ls suites`) or a .jsonl file")
-    run.add_argument("--model", required=True, help="hub id or local diffusers pipeline folder")
-    run.add_argument("--methods", default="plain", help="comma-separated (`ls methods`)")
+    run.add_argument("--model", default=None,
+                     help="hub id or local diffusers pipeline folder (default: the shipped shapes-world model)")
+    run.add_argument("--methods", default=None, help="comma-separated (`ls methods`); default: " + _defaults("methods"))
     seeds = run.add_mutually_exclusive_group()
     seeds.add_argument("--seeds", help="e.g. 0-63 or 0,3,5-7")
-    seeds.add_argument("--num-seeds", type=int, help="seeds 0..N-1 (default 4)")
+    seeds.add_argument("--num-seeds", type=int, help="seeds 0..N-1; default: " + _defaults("num_seeds"))
     run.add_argument("--limit", type=int, help="only the first N prompts of the suite")
-    run.add_argument("--steps", type=int, default=50, help="denoising steps")
-    run.add_argument("--guidance", type=float, default=7.5, help="classifier-free guidance scale")
+    run.add_argument("--steps", type=int, default=None, help="denoising steps; default: " + _defaults("steps"))
+    run.add_argument("--guidance", type=float, default=None,
+                     help="classifier-free guidance scale; default: " + _defaults("guidance"))
     run.add_argument("--batch-size", type=int, default=4, help="images per pipeline call")
     run.add_argument("--out", type=Path, default=Path("results/run"), help="run folder (resumed if it exists)")
     run.add_argument("--device", default="auto", help="cuda, cpu, ... (default: cuda when present)")
-    run.add_argument("--metrics", default="", help="comma-separated (`ls metrics`) or module:Class")
+    run.add_argument("--metrics", default=None,
+                     help="comma-separated (`ls metrics`) or module:Class; default: " + _defaults("metrics"))
     run.add_argument("--metric-model", action="append", default=[], metavar="METRIC=PATH",
                      help="weights for a metric: a local path or hub id (repeatable); also blip.itm=, "
                           "fid.reference=DIR|FILE.npz, fid.cache=DIR (README: metrics)")
-    run.add_argument("--sepen-steps", type=int, default=200, help="per-prompt finetuning steps")
-    run.add_argument("--sepen-lr", type=float, default=5e-6, help="per-prompt finetuning learning rate")
+    run.add_argument("--sepen-steps", type=int, default=None,
+                     help="per-prompt finetuning steps; default: " + _defaults("sepen_steps"))
+    run.add_argument("--sepen-lr", type=float, default=None,
+                     help="per-prompt finetuning learning rate; default: " + _defaults("sepen_lr"))
     run.add_argument("--sepen-checkpoint", help="a large-scale SepEn checkpoint used for every prompt")
     run.add_argument("--checkpoint-cache", type=Path, default=Path.home() / ".cache" / "sae" / "checkpoints",
                      help="where per-prompt SepEn checkpoints are cached and reused")
@@ -91,13 +111,22 @@ def cmd_run(args) -> int:
     from .generate import RunConfig, run
     from .report import markdown_table
 
-    seeds = parse_seeds(args.seeds) if args.seeds else list(range(args.num_seeds or 4))
-    config = RunConfig(suite=args.suite, model=args.model, methods=[m.strip() for m in args.methods.split(",") if m.strip()],
-                       seeds=seeds, limit=args.limit, steps=args.steps, guidance=args.guidance,
+    from .domains import RUN_DEFAULTS, SHAPES_MODEL, model_domain
+
+    model = args.model or str(SHAPES_MODEL)
+    defaults = RUN_DEFAULTS[model_domain(model)]
+
+    def given(key):
+        value = getattr(args, key)
+        return defaults[key] if value is None else value
+
+    seeds = parse_seeds(args.seeds) if args.seeds else list(range(given("num_seeds")))
+    config = RunConfig(suite=args.suite, model=model, methods=[m.strip() for m in given("methods").split(",") if m.strip()],
+                       seeds=seeds, limit=args.limit, steps=given("steps"), guidance=given("guidance"),
                        batch_size=args.batch_size, out=args.out, device=args.device,
-                       metrics=[m.strip() for m in args.metrics.split(",") if m.strip()],
+                       metrics=[m.strip() for m in given("metrics").split(",") if m.strip()],
                        metric_models=_metric_models(args.metric_model),
-                       sepen={"steps": args.sepen_steps, "learning_rate": args.sepen_lr},
+                       sepen={"steps": given("sepen_steps"), "learning_rate": given("sepen_lr")},
                        sepen_checkpoint=args.sepen_checkpoint, checkpoint_cache=args.checkpoint_cache,
                        progress=not args.no_progress)
     out = run(config)
@@ -109,12 +138,17 @@ def cmd_run(args) -> int:
 
 def cmd_ls(args) -> int:
     if args.what == "suites":
+        from .domains import NATURAL, SHAPES, prompts_dir
         from .suites import DESCRIPTIONS, available_suites, load_suite
 
-        for name in available_suites():
-            prompts = load_suite(name)
-            categories = sorted({p.category for p in prompts})
-            print(f"{name:16s} {len(prompts):4d} prompts  {DESCRIPTIONS.get(name, '')}  [{', '.join(categories)}]")
+        for domain, title in ((NATURAL, "natural-language suites (Stable-Diffusion-class models)"),
+                              (SHAPES, "shapes-world suites (the shipped shapes model, the default --model)")):
+            print(f"{title}, {prompts_dir(domain)}:")
+            for name in available_suites(prompts_dir(domain)):
+                prompts = load_suite(name, prompts_dir(domain))
+                categories = list(dict.fromkeys(p.category for p in prompts))
+                description = DESCRIPTIONS.get(name, "") if domain == NATURAL else SHAPES_DESCRIPTIONS.get(name, "")
+                print(f"  {name:16s} {len(prompts):4d} prompts  {description}  [{', '.join(categories)}]")
     elif args.what == "methods":
         from .methods import METHODS
 

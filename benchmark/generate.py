@@ -24,6 +24,7 @@ from sae.finetune import FinetuneConfig
 from sae.models import load_pipeline
 from sae.tokens import encode_prompt_ids
 
+from .domains import model_domain, prompts_dir
 from .methods import GenerationContext, get_method
 from .metrics import MetricContext, MetricUnavailable, SetMetric, get_metric
 from .records import (append_jsonl, image_path, read_scores, record_key, scan_records, write_image,
@@ -194,7 +195,8 @@ def _append_scores(run_dir: Path, metric, records: list[dict], values: list[dict
 def run(config: RunConfig) -> Path | None:
     """Generate what is missing, score it, and write the tables. Returns the run folder (None on the other
     processes of a distributed run)."""
-    prompts = load_suite(config.suite)
+    domain = model_domain(config.model)
+    prompts = load_suite(config.suite, prompts_dir(domain))
     if config.limit is not None:
         prompts = prompts[:config.limit]
     methods = [get_method(name) for name in config.methods]
@@ -209,11 +211,11 @@ def run(config: RunConfig) -> Path | None:
     if config.sepen_checkpoint:
         check_base_model(pipe.unet, load_delta(config.sepen_checkpoint))
     out.mkdir(parents=True, exist_ok=True)
-    metric_context = MetricContext(device=str(pipe.device), model_paths=config.metric_models)
+    metric_context = MetricContext(device=str(pipe.device), model_paths=config.metric_models, domain=domain)
     metrics = _setup_metrics(config.metrics, metric_context)
     described = {m.name: m.describe() for m in metrics}
     if state.is_main_process:
-        (out / "run_config.json").write_text(json.dumps({**config.to_json(), "domain": "natural",
+        (out / "run_config.json").write_text(json.dumps({**config.to_json(), "domain": domain,
                                                          "metrics_described": described}, indent=1))
 
     sepen_config = FinetuneConfig(**config.sepen)

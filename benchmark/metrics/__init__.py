@@ -79,6 +79,21 @@ class SetMetric(Metric):
 
 METRICS: dict[str, type[Metric]] = {}
 
+# A domain's own models for a metric (the shapes world's exact detector and CLIP): (metric, domain) -> factory.
+# The metric calls the factory in `setup` unless the user named a model for it on the command line.
+DOMAIN_MODELS: dict[tuple[str, str], object] = {}
+
+
+def register_domain_model(metric: str, domain: str, factory) -> None:
+    DOMAIN_MODELS[(metric, domain)] = factory
+
+
+def domain_model(metric: str, context: MetricContext):
+    """The domain's factory for this metric, or None (then the metric loads its usual model)."""
+    if metric in context.model_paths:
+        return None
+    return DOMAIN_MODELS.get((metric, context.domain))
+
 
 def register_metric(cls: type[Metric]) -> type[Metric]:
     METRICS[cls.name] = cls

@@ -18,7 +18,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from . import Metric, MetricUnavailable, register_metric
+from . import Metric, MetricUnavailable, domain_model, register_metric
 
 MODEL_NAME = "ViT-B-16"
 HUB_FOLDER = "timm/vit_base_patch16_clip_224.openai"  # OpenAI's ViT-B/16 as an open_clip folder
@@ -48,9 +48,16 @@ class ClipScore(Metric):
         self.model, self.tokenizer, self.preprocess, self.device = model, tokenizer, preprocess, device
         self._text_cache: dict[tuple[str, bool], torch.Tensor] = {}
 
+    use_templates = True  # a domain's own CLIP, trained on bare captions, scores them without templates
+
     def setup(self, context) -> None:
         self.device = context.device
         if self.model is not None:
+            return
+        factory = domain_model(self.name, context)
+        if factory is not None:  # the domain's CLIP: (model, preprocess, tokenizer, convention)
+            self.model, self.preprocess, self.tokenizer, self.convention = factory(context)
+            self.use_templates = False
             return
         import open_clip
 
@@ -102,9 +109,9 @@ class ClipScore(Metric):
         out = []
         for embedding, record in zip(embeddings, records):
             prompt = record["prompt"]
-            parts = [float(embedding @ self.text_embedding(p)) for p in object_phrases(prompt)]
+            parts = [float(embedding @ self.text_embedding(p, self.use_templates)) for p in object_phrases(prompt)]
             raw = embedding @ self.text_embedding(prompt, templates=False)
-            out.append({"clip_full": float(embedding @ self.text_embedding(prompt)),
+            out.append({"clip_full": float(embedding @ self.text_embedding(prompt, self.use_templates)),
                         "clip_min_object": min(parts),
                         "clip_full_tm": float(torchmetrics_clip_score(raw))})
         return out

@@ -20,7 +20,7 @@ from dataclasses import dataclass
 
 import torch
 
-from . import Metric, MetricUnavailable, register_metric
+from . import Metric, MetricUnavailable, domain_model, register_metric
 
 DEFAULT_DETECTOR = "google/owlv2-base-patch16-ensemble"
 THRESHOLD = 0.3
@@ -105,6 +105,11 @@ class Presence(Metric):
 
     def setup(self, context) -> None:
         if self.detector is not None:
+            return
+        factory = domain_model(self.name, context)
+        if factory is not None:  # e.g. the shapes world's exact detector: (detector, convention)
+            self.detector, self.convention = factory(context)
+            self.threshold = 0.0
             return
         source = context.model_paths.get(self.name, DEFAULT_DETECTOR)
         try:

@@ -64,6 +64,7 @@ class BatchStream:
         self.fn = functools.partial(batch_fn or training_batch, **kwargs)
         self.steps = range(start, stop)
         self.pool = None
+        self.workers = workers
         if workers > 0:
             import multiprocessing as mp
 
@@ -71,8 +72,24 @@ class BatchStream:
 
     def __iter__(self):
         if self.pool is None:
-            return (self.fn(step) for step in self.steps)
-        return self.pool.imap(self.fn, self.steps, chunksize=4)
+            yield from (self.fn(step) for step in self.steps)
+            return
+        # At most 2 batches per worker ahead: Pool.imap would render every batch of the run as fast as it can,
+        # holding them all in memory and taking the CPU from the training process.
+        import collections
+
+        ahead = collections.deque()
+        steps = iter(self.steps)
+        for step in steps:
+            ahead.append(self.pool.apply_async(self.fn, (step,)))
+            if len(ahead) >= 2 * self.workers:
+                break
+        while ahead:
+            batch = ahead.popleft().get()
+            step = next(steps, None)
+            if step is not None:
+                ahead.append(self.pool.apply_async(self.fn, (step,)))
+            yield batch
 
     def close(self):
         if self.pool is not None:

@@ -1,0 +1,48 @@
+"""A model's domain: which prompt suites and which metric models fit it.
+
+- "natural": Stable-Diffusion-class models; the suites in `prompts/`, metrics with hub or local weights.
+- "shapes": models of the shapes world (the shipped `benchmark/shapes/pretrained`, the embedded default);
+  the suites in `prompts/shapes/` (same names), and the world's instruments (exact detector, world CLIP).
+
+A model folder declares its domain in `benchmark_domain.json` ({"domain": "shapes"}); without one it is natural.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from .suites import PROMPTS_DIR
+
+NATURAL, SHAPES = "natural", "shapes"
+DOMAIN_FILE = "benchmark_domain.json"
+SHAPES_MODEL = Path(__file__).resolve().parent / "shapes" / "pretrained"
+# What `benchmark run` uses when a flag is not given. Natural: the papers' protocol (50 steps, SepEn's 200 steps at
+# lr 5e-6), no metrics unless asked (their weights must be fetched first). Shapes: the embedded default, sized to
+# finish on 2 CPU cores (README: the full protocol), with the world's instruments.
+RUN_DEFAULTS = {
+    NATURAL: {"methods": "plain", "num_seeds": 4, "steps": 50, "guidance": 7.5, "sepen_steps": 200,
+              "sepen_lr": 5e-6, "metrics": ""},
+    SHAPES: {"methods": "plain,attend_excite,sepen", "num_seeds": 4, "steps": 30, "guidance": 7.5,
+             "sepen_steps": 100, "sepen_lr": 1e-4, "metrics": "presence,clip,fid"},
+}
+
+
+def model_domain(model: str | Path) -> str:
+    path = Path(model) / DOMAIN_FILE
+    if path.is_file():
+        return json.loads(path.read_text()).get("domain", NATURAL)
+    return NATURAL
+
+
+def prompts_dir(domain: str) -> Path:
+    return PROMPTS_DIR / SHAPES if domain == SHAPES else PROMPTS_DIR
+
+
+def _register_instruments() -> None:
+    from .shapes.instruments import register
+
+    register()
+
+
+_register_instruments()

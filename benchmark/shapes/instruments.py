@@ -1,0 +1,94 @@
+"""The shapes world's instruments for the benchmark's metrics (domain "shapes"): the exact detector for
+`presence`, the world CLIP for `clip`, and the world CLIP's image tower against rendered scenes for `fid`.
+BLIP has no counterpart here: the `blip` metric reports itself unavailable for this domain.
+
+`register()` plugs them in; `benchmark.domains` calls it.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+DOMAIN = "shapes"
+REFERENCE_IMAGES = 1024  # rendered scenes for FID, 1-4 objects, uniform
+REFERENCE_SEED = 7
+
+
+class ExactDetector:
+    """`presence`'s detector interface over the world's exact detector: a query is "colour shape"."""
+
+    def detect(self, images, queries):
+        from benchmark.metrics.presence import Detection
+
+        from .detector import detect
+
+        result = []
+        for image, wanted in zip(images, queries):
+            found = detect(np.asarray(image.convert("RGB")))
+            result.append([Detection(query=f"{d.colour} {d.shape}", score=1.0, box=tuple(map(float, d.bbox)))
+                           for d in found if f"{d.colour} {d.shape}" in wanted])
+        return result
+
+
+def _presence(context):
+    return ExactDetector(), ("the shapes world's exact detector (benchmark/shapes/detector.py: palette colour "
+                             "segmentation, shape fit by IoU; >= 99% right on rendered scenes); an object is found "
+                             "when a blob of its colour fits its shape; count-aware")
+
+
+def _clip(context):
+    from .world_clip import SHIPPED, load
+
+    model, preprocess, tokenizer = load(SHIPPED, device=context.device)
+    return model, preprocess, tokenizer, (
+        "the shapes world's CLIP (benchmark/shapes/clip, open_clip config shapes-clip, trained on rendered scenes); "
+        "bare captions, no templates; cosine; min-object splits the prompt on ' and ' and takes the per-image "
+        "minimum; clip_full_tm = max(100 * cos, 0)")
+
+
+def _fid_extractor(context):
+    from benchmark.metrics.fid import OpenClipFeatures
+
+    from .world_clip import SHIPPED, load
+
+    model, preprocess, _ = load(SHIPPED, device=context.device)
+    return OpenClipFeatures(model, preprocess, "shapes-clip image tower (benchmark/shapes/clip)", context.device)
+
+
+def reference_folder(root: Path | None = None, n: int = REFERENCE_IMAGES, seed: int = REFERENCE_SEED) -> Path:
+    """A folder of `n` rendered scenes (written once, atomically, then reused)."""
+    import os
+    import shutil
+
+    from .world import render_pil, sample_scene
+
+    root = Path(root or Path.home() / ".cache" / "sae" / "shapes_reference")
+    folder = root / f"scenes_{n}_seed{seed}"
+    if (folder / "done").is_file():
+        return folder
+    tmp = root / f".{folder.name}.tmp{os.getpid()}"
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    rng = np.random.default_rng([seed, 99])
+    for i in range(n):
+        render_pil(sample_scene(rng)).save(tmp / f"{i:05d}.png")
+    (tmp / "done").write_text("")
+    shutil.rmtree(folder, ignore_errors=True)
+    os.replace(tmp, folder)
+    return folder
+
+
+def _fid_reference(context):
+    cache = context.model_paths.get("fid.cache")
+    return reference_folder(Path(cache) / "shapes_reference" if cache else None)
+
+
+def register() -> None:
+    from benchmark.metrics import register_domain_model
+    from benchmark.metrics.fid import register_fid_domain
+
+    register_domain_model("presence", DOMAIN, _presence)
+    register_domain_model("clip", DOMAIN, _clip)
+    register_fid_domain(DOMAIN, extractor=_fid_extractor, reference=_fid_reference)

@@ -1,0 +1,50 @@
+"""The world's prompt suites, in the format of `prompts/*.jsonl` (written to `prompts/shapes/` by
+`python -m benchmark.build_suites`).
+
+An object is its shape word with its colour as the attribute ("a red circle": name "circle", attribute "red"),
+and its `query` is the pair ("red circle"): presence in this world means the right colour and the right shape.
+`two_object` holds every held-out pair (data.HELDOUT_PAIRS, never seen together in training) in both orders as
+its own category; the other prompts are seeded draws of distinct objects.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from .data import HELDOUT_PAIRS, has_heldout_pair
+from .geometry import SHAPES
+from .world import COLOURS, caption_for
+
+SEED = 0
+OBJECTS = [(c, s) for c in COLOURS for s in SHAPES]
+
+
+def entry(suite: str, index: int, category: str, objects) -> dict:
+    return {"id": f"{suite}/{index:04d}", "suite": suite, "category": category, "prompt": caption_for(objects),
+            "objects": [{"name": shape, "attribute": colour, "count": 1, "query": f"{colour} {shape}"}
+                        for colour, shape in objects],
+            "heldout": has_heldout_pair(objects)}
+
+
+def _distinct(rng, n: int, seen: set, allow_heldout: bool) -> list:
+    while True:
+        objects = [OBJECTS[i] for i in rng.choice(len(OBJECTS), n, replace=False)]
+        # distinct shape words keep each object's token unique in the prompt
+        if len({s for _, s in objects}) == n or n > len(SHAPES):
+            key = tuple(objects)
+            if key not in seen and (allow_heldout or not has_heldout_pair(objects)):
+                seen.add(key)
+                return objects
+
+
+def shapes_suites(seen_pairs: int = 24, three: int = 24, four: int = 12) -> dict[str, list[dict]]:
+    rng = np.random.default_rng(SEED)
+    single = [entry("single_object", i, "single", [o]) for i, o in enumerate(OBJECTS)]
+    pairs = [("seen_pair", _distinct(rng, 2, set(), allow_heldout=False)) for _ in range(seen_pairs)]
+    pairs += [("heldout_pair", list(p)) for p in HELDOUT_PAIRS] + [("heldout_pair", list(p[::-1])) for p in HELDOUT_PAIRS]
+    two = [entry("two_object", i, cat, objs) for i, (cat, objs) in enumerate(pairs)]
+    seen: set = set()
+    rows = [("three_objects", _distinct(rng, 3, seen, True)) for _ in range(three)]
+    rows += [("four_objects", _distinct(rng, 4, seen, True)) for _ in range(four)]
+    multi = [entry("multi_object", i, cat, objs) for i, (cat, objs) in enumerate(rows)]
+    return {"single_object": single, "two_object": two, "multi_object": multi}
