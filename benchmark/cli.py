@@ -11,6 +11,7 @@ SHAPES_DESCRIPTIONS = {
     "single_object": "each of the 18 colour x shape objects alone: the quality bar",
     "two_object": "two objects; the held-out pairs (never together in training) in both orders",
     "multi_object": "three objects (one of each shape) and four objects",
+    "sepen_large": "pairs of seen-seen, seen-unseen, unseen-unseen objects (large-scale SepEn; unseen: orange, purple)",
     "ci": "two prompts of every category, for regression checks",
 }
 
@@ -24,10 +25,13 @@ EPILOG = """examples:
       --seeds 0-63 --batch-size 8 --out runs/ae276        # the paper's protocol (GPU)
   accelerate launch -m benchmark run ...                # the same, split across processes
   python -m benchmark report runs/tiny
+  python -m benchmark report runs/tiny --html --attention-prompts 2   # runs/tiny/report/index.html
   python -m benchmark score runs/tiny --metrics presence,clip --metric-model presence=DIR --metric-model clip=FILE
   python -m benchmark score runs/tiny --metrics blip,fid --metric-model blip=DIR --metric-model blip.itm=DIR \
       --metric-model clip=DIR --metric-model fid=inception.pth --metric-model fid.reference=REAL_IMAGES_DIR
   python -m benchmark compare runs/a runs/b
+  python -m benchmark paper --num-seeds 2 --limit 4      # the paper's tables on the shapes world (CPU)
+  python -m benchmark paper --model CompVis/stable-diffusion-v1-4 --large-checkpoint large/sepen.safetensors
 """
 
 
@@ -72,12 +76,21 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--checkpoint-cache", type=Path, default=Path.home() / ".cache" / "sae" / "checkpoints",
                      help="where per-prompt SepEn checkpoints are cached and reused")
     run.add_argument("--no-progress", action="store_true")
+    run.add_argument("--no-html", action="store_true", help="do not write the HTML report (RUN_DIR/report/)")
+    run.add_argument("--attention-prompts", type=int, default=2,
+                     help="prompts whose cross-attention maps the HTML report shows (plain beside sepen)")
 
     ls = commands.add_parser("ls", help="list suites, methods or metrics")
     ls.add_argument("what", choices=["suites", "methods", "metrics"])
 
     report = commands.add_parser("report", help="rebuild samples.jsonl and the tables of a run folder")
     report.add_argument("run_dir", type=Path)
+    report.add_argument("--html", action="store_true",
+                        help="also write the static HTML report: RUN_DIR/report/index.html")
+    report.add_argument("--attention-prompts", type=int, default=2,
+                        help="with --html: prompts whose cross-attention maps are regenerated (plain beside sepen; "
+                             "needs the model on local disk; 0 for none)")
+    report.add_argument("--device", default="auto", help="for the attention maps")
 
     score = commands.add_parser("score", help="score a run's images from its records (never regenerates)",
                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
@@ -90,6 +103,11 @@ def build_parser() -> argparse.ArgumentParser:
     compare = commands.add_parser("compare", help="print the per-metric deltas of run B against run A")
     compare.add_argument("run_a", type=Path)
     compare.add_argument("run_b", type=Path)
+
+    from .paper import add_arguments
+
+    add_arguments(commands.add_parser("paper", help="regenerate the paper's main and large-scale tables",
+                                      formatter_class=argparse.ArgumentDefaultsHelpFormatter))
     return parser
 
 
@@ -128,11 +146,13 @@ def cmd_run(args) -> int:
                        metric_models=_metric_models(args.metric_model),
                        sepen={"steps": given("sepen_steps"), "learning_rate": given("sepen_lr")},
                        sepen_checkpoint=args.sepen_checkpoint, checkpoint_cache=args.checkpoint_cache,
-                       progress=not args.no_progress)
+                       progress=not args.no_progress, html=not args.no_html,
+                       attention_prompts=args.attention_prompts)
     out = run(config)
     if out is not None:  # the main process
         print(markdown_table(pd.read_csv(out / "summary.csv")), end="")
-        print(f"wrote {out}/samples.jsonl, summary.csv, summary.md, results.json")
+        print(f"wrote {out}/samples.jsonl, summary.csv, summary.md, results.json"
+              + ("" if args.no_html else ", report/index.html"))
     return 0
 
 
@@ -169,6 +189,10 @@ def cmd_report(args) -> int:
     from .report import markdown_table, write_report
 
     print(markdown_table(write_report(args.run_dir)), end="")
+    if args.html:
+        from .html_report import write_html_report
+
+        print(f"wrote {write_html_report(args.run_dir, args.attention_prompts, device=args.device)}")
     return 0
 
 
@@ -191,12 +215,19 @@ def cmd_compare(args) -> int:
     return 0
 
 
+def cmd_paper(args) -> int:
+    from .paper import cmd_paper as paper
+
+    return paper(args, _metric_models(args.metric_model))
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     from sae.checkpoint import CheckpointError
     from sae.models import ModelNotFoundError
 
-    handlers = {"run": cmd_run, "ls": cmd_ls, "report": cmd_report, "score": cmd_score, "compare": cmd_compare}
+    handlers = {"run": cmd_run, "ls": cmd_ls, "report": cmd_report, "score": cmd_score, "compare": cmd_compare,
+                "paper": cmd_paper}
     try:
         return handlers[args.command](args)
     except (ModelNotFoundError, CheckpointError, ValueError, FileNotFoundError, json.JSONDecodeError) as err:

@@ -58,6 +58,8 @@ class RunConfig:
     sepen_checkpoint: str | None = None
     checkpoint_cache: Path = Path.home() / ".cache" / "sae" / "checkpoints"
     progress: bool = True
+    html: bool = False  # write the HTML report (`report/`) at the end; the CLI's default is on
+    attention_prompts: int = 2  # prompts of the report's attention-map page
 
     def to_json(self) -> dict:
         data = asdict(self)
@@ -254,6 +256,10 @@ def run(config: RunConfig) -> Path | None:
     if state.is_main_process:
         score_missing(out, metrics, progress=context.progress)
         write_report(out)
+        if config.html:
+            from .html_report import write_html_report
+
+            write_html_report(out, config.attention_prompts, context=context)
     state.wait_for_everyone()  # the other processes return once the tables exist
     return out if state.is_main_process else None
 

@@ -89,11 +89,13 @@ def summarize(rows: list[dict], method_order: list[str] | None = None, sets: dic
     return pd.DataFrame(out)
 
 
-def markdown_table(summary: pd.DataFrame) -> str:
+def summary_cells(summary: pd.DataFrame) -> tuple[list[str], list[list[str]]]:
+    """The summary as text cells: a header, then per row each metric's "mean [ci_low, ci_high]" (a set metric's
+    value alone, "n/a" where there is none). The Markdown and HTML tables are both made from these."""
     means = [c.removesuffix("_mean") for c in summary.columns if c.endswith("_mean")]
     sets = set_columns(summary)
     header = ["method", "category", "images"] + means + sets
-    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    rows = []
     for _, row in summary.iterrows():
         cells = [str(row["method"]), str(row["category"]), str(int(row["images"]))]
         for column in means:
@@ -101,7 +103,14 @@ def markdown_table(summary: pd.DataFrame) -> str:
             cells.append("n/a" if pd.isna(mean) else
                          f"{mean:.3f} [{row[f'{column}_ci_low']:.3f}, {row[f'{column}_ci_high']:.3f}]")
         cells += ["n/a" if pd.isna(row[c]) else f"{row[c]:.3f}" for c in sets]
-        lines.append("| " + " | ".join(cells) + " |")
+        rows.append(cells)
+    return header, rows
+
+
+def markdown_table(summary: pd.DataFrame) -> str:
+    header, rows = summary_cells(summary)
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    lines += ["| " + " | ".join(cells) + " |" for cells in rows]
     return "\n".join(lines) + "\n"
 
 

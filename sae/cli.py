@@ -8,9 +8,12 @@ import sys
 import time
 from pathlib import Path
 
+REPORT_GUIDANCE = 6.0  # `sample`'s default
+
 EPILOG = """examples:
   python -m sae tiny-model /tmp/tiny
   python -m sae train --model /tmp/tiny --prompt "a cat and a dog" --objects cat,dog --out runs/cat_dog
+  python -m sae train --model /tmp/tiny --prompt "a cat and a dog" --objects cat,dog --out runs/cat_dog --report
   python -m sae train --model CompVis/stable-diffusion-v1-4 --concepts concepts.txt --out runs/large
   python -m sae sample --model /tmp/tiny --delta runs/cat_dog/sepen.safetensors --prompt "a cat and a dog" \\
       --seeds 0-3 --out samples/
@@ -54,6 +57,10 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--mixed-precision", choices=["no", "bf16", "fp16"], default="no",
                        help="CUDA autocast (weights stay fp32)")
     train.add_argument("--no-progress", action="store_true", help="hide the progress bar")
+    train.add_argument("--report", action="store_true",
+                       help="write OUT/report/index.html: loss curves, and the training prompt's object maps "
+                            "before and after training")
+    train.add_argument("--report-steps", type=int, default=25, help="denoising steps of the report's samples")
 
     sample = commands.add_parser("sample", help="generate images, optionally with a SepEn checkpoint",
                                  formatter_class=argparse.ArgumentDefaultsHelpFormatter)
@@ -105,12 +112,24 @@ def cmd_train(args) -> int:
     pipe = load_pipeline(args.model, device=args.device)
     if not large:  # fail on a bad object word before any work
         find_token_indices(pipe.tokenizer, source.prompt, source.objects)
+    if args.report:  # the maps with the base weights, before training changes them in place
+        from .visual import sample_with_maps
+
+        prompt, objects = source.draw(0, 1, config.seed)[0]
+        groups = find_token_indices(pipe.tokenizer, prompt, objects)
+        image, maps, _ = sample_with_maps(pipe, prompt, groups, args.seed, args.report_steps, REPORT_GUIDANCE)
     started = time.perf_counter()
     result = finetune(pipe, source, config, out_dir=args.out, base_model=args.model,
                       progress=not args.no_progress)
     last = result.history[-1] if result.history else {}
     print(f"wrote {result.checkpoint} ({config.steps} steps, {time.perf_counter() - started:.1f} s; "
           f"last losses: {', '.join(f'{k}={v:.4f}' for k, v in last.items() if k != 'step' and v != '')})")
+    if args.report:
+        from .visual import write_training_report
+
+        page = write_training_report(args.out, pipe, prompt, objects, groups, {"image": image, "maps": maps},
+                                     args.report_steps, REPORT_GUIDANCE, seed=args.seed)
+        print(f"wrote {page}")
     return 0
 
 
