@@ -157,8 +157,12 @@ def write_jsonl(path: Path, rows) -> None:
 def write_shapes_suites(out: Path) -> dict:
     from .shapes.suites import shapes_suites
 
+    from .shapes.suites import large_scale_concepts
+
     suites = shapes_suites()
-    suites["ci"] = ci_subset(suites)
+    suites["ci"] = ci_subset({k: v for k, v in suites.items() if k != "sepen_large"})
+    (out / "sepen_large_concepts.json").parent.mkdir(parents=True, exist_ok=True)
+    (out / "sepen_large_concepts.json").write_text(json.dumps(large_scale_concepts(), indent=1) + "\n")
     out.mkdir(parents=True, exist_ok=True)
     for name, rows in suites.items():
         write_jsonl(out / f"{name}.jsonl", rows)

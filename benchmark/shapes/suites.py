@@ -37,6 +37,38 @@ def _distinct(rng, n: int, seen: set, allow_heldout: bool) -> list:
                 return objects
 
 
+# The large-scale split (the paper's seen / unseen concepts): SepEn's large-scale checkpoint trains on pairs of the
+# seen objects only; `sepen_large` tests pairs of seen-seen, seen-unseen and unseen-unseen objects.
+UNSEEN_COLOURS = ("orange", "purple")
+LARGE_SEEN = [o for o in OBJECTS if o[0] not in UNSEEN_COLOURS]
+LARGE_UNSEEN = [o for o in OBJECTS if o[0] in UNSEEN_COLOURS]
+
+
+def large_scale_concepts() -> dict:
+    """What `sae train --concepts` reads: the seen objects as phrases ("red circle"), and the unseen ones."""
+    return {"train": [f"{c} {s}" for c, s in LARGE_SEEN], "unseen": [f"{c} {s}" for c, s in LARGE_UNSEEN],
+            "template": "{a} {connector} {b}", "connectors": ["and"],
+            "source": "benchmark/shapes/suites.py (the shapes world; unseen: every orange and purple object)"}
+
+
+def _pair_from(rng, first, second, seen: set) -> list:
+    while True:
+        a, b = first[rng.integers(len(first))], second[rng.integers(len(second))]
+        if a[1] != b[1] and (a, b) not in seen:
+            seen.add((a, b))
+            return [a, b]
+
+
+def sepen_large(per_category: int = 12) -> list[dict]:
+    rng = np.random.default_rng([SEED, 1])
+    seen: set = set()
+    rows = []
+    for category, first, second in (("seen_seen", LARGE_SEEN, LARGE_SEEN), ("seen_unseen", LARGE_SEEN, LARGE_UNSEEN),
+                                    ("unseen_unseen", LARGE_UNSEEN, LARGE_UNSEEN)):
+        rows += [(category, _pair_from(rng, first, second, seen)) for _ in range(per_category)]
+    return [entry("sepen_large", i, cat, objs) for i, (cat, objs) in enumerate(rows)]
+
+
 def shapes_suites(seen_pairs: int = 24, three: int = 24, four: int = 12) -> dict[str, list[dict]]:
     rng = np.random.default_rng(SEED)
     single = [entry("single_object", i, "single", [o]) for i, o in enumerate(OBJECTS)]
@@ -47,4 +79,4 @@ def shapes_suites(seen_pairs: int = 24, three: int = 24, four: int = 12) -> dict
     rows = [("three_objects", _distinct(rng, 3, seen, True)) for _ in range(three)]
     rows += [("four_objects", _distinct(rng, 4, seen, True)) for _ in range(four)]
     multi = [entry("multi_object", i, cat, objs) for i, (cat, objs) in enumerate(rows)]
-    return {"single_object": single, "two_object": two, "multi_object": multi}
+    return {"single_object": single, "two_object": two, "multi_object": multi, "sepen_large": sepen_large()}

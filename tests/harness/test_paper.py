@@ -1,0 +1,55 @@
+"""`benchmark paper`: both tables from run folders, the published numbers beside them, one command."""
+
+import pandas as pd
+import pytest
+
+from benchmark.cli import main
+from benchmark.paper import PUBLISHED_MAIN, large_table, main_table
+
+
+def write_summary(folder, rows):
+    folder.mkdir(parents=True, exist_ok=True)
+    pd.DataFrame(rows).to_csv(folder / "summary.csv", index=False)
+    return folder
+
+
+def test_main_table_takes_the_all_rows_and_shows_the_paper_beside(tmp_path):
+    run = write_summary(tmp_path / "main", [
+        {"method": "plain", "category": "animal_animal", "presence_all_mean": 0.9, "fid": 1.0},
+        {"method": "plain", "category": "all", "presence_all_mean": 0.25, "clip_full_mean": 0.3125, "fid": 40.5},
+        {"method": "sepen", "category": "all", "presence_all_mean": 0.5, "clip_full_mean": 0.375, "fid": None}])
+    table = main_table(run, published=True)
+    lines = table.splitlines()
+    assert lines[2] == "| base model (plain) | 40.50 | n/a | 0.250 | 0.312 | n/a |"
+    assert lines[3].startswith("| paper (unverified)") and f"{PUBLISHED_MAIN['plain']['fid']:.2f}" in lines[3]
+    assert lines[4] == "| + Separate-and-Enhance (finetuned) | n/a | n/a | 0.500 | 0.375 | n/a |"
+    assert "paper" not in main_table(run, published=False)
+
+
+def test_large_table_has_one_column_per_split(tmp_path):
+    run = write_summary(tmp_path / "large", [
+        {"method": m, "category": c, "presence_all_mean": v}
+        for m, base in (("plain", 0.1), ("sepen", 0.2))
+        for c, v in (("seen_seen", base), ("seen_unseen", base + 0.01), ("unseen_unseen", base + 0.02),
+                     ("all", base + 0.03))])
+    lines = large_table(run, published=False).splitlines()
+    assert lines[0] == "| method | seen-seen | seen-unseen | unseen-unseen | all |"
+    assert lines[3] == "| + Separate-and-Enhance (finetuned) | 0.200 | 0.210 | 0.220 | 0.230 |"
+
+
+@pytest.mark.slow
+def test_paper_on_a_shapes_model_prints_both_tables(tmp_path, capsys):
+    from benchmark.shapes.model import build_pipeline
+    from benchmark.shapes.train import save_pipeline
+
+    pipe = build_pipeline()
+    model = save_pipeline(tmp_path / "model", pipe.vae, pipe.text_encoder, pipe.tokenizer, pipe.unet)
+    out = tmp_path / "paper"
+    assert main(["paper", "--model", str(model), "--num-seeds", "1", "--limit", "1", "--out", str(out),
+                 "--no-progress", "--metric-model", f"fid.cache={tmp_path / 'cache'}"]) == 0
+    printed = capsys.readouterr().out
+    assert "## Main comparison: `two_object`" in printed and "## Large scale" in printed
+    assert (out / "paper.md").read_text() == printed
+    large = pd.read_csv(out / "large" / "summary.csv")
+    assert set(large["category"]) == {"seen_seen", "seen_unseen", "unseen_unseen", "all"}
+    assert (out / "large_checkpoint" / "sepen.safetensors").is_file()
