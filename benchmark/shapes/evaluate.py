@@ -75,13 +75,15 @@ def evaluate(pipe, n_per_count: int = 48, seed: int = 1000, counts=(1, 2, 3, 4),
 
     `seed` picks both the prompts and the generators; use seeds other than the ones a result was tuned on.
     """
-    report = {}
+    report, samples = {}, {}
     keys = list(counts) + (["heldout"] if heldout else [])
     for count in keys:
         object_lists = eval_prompts(count, n_per_count, seed)
         images = generate(pipe, object_lists, seed + (0 if count == "heldout" else 10 * int(count)),
                           steps, guidance, batch_size, guidance_rescale)
         report[str(count)] = score(images, object_lists)
+        samples[str(count)] = (images, object_lists)
+    report["images"] = samples  # (images, object lists) per count, for the grid; not part of the JSON
     report["settings"] = {"n_per_count": n_per_count, "seed": seed, "steps": steps, "guidance": guidance,
                           "guidance_rescale": guidance_rescale, "scheduler": type(pipe.scheduler).__name__}
     return report
@@ -90,7 +92,7 @@ def evaluate(pipe, n_per_count: int = 48, seed: int = 1000, counts=(1, 2, 3, 4),
 def format_report(report: dict) -> str:
     lines = []
     for key, r in report.items():
-        if key == "settings":
+        if key in ("settings", "images"):
             continue
         name = "1 object (presence)" if key == "1" else ("held-out pairs" if key == "heldout" else f"{key} objects")
         lines.append(f"{name:>22}: all_found {r['all_found']:.3f}  no_extra {r['no_extra']:.3f}  "
@@ -113,6 +115,8 @@ def main(argv=None):
     p.add_argument("--device", default="cpu")
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--json", default=None, help="also write the report here")
+    p.add_argument("--grid", default=None, help="also save a PNG of the first 8 images of each count, with the "
+                                                "detector's verdicts drawn (to check them by eye)")
     args = p.parse_args(argv)
     torch.set_num_threads(args.threads)
     from sae.models import load_pipeline
@@ -124,9 +128,24 @@ def main(argv=None):
     report["settings"]["seconds"] = round(time.time() - t0, 1)
     report["settings"]["model"] = str(args.model)
     print(format_report(report))
+    samples = report.pop("images")
     if args.json:
         with open(args.json, "w") as f:
             json.dump(report, f, indent=1)
+    if args.grid:
+        save_grid(samples, args.grid)
+
+
+def save_grid(samples: dict, path, per_count: int = 8) -> None:
+    """One row per count: images with their detections drawn and the prompt under each."""
+    from .viz import grid
+
+    images, titles = [], []
+    for images_of_count, objects in samples.values():
+        for image, objs in list(zip(images_of_count, objects))[:per_count]:
+            images.append((np.asarray(image) * 255).round().astype(np.uint8))
+            titles.append(" + ".join(f"{c} {s}" for c, s in objs))
+    grid(images, ncols=per_count, titles=titles).save(path)
 
 
 if __name__ == "__main__":
