@@ -1,0 +1,161 @@
+"""The static HTML report: pages, grids marked from the presence scores, thumbnails, charts, attention maps."""
+
+import json
+import re
+from html.parser import HTMLParser
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+from PIL import Image
+
+from benchmark.cli import main
+from benchmark.html_report import presence_marks, thumbnail, write_html_report
+from benchmark.report import summary_cells
+
+
+class Page(HTMLParser):
+    """The figures (class, img src, found and missed captions), every src/href, and the text of a page."""
+
+    def __init__(self, path: Path):
+        super().__init__()
+        self.figures, self.links, self.text, self._span = [], [], [], None
+        self.feed(path.read_text())
+
+    def handle_starttag(self, tag, attrs):
+        attrs = dict(attrs)
+        for key in ("src", "href"):
+            if attrs.get(key):
+                self.links.append(attrs[key])
+        if tag == "figure":
+            self.figures.append({"class": attrs["class"].split()[1], "img": None, "ok": [], "miss": []})
+        elif tag == "img" and "grid-image" in attrs.get("class", ""):
+            self.figures[-1]["img"] = attrs["src"]
+        elif tag == "span":
+            self._span = attrs.get("class")
+
+    def handle_data(self, data):
+        self.text.append(data)
+        if self._span in ("ok", "miss"):
+            self.figures[-1][self._span].append(data[2:])
+            self._span = None
+
+
+def check_links(page: Path, parser: Page):
+    for link in parser.links:
+        if link.startswith(("data:", "#")):
+            continue
+        assert (page.parent / link).exists(), f"{page.name} links to missing {link}"
+
+
+def test_report_pages_grids_and_marks(report_run, tmp_path):
+    run = report_run(tmp_path / "run")
+    index = write_html_report(run, attention_prompts=0, images_per_page=4)  # 2 methods x 2 seeds: 1 prompt a page
+    report = run / "report"
+    assert index == report / "index.html"
+    pages = sorted(p.name for p in report.glob("*.html"))
+    assert pages == ["category-three.html", "category-two-2.html", "category-two-3.html", "category-two.html",
+                     "index.html"]
+    # the summary cells are those of summary.md, from summary.csv
+    summary = pd.read_csv(run / "summary.csv")
+    text = "".join(Page(index).text)
+    for cells in summary_cells(summary)[1]:
+        for cell in cells:
+            assert cell in text
+    plain_all = summary[(summary.method == "plain") & (summary.category == "all")].iloc[0]
+    assert plain_all["presence_all_mean"] == 0.5  # seed 1 misses an object in each of the 4 prompts
+    # every grid image once, over the pages; marks from the scores
+    figures = []
+    for name in pages:
+        parser = Page(report / name)
+        check_links(report / name, parser)
+        figures += parser.figures
+    assert len(figures) == 16
+    assert len({f["img"] for f in figures}) == 16
+    by_image = {f["img"]: f for f in figures}
+    missed = by_image["thumbs/plain/r_1/0001.png"]
+    assert (missed["class"], missed["ok"], missed["miss"]) == ("missed", ["red car"], ["frog"])
+    found = by_image["thumbs/sepen/r_3/0001.png"]
+    assert (found["class"], found["ok"], found["miss"]) == ("found", ["cat", "dog", "frog"], [])
+    unscored = by_image["thumbs/sepen/r_0/0000.png"]
+    assert (unscored["class"], unscored["ok"], unscored["miss"]) == ("unscored", [], [])
+    assert sum(f["class"] == "missed" for f in figures) == 4
+    # charts: one per category and one for all
+    for name in ("all", "two", "three"):
+        with Image.open(report / "charts" / f"{name}.png") as chart:
+            assert chart.width > 100 and chart.height > 100
+
+
+def test_thumbnails_enlarge_small_images_and_shrink_large_ones(tmp_path):
+    run, report = tmp_path / "run", tmp_path / "run" / "report"
+    small = np.random.default_rng(0).integers(0, 256, (64, 64, 3), dtype=np.uint8)
+    large = np.random.default_rng(1).integers(0, 256, (512, 384, 3), dtype=np.uint8)
+    for name, pixels in (("small", small), ("large", large)):
+        (run / "images" / "plain" / "p").mkdir(parents=True, exist_ok=True)
+        Image.fromarray(pixels).save(run / "images" / "plain" / "p" / f"{name}.png")
+    src, width, height = thumbnail(run, report, "images/plain/p/small.png")
+    assert (src, width, height) == ("thumbs/plain/p/small.png", 128, 128)
+    assert np.array_equal(np.asarray(Image.open(report / src)), small.repeat(2, axis=0).repeat(2, axis=1))
+    src, width, height = thumbnail(run, report, "images/plain/p/large.png")
+    assert (src, width, height) == ("thumbs/plain/p/large.jpg", 96, 128)
+    assert Image.open(report / src).format == "JPEG"
+    stamp = (report / src).stat().st_mtime_ns
+    assert thumbnail(run, report, "images/plain/p/large.png") == (src, 96, 128)
+    assert (report / src).stat().st_mtime_ns == stamp  # reused, not made again
+
+
+def test_presence_marks_follow_the_metric_names():
+    objects = [{"name": "mouse", "query": "computer mouse"}, {"name": "cat", "count": 2}]
+    assert presence_marks({"objects": objects, "presence_missing": "cat"}) == (["computer mouse"], ["cat"])
+    assert presence_marks({"objects": objects, "presence_missing": ""}) == (["computer mouse", "cat"], [])
+    assert presence_marks({"objects": objects}) is None
+
+
+def test_report_command_writes_html_and_skips_attention_without_a_local_model(report_run, tmp_path, capsys):
+    run = report_run(tmp_path / "run")
+    assert main(["report", str(run), "--html", "--attention-prompts", "1"]) == 0
+    out, err = capsys.readouterr()
+    assert f"wrote {run / 'report' / 'index.html'}" in out
+    assert "attention maps skipped: model not/a-local-model is not on local disk" in err
+    assert not (run / "report" / "attention.html").exists()
+    parser = Page(run / "report" / "category-two.html")
+    assert len(parser.figures) == 3 * 2 * 2  # one page: 3 prompts x 2 methods x 2 seeds
+
+
+@pytest.mark.slow
+def test_run_writes_the_report_with_attention_maps_of_plain_and_sepen(tiny_model_dir, small_suite, tmp_path):
+    import torch
+    from benchmark.generate import RunConfig, run
+    from sae.models import load_pipeline
+    from sae.tokens import find_token_indices
+    from sae.visual import evenly_spaced, map_losses, sample_with_maps
+
+    out = tmp_path / "run"
+    run(RunConfig(suite=str(small_suite), model=str(tiny_model_dir), methods=["plain", "sepen"], seeds=[0, 1],
+                  steps=2, batch_size=2, out=out, metrics=[], progress=False, checkpoint_cache=tmp_path / "ckpt",
+                  sepen={"steps": 2, "learning_rate": 1e-2, "batch_size": 1}, html=True, attention_prompts=1))
+    report = out / "report"
+    assert len(Page(report / "category-two.html").figures) == 2 * 2
+    assert len(Page(report / "category-three.html").figures) == 2 * 2
+    attention = Page(report / "attention.html")
+    check_links(report / "attention.html", attention)
+    values = json.loads((report / "attention" / "t_0.json").read_text())
+    assert values["objects"] == ["cat", "dog"] and values["seed"] == 0
+    plain, sepen = values["methods"]["plain"], values["methods"]["sepen"]
+    # the regenerated seed is the run's image, for both methods
+    assert plain["max_level_difference_to_run_image"] == 0 and sepen["max_level_difference_to_run_image"] == 0
+    assert plain["timesteps"] == sepen["timesteps"] and len(plain["losses"]) == plain["denoising_forwards"]
+    # plain's maps are those of a direct pipeline call (same seed and settings); sepen's keys change them
+    pipe = load_pipeline(tiny_model_dir, device="cpu")
+    _, maps, timesteps = sample_with_maps(pipe, "a cat and a dog", find_token_indices(pipe.tokenizer, "a cat and a dog",
+                                          ["cat", "dog"]), 0, 2, 7.5)
+    picks = evenly_spaced(len(maps))
+    assert [timesteps[i] for i in picks] == plain["timesteps"]
+    for got, want in zip(plain["losses"], [map_losses(m) for m in maps[picks]]):
+        assert got["sep"] == pytest.approx(want["sep"], abs=1e-6) and got["en"] == pytest.approx(want["en"], abs=1e-6)
+    assert any(abs(a["sep"] - b["sep"]) > 1e-6 for a, b in zip(plain["losses"], sepen["losses"]))
+    with Image.open(report / "attention" / "t_0.png") as figure:
+        assert figure.width > 300
+    index_text = "".join(Page(report / "index.html").text)
+    assert "1 prompts: plain, sepen" in index_text
