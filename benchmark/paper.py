@@ -95,7 +95,7 @@ def train_shapes_large_checkpoint(model: str, out: Path, steps: int, learning_ra
 
 def paper(model: str | None, num_seeds: int = 64, limit: int | None = None, out: Path | None = None,
           large_checkpoint: str | None = None, metric_models: dict | None = None, device: str = "auto",
-          progress: bool = True, command: str = "") -> str:
+          progress: bool = True, command: str = "", checkpoint_cache: Path | None = None) -> str:
     model = str(model or SHAPES_MODEL)
     domain = model_domain(model)
     defaults = RUN_DEFAULTS[domain]
@@ -107,6 +107,8 @@ def paper(model: str | None, num_seeds: int = 64, limit: int | None = None, out:
                      metrics=["presence", "clip", "blip", "fid"], metric_models=metric_models or {},
                      sepen={"steps": defaults["sepen_steps"], "learning_rate": defaults["sepen_lr"]},
                      progress=progress)
+    if checkpoint_cache is not None:
+        base = replace(base, checkpoint_cache=Path(checkpoint_cache))
     main_dir = run(base)
     text = [f"# The paper's tables on {model} ({domain} suites)\n", f"Command: `{command}`\n" if command else "",
             f"## Main comparison: `{main_suite}`, {num_seeds} seeds"
@@ -147,6 +149,8 @@ def add_arguments(parser) -> None:
     parser.add_argument("--out", type=Path, help="default: results/paper/<shapes or model name>")
     parser.add_argument("--large-checkpoint", help="a SepEn large-scale checkpoint for the large-scale table")
     parser.add_argument("--metric-model", action="append", default=[], metavar="METRIC=PATH")
+    parser.add_argument("--checkpoint-cache", type=Path, help="where per-prompt SepEn checkpoints are cached "
+                                                                 "(default: the run command's)")
     parser.add_argument("--device", default="auto")
     parser.add_argument("--no-progress", action="store_true")
 
@@ -154,5 +158,5 @@ def add_arguments(parser) -> None:
 def cmd_paper(args, metric_models: dict) -> int:
     command = "python -m benchmark paper " + " ".join(shlex.quote(a) for a in sys.argv[2:])
     print(paper(args.model, args.num_seeds, args.limit, args.out, args.large_checkpoint, metric_models,
-                args.device, not args.no_progress, command), end="")
+                args.device, not args.no_progress, command, args.checkpoint_cache), end="")
     return 0
