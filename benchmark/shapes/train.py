@@ -121,6 +121,22 @@ class _Log:
 
 # ----------------------------------------------------------------------------------------------- phase 1: VAE
 
+def _optimizer_step(loss, opt, params, max_norm: float = 1.0) -> None:
+    opt.zero_grad(set_to_none=True)
+    loss.backward()
+    torch.nn.utils.clip_grad_norm_(params, max_norm)
+    opt.step()
+
+
+def _checkpoint_vae(vae, opt, step: int, t0: float, last: float, minutes: float, path: Path) -> float:
+    """Save the resumable state when `minutes` have passed since `last`; returns the time of the last save."""
+    if time.time() - last <= minutes * 60:
+        return last
+    _atomic_save({"vae": vae.state_dict(), "opt": opt.state_dict(), "step": step + 1,
+                  "elapsed": time.time() - t0}, path)
+    return time.time()
+
+
 def train_vae(cfg: TrainConfig, out: Path, device, workers: int = 0, checkpoint_minutes: float = 5.0):
     """Train (or resume, or load) the VAE; returns it with its scaling factor set."""
     from diffusers import AutoencoderKL
@@ -155,17 +171,11 @@ def train_vae(cfg: TrainConfig, out: Path, device, workers: int = 0, checkpoint_
             mean = posterior.mean
             align = F.mse_loss(mean[:, :3], F.avg_pool2d(x, 2)) + cfg.vae_detail * mean[:, 3:].pow(2).mean()
             loss = l1 + F.mse_loss(recon, x) + cfg.vae_kl * kl + cfg.vae_align * align
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            torch.nn.utils.clip_grad_norm_(vae.parameters(), 1.0)
-            opt.step()
+            _optimizer_step(loss, opt, vae.parameters())
             if step % 25 == 0:
                 bar.set_postfix(loss=f"{loss.item():.4f}", l1=f"{l1.item():.4f}")
                 log.write(step, loss.item(), l1.item(), kl.item(), time.time() - t0)
-            if time.time() - last_ckpt > checkpoint_minutes * 60:
-                _atomic_save({"vae": vae.state_dict(), "opt": opt.state_dict(), "step": step + 1,
-                              "elapsed": time.time() - t0}, state_path)
-                last_ckpt = time.time()
+            last_ckpt = _checkpoint_vae(vae, opt, step, t0, last_ckpt, checkpoint_minutes, state_path)
     finally:
         stream.close()
         bar.close()
@@ -224,17 +234,11 @@ def harden_decoder(cfg: TrainConfig, out: Path, vae, device, workers: int = 0, c
                 z = z + sigma * torch.randn(z.shape, generator=gen).to(device)
             recon = vae.decode(z).sample
             loss = (recon - x).abs().mean() + F.mse_loss(recon, x)
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            torch.nn.utils.clip_grad_norm_(params, 1.0)
-            opt.step()
+            _optimizer_step(loss, opt, params)
             if step % 25 == 0:
                 bar.set_postfix(loss=f"{loss.item():.4f}")
                 log.write(step, loss.item(), time.time() - t0)
-            if time.time() - last_ckpt > checkpoint_minutes * 60:
-                _atomic_save({"vae": vae.state_dict(), "opt": opt.state_dict(), "step": step + 1,
-                              "elapsed": time.time() - t0}, state_path)
-                last_ckpt = time.time()
+            last_ckpt = _checkpoint_vae(vae, opt, step, t0, last_ckpt, checkpoint_minutes, state_path)
     finally:
         stream.close()
         bar.close()
