@@ -61,7 +61,8 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--guidance", type=float, default=None,
                      help="classifier-free guidance scale; default: " + _defaults("guidance"))
     run.add_argument("--batch-size", type=int, default=4, help="images per pipeline call")
-    run.add_argument("--out", type=Path, default=Path("results/run"), help="run folder (resumed if it exists)")
+    run.add_argument("--out", type=Path, default=None,
+                     help="run folder, resumed if it exists (default: runs/<suite name>)")
     run.add_argument("--device", default="auto", help="cuda, cpu, ... (default: cuda when present)")
     run.add_argument("--metrics", default=None,
                      help="comma-separated (`ls metrics`) or module:Class; default: " + _defaults("metrics"))
@@ -141,7 +142,8 @@ def cmd_run(args) -> int:
     seeds = parse_seeds(args.seeds) if args.seeds else list(range(given("num_seeds")))
     config = RunConfig(suite=args.suite, model=model, methods=[m.strip() for m in given("methods").split(",") if m.strip()],
                        seeds=seeds, limit=args.limit, steps=given("steps"), guidance=given("guidance"),
-                       batch_size=args.batch_size, out=args.out, device=args.device,
+                       batch_size=args.batch_size, out=args.out or Path("runs") / Path(args.suite).stem,
+                       device=args.device,
                        metrics=[m.strip() for m in given("metrics").split(",") if m.strip()],
                        metric_models=_metric_models(args.metric_model),
                        sepen={"steps": given("sepen_steps"), "learning_rate": given("sepen_lr")},

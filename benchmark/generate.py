@@ -50,7 +50,7 @@ class RunConfig:
     steps: int = 50
     guidance: float = 7.5
     batch_size: int = 4
-    out: Path = Path("results/run")
+    out: Path = Path("runs/run")
     device: str = "auto"
     metrics: list[str] = field(default_factory=list)
     metric_models: dict = field(default_factory=dict)
