@@ -274,7 +274,7 @@ def write_html_report(run_dir: Path, attention_prompts: int = 2, context=None, d
             f"<p>{html.escape(settings)}; {len(seeds)} seeds; {len(rows)} images; methods "
             f"{html.escape(', '.join(methods))}.</p>"
             "<h2>Summary (mean [95% bootstrap interval])</h2>" + summary_table_html(summary)
-            + (f'<img class="chart" src="charts/all.png" alt="chart of all categories">' if chart else "")
+            + ('<img class="chart" src="charts/all.png" alt="chart of all categories">' if chart else "")
             + f"<h2>Images by category</h2><ul>{''.join(links)}</ul>"
             + (f'<h2>Attention maps</h2><p><a href="attention.html">{attention}</a></p>' if attention else "")
             + conventions_html(described))

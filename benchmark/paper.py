@@ -72,7 +72,7 @@ def large_table(run_dir: Path, published: bool) -> str:
         lines.append(f"| {METHOD_NAMES.get(method, method)} | " + " | ".join(cells) + " |")
         if published and method in PUBLISHED_LARGE:
             paper = [_cell(PUBLISHED_LARGE[method].get(c)) for c in (*LARGE_CATEGORIES, "all")]
-            lines.append(f"| paper (unverified) | " + " | ".join(paper) + " |")
+            lines.append("| paper (unverified) | " + " | ".join(paper) + " |")
     return "\n".join(lines) + "\n"
 
 
