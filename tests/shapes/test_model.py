@@ -1,0 +1,151 @@
+"""The shipped shapes model (benchmark/shapes/pretrained) and the code that trains and evaluates it."""
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from benchmark.shapes.data import HELDOUT_PAIRS, has_heldout_pair, training_batch
+from benchmark.shapes.evaluate import eval_prompts, evaluate, generate
+from benchmark.shapes.geometry import SHAPES
+from benchmark.shapes.world import COLOURS
+
+PRETRAINED = Path(__file__).resolve().parents[2] / "benchmark" / "shapes" / "pretrained"
+
+
+@pytest.fixture(scope="module")
+def pipe():
+    from sae.models import load_pipeline
+
+    assert (PRETRAINED / "model_index.json").is_file(), f"the shipped model is missing: {PRETRAINED}"
+    return load_pipeline(PRETRAINED, device="cpu")
+
+
+def test_shipped_folder_is_small_safetensors():
+    files = [f for f in PRETRAINED.rglob("*") if f.is_file()]
+    assert sum(f.stat().st_size for f in files) <= 25 * 2**20
+    weights = [f for f in files if f.suffix in (".safetensors", ".bin", ".pt", ".ckpt")]
+    assert {f.parent.name for f in weights} == {"unet", "vae", "text_encoder"}
+    assert all(f.suffix == ".safetensors" for f in weights)
+
+
+def test_plain_diffusers_loads_it_offline():
+    from diffusers import DDIMScheduler, StableDiffusionPipeline
+
+    sd = StableDiffusionPipeline.from_pretrained(str(PRETRAINED), safety_checker=None, requires_safety_checker=False)
+    assert isinstance(sd.scheduler, DDIMScheduler)
+    assert sd.scheduler.config.beta_schedule == "scaled_linear"
+
+
+def test_architecture(pipe):
+    from diffusers import AutoencoderKL, UNet2DConditionModel
+    from transformers import CLIPTextModel
+
+    from sae.attention import cross_attention_layers
+
+    assert isinstance(pipe.unet, UNet2DConditionModel) and isinstance(pipe.vae, AutoencoderKL)
+    assert isinstance(pipe.text_encoder, CLIPTextModel)
+    assert pipe.unet.dtype == torch.float32  # stored in fp16, loaded as fp32
+    assert pipe.vae_scale_factor == 2 and pipe.unet.config.sample_size == 32  # 64 px images, 32x32 latents
+    assert len(pipe.unet.down_blocks) == 4 and len(pipe.unet.up_blocks) == 4
+    blocks = sorted({n.split(".attentions")[0] for n in cross_attention_layers(pipe.unet)})
+    assert blocks == ["down_blocks.2", "up_blocks.1"]  # the 1/4-resolution (8x8) maps that SepEn reads
+    assert pipe.tokenizer.model_max_length == pipe.text_encoder.config.max_position_embeddings == 77
+    assert pipe.text_encoder.config.hidden_size == pipe.unet.config.cross_attention_dim
+
+
+def test_quarter_resolution_maps_are_8x8(pipe):
+    from sae.attention import capture_cross_attention
+    from sae.finetune import encode_prompts
+
+    latents = torch.randn(2, 4, 32, 32, generator=torch.Generator().manual_seed(0))
+    text = encode_prompts(pipe, ["a red circle and a blue square", "a green triangle"])
+    with torch.no_grad(), capture_cross_attention(pipe.unet) as store:
+        pipe.unet(latents, torch.tensor([500, 500]), encoder_hidden_states=text)
+        maps = store.maps()
+    assert maps.shape == (2, 8, 8, 77)
+    assert torch.allclose(maps.sum(-1), torch.ones(2, 8, 8), atol=1e-5)
+
+
+def test_evaluate_reports_every_count(pipe):
+    report = evaluate(pipe, n_per_count=2, seed=3, steps=2, guidance=7.5)
+    assert set(report) == {"1", "2", "3", "4", "heldout", "settings"}
+    for key in ("1", "2", "3", "4", "heldout"):
+        assert report[key]["n"] == 2 and 0 <= report[key]["all_found"] <= 1
+
+
+def test_eval_prompts():
+    singles = eval_prompts(1, 36, seed=0)
+    assert sorted(map(tuple, singles)) == sorted([((c, s),) for c in COLOURS for s in SHAPES] * 2)
+    assert all(len(objs) == 3 for objs in eval_prompts(3, 10))
+    assert eval_prompts(2, 10, seed=5) == eval_prompts(2, 10, seed=5) != eval_prompts(2, 10, seed=6)
+    assert all(has_heldout_pair(p) for p in eval_prompts("heldout", 12))
+
+
+def test_training_batches_are_seeded_and_free_of_heldout_pairs():
+    images, captions = training_batch(5, seed=1, batch_size=64, caption_dropout=0.1)
+    again, captions_again = training_batch(5, seed=1, batch_size=64, caption_dropout=0.1)
+    assert np.array_equal(images, again) and captions == captions_again
+    assert images.shape == (64, 64, 64, 3) and images.dtype == np.uint8
+    assert training_batch(6, seed=1, batch_size=64)[1] != training_batch(5, seed=1, batch_size=64)[1]
+    counted = [training_batch(s, seed=0, batch_size=64, count_probs=(0.45, 0.2, 0.2, 0.15))[1] for s in range(8)]
+    counts = [c.count(" and ") + 1 for batch in counted for c in batch]
+    assert 0.35 < counts.count(1) / len(counts) < 0.55
+    for batch in counted:
+        for caption in batch:
+            words = caption.split()
+            objects = [(words[i + 1], words[i + 2]) for i in range(0, len(words), 4)]
+            assert not has_heldout_pair(objects), caption
+    assert "" in captions  # dropped captions, for classifier-free guidance
+
+
+def test_heldout_pairs_cover_every_colour_and_shape():
+    objects = [o for pair in HELDOUT_PAIRS for o in pair]
+    assert len(set(objects)) == len(objects) == 12
+    assert {c for c, _ in objects} == set(COLOURS) and {s for _, s in objects} == set(SHAPES)
+
+
+@pytest.mark.slow
+def test_training_resumes_where_it_stopped_and_exports(tmp_path, monkeypatch):
+    from sae.models import load_pipeline
+    from benchmark.shapes import train
+    from benchmark.shapes.data import BatchStream
+
+    def args(out, *extra):
+        return ["--out", str(out), "--vae-steps", "2", "--vae-batch", "2", "--decoder-steps", "2", "--steps", "3", "--batch", "2",
+                "--warmup", "1", "--checkpoint-minutes", "0", *extra]
+
+    train.main(args(tmp_path / "straight"))
+    straight = torch.load(tmp_path / "straight" / "diffusion.pt", weights_only=False)
+    assert straight["step"] == 3
+
+    # interrupted after the first diffusion step (checkpoints every step here), then the same command again
+    real_iter = BatchStream.__iter__
+
+    def one_batch_then_crash(self):
+        it = real_iter(self)
+        yield next(it)
+        if self.fn.keywords["stream"] == 2:
+            raise KeyboardInterrupt
+        yield from it
+
+    monkeypatch.setattr(BatchStream, "__iter__", one_batch_then_crash)
+    with pytest.raises(KeyboardInterrupt):
+        train.main(args(tmp_path / "resumed"))
+    assert torch.load(tmp_path / "resumed" / "diffusion.pt", weights_only=False)["step"] == 1
+    monkeypatch.setattr(BatchStream, "__iter__", real_iter)
+    with pytest.raises(SystemExit, match="other settings"):  # a resumed run must keep its settings
+        train.main(args(tmp_path / "resumed", "--lr", "5e-4"))
+    export = tmp_path / "export"
+    train.main(args(tmp_path / "resumed", "--export", str(export)))
+    resumed = torch.load(tmp_path / "resumed" / "diffusion.pt", weights_only=False)
+    assert resumed["step"] == 3
+    for key in ("ema_unet", "ema_text"):
+        for name, value in straight[key].items():
+            torch.testing.assert_close(resumed[key][name], value, rtol=1e-5, atol=1e-6)
+
+    pipe = load_pipeline(export, device="cpu")  # exported in fp16, loaded in fp32
+    assert pipe.unet.dtype == torch.float32
+    images = generate(pipe, [[("red", "circle")]], steps=2)
+    assert images[0].shape == (64, 64, 3)
