@@ -24,7 +24,7 @@ RUN_DEFAULTS = {
     NATURAL: {"methods": "plain", "num_seeds": 4, "steps": 50, "guidance": 7.5, "sepen_steps": 200,
               "sepen_lr": 5e-6, "metrics": ""},
     SHAPES: {"methods": "plain,attend_excite,sepen", "num_seeds": 2, "steps": 30, "guidance": 7.5,
-             "sepen_steps": 100, "sepen_lr": 1e-4, "metrics": "presence,clip,fid"},
+             "sepen_steps": 100, "sepen_lr": 3e-5, "metrics": "presence,clip,fid"},
 }
 
 
