@@ -70,7 +70,9 @@ def test_quarter_resolution_maps_are_8x8(pipe):
 
 def test_evaluate_reports_every_count(pipe):
     report = evaluate(pipe, n_per_count=2, seed=3, steps=2, guidance=7.5)
-    assert set(report) == {"1", "2", "3", "4", "heldout", "settings"}
+    assert set(report) == {"1", "2", "3", "4", "heldout", "settings", "images"}
+    images, objects = report["images"]["2"]
+    assert len(images) == len(objects) == 2 and all(len(o) == 2 for o in objects)
     for key in ("1", "2", "3", "4", "heldout"):
         assert report[key]["n"] == 2 and 0 <= report[key]["all_found"] <= 1
 
