@@ -7,6 +7,7 @@ BLIP has no counterpart here: the `blip` metric reports itself unavailable for t
 
 from __future__ import annotations
 
+import functools
 from pathlib import Path
 
 import numpy as np
@@ -38,10 +39,16 @@ def _presence(context):
                              "when a blob of its colour fits its shape; count-aware")
 
 
-def _clip(context):
+@functools.lru_cache(maxsize=None)
+def _world_clip(device: str):
+    """The shipped world CLIP, loaded once per device: `clip` and `fid` share it (neither changes it)."""
     from .world_clip import SHIPPED, load
 
-    model, preprocess, tokenizer = load(SHIPPED, device=context.device)
+    return load(SHIPPED, device=device)
+
+
+def _clip(context):
+    model, preprocess, tokenizer = _world_clip(context.device)
     return model, preprocess, tokenizer, (
         "the shapes world's CLIP (benchmark/shapes/clip, open_clip config shapes-clip, trained on rendered scenes); "
         "bare captions, no templates; cosine; min-object splits the prompt on ' and ' and takes the per-image "
@@ -51,9 +58,7 @@ def _clip(context):
 def _fid_extractor(context):
     from benchmark.metrics.fid import OpenClipFeatures
 
-    from .world_clip import SHIPPED, load
-
-    model, preprocess, _ = load(SHIPPED, device=context.device)
+    model, preprocess, _ = _world_clip(context.device)
     return OpenClipFeatures(model, preprocess, "shapes-clip image tower (benchmark/shapes/clip)", context.device)
 
 
