@@ -143,8 +143,9 @@ def test_run_writes_the_report_with_attention_maps_of_plain_and_sepen(tiny_model
     values = json.loads((report / "attention" / "t_0.json").read_text())
     assert values["objects"] == ["cat", "dog"] and values["seed"] == 0
     plain, sepen = values["methods"]["plain"], values["methods"]["sepen"]
-    # the regenerated seed is the run's image, for both methods
-    assert plain["max_level_difference_to_run_image"] == 0 and sepen["max_level_difference_to_run_image"] == 0
+    # the regenerated seed is the run's image, for both methods: the run drew it in a batch of two, the report
+    # alone, and batched CPU kernels may round differently on another machine, so one 8-bit level is allowed
+    assert plain["max_level_difference_to_run_image"] <= 1 and sepen["max_level_difference_to_run_image"] <= 1
     assert plain["timesteps"] == sepen["timesteps"] and len(plain["losses"]) == plain["denoising_forwards"]
     # plain's maps are those of a direct pipeline call (same seed and settings); sepen's keys change them
     pipe = load_pipeline(tiny_model_dir, device="cpu")

@@ -48,8 +48,10 @@ def test_build_script_regenerates_the_committed_files(tmp_path):
     if not shared.exists():
         pytest.skip("../shared/data is not beside this checkout")
     assert build_suites(["--shared-data", str(shared), "--out", str(tmp_path)]) == 0
-    for path in tmp_path.iterdir():
-        assert filecmp.cmp(path, PROMPTS_DIR / path.name, shallow=False), path.name
+    written = sorted(p.relative_to(tmp_path) for p in tmp_path.rglob("*") if p.is_file())
+    assert written, "the build wrote nothing"
+    for relative in written:
+        assert filecmp.cmp(tmp_path / relative, PROMPTS_DIR / relative, shallow=False), relative
 
 
 @pytest.mark.parametrize("content, message", [
