@@ -73,6 +73,9 @@ def build_parser() -> argparse.ArgumentParser:
                      help="per-prompt finetuning steps; default: " + _defaults("sepen_steps"))
     run.add_argument("--sepen-lr", type=float, default=None,
                      help="per-prompt finetuning learning rate; default: " + _defaults("sepen_lr"))
+    run.add_argument("--sepen-maps", choices=("probs", "sharpened"), default=None,
+                     help="maps the SepEn losses read: probs (softmax over all tokens, the paper) or sharpened "
+                          "(Attend-and-Excite's text maps); default: " + _defaults("sepen_maps"))
     run.add_argument("--sepen-checkpoint", help="a large-scale SepEn checkpoint used for every prompt")
     run.add_argument("--checkpoint-cache", type=Path, default=Path.home() / ".cache" / "sae" / "checkpoints",
                      help="where per-prompt SepEn checkpoints are cached and reused")
@@ -146,7 +149,8 @@ def cmd_run(args) -> int:
                        device=args.device,
                        metrics=[m.strip() for m in given("metrics").split(",") if m.strip()],
                        metric_models=_metric_models(args.metric_model),
-                       sepen={"steps": given("sepen_steps"), "learning_rate": given("sepen_lr")},
+                       sepen={"steps": given("sepen_steps"), "learning_rate": given("sepen_lr"),
+                              "maps": given("sepen_maps")},
                        sepen_checkpoint=args.sepen_checkpoint, checkpoint_cache=args.checkpoint_cache,
                        progress=not args.no_progress, html=not args.no_html,
                        attention_prompts=args.attention_prompts)

@@ -25,7 +25,7 @@ import numpy as np
 import torch
 from diffusers.utils.torch_utils import randn_tensor
 
-from sae.attention import StopForward, capture_cross_attention, object_maps
+from sae.attention import StopForward, capture_cross_attention, object_maps, sharpened_text_maps
 from sae.losses import enhance_loss, gaussian_smooth, separate_loss
 
 # A&E's GaussianSmoothing squares (x / (2 sigma)), i.e. a standard Gaussian of sigma * sqrt(2)
@@ -34,9 +34,7 @@ AE_SIGMA = 0.5 * math.sqrt(2)
 
 def attend_excite_loss(maps: torch.Tensor, token_groups) -> torch.Tensor:
     """A&E's loss per image from token maps `(batch, H, W, 77)`: `max_k relu(1 - max smooth(A_k))`."""
-    text = torch.softmax(maps[..., 1:-1] * 100, dim=-1)  # drop the start and last token, sharpen
-    shifted = [[i - 1 for i in group] for group in token_groups]
-    objects = object_maps(text, shifted)  # (batch, K, H, W)
+    objects = object_maps(sharpened_text_maps(maps), token_groups)  # (batch, K, H, W)
     peaks = gaussian_smooth(objects, sigma=AE_SIGMA).amax(dim=(-2, -1))
     return torch.relu(1 - peaks).amax(dim=-1)
 

@@ -105,7 +105,8 @@ def paper(model: str | None, num_seeds: int = 64, limit: int | None = None, out:
                      seeds=list(range(num_seeds)), limit=limit, steps=defaults["steps"],
                      guidance=defaults["guidance"], batch_size=4, out=out / "main", device=device,
                      metrics=["presence", "clip", "blip", "fid"], metric_models=metric_models or {},
-                     sepen={"steps": defaults["sepen_steps"], "learning_rate": defaults["sepen_lr"]},
+                     sepen={"steps": defaults["sepen_steps"], "learning_rate": defaults["sepen_lr"],
+                            "maps": defaults["sepen_maps"]},
                      progress=progress)
     if checkpoint_cache is not None:
         base = replace(base, checkpoint_cache=Path(checkpoint_cache))

@@ -175,6 +175,18 @@ def split_guidance(maps: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     return uncond, cond
 
 
+MAP_KINDS = ("probs", "sharpened")
+
+
+def sharpened_text_maps(maps: torch.Tensor, scale: float = 100.0) -> torch.Tensor:
+    """Attend-and-Excite's maps: drop the start and last token, `softmax(scale * p)` over the rest.
+
+    Token positions are kept (the dropped columns are zeros), so object token indices stay valid. Unlike the
+    raw probabilities, where the start token takes most of each pixel, each pixel's text tokens share all of it.
+    """
+    return torch.nn.functional.pad(torch.softmax(maps[..., 1:-1] * scale, dim=-1), (1, 1))
+
+
 def object_maps(maps: torch.Tensor, token_groups) -> torch.Tensor:
     """Per-object maps `(batch, K, H, W)` from token maps `(batch, H, W, tokens)`.
 

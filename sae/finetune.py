@@ -24,7 +24,7 @@ import torch
 from torch.func import functional_call
 from tqdm.auto import tqdm
 
-from .attention import StopForward, capture_cross_attention, object_maps
+from .attention import MAP_KINDS, StopForward, capture_cross_attention, object_maps, sharpened_text_maps
 from .checkpoint import base_fingerprints, load_delta, save_delta
 from .losses import enhance_loss, norm_loss, separate_loss
 from .tokens import find_token_indices
@@ -56,6 +56,7 @@ class FinetuneConfig:
     projection: str = "k"  # which attn2 projection is trained: k (the method), q or v (the ablation)
     pair_reduction: str = "max"  # Separate over pairs of objects when a prompt has three or more
     map_downscale: int = 4  # maps at 1/4 of the latent side (16x16 for SD 1.x)
+    maps: str = "probs"  # probs: softmax over all tokens (the method); sharpened: Attend-and-Excite's text maps
     latent_size: int | None = None  # default: the UNet's sample_size
     seed: int = 0
     checkpoint_every: int = 50
@@ -69,6 +70,8 @@ class FinetuneConfig:
     def __post_init__(self):
         if self.projection not in PROJECTIONS:
             raise ValueError(f"projection must be one of {PROJECTIONS}, got {self.projection!r}")
+        if self.maps not in MAP_KINDS:
+            raise ValueError(f"maps must be one of {MAP_KINDS}, got {self.maps!r}")
         if self.mixed_precision not in ("no", "bf16", "fp16"):
             raise ValueError(f"mixed_precision must be no, bf16 or fp16, got {self.mixed_precision!r}")
         self.adam_betas = tuple(self.adam_betas)
@@ -141,14 +144,23 @@ def encode_prompts(pipe, prompts: list[str]) -> torch.Tensor:
 
 
 def sepen_losses(unet, noisy_latents, timesteps, text_embeddings, token_groups,
-                 pair_reduction: str = "max", map_downscale: int = 4) -> dict[str, torch.Tensor]:
-    """Separate and Enhance of one UNet pass (stopped after the last captured layer), averaged over the batch."""
+                 pair_reduction: str = "max", map_downscale: int = 4, maps_kind: str = "probs"
+                 ) -> dict[str, torch.Tensor]:
+    """Separate and Enhance of one UNet pass (stopped after the last captured layer), averaged over the batch.
+
+    `maps_kind` "sharpened" reads the losses off Attend-and-Excite's text maps instead of the raw probabilities
+    (`sae.attention.sharpened_text_maps`): a departure from the paper, for models whose object tokens get a small
+    share of each pixel's attention (the shapes model: 3-4%).
+    """
     with capture_cross_attention(unet, map_downscale, stop_after_last=True) as store:
         try:
             unet(noisy_latents, timesteps, encoder_hidden_states=text_embeddings)
         except StopForward:
             pass
-        maps = object_maps(store.maps().float(), token_groups)
+        token_maps = store.maps().float()
+        if maps_kind == "sharpened":
+            token_maps = sharpened_text_maps(token_maps)
+        maps = object_maps(token_maps, token_groups)
     losses = {"en": enhance_loss(maps).mean()}
     if maps.shape[1] >= 2:
         losses["sep"] = separate_loss(maps, pair_reduction=pair_reduction).mean()
@@ -245,7 +257,7 @@ def finetune(pipe, source: ConceptPair | ConceptPool, config: FinetuneConfig | N
         noisy, timesteps = _noisy_batch(pipe, config.batch_size, latent_size, generator, device)
         with torch.autocast(device.type, dtype=autocast_dtype or torch.float32, enabled=use_autocast):
             losses = sepen_losses(unet, noisy, timesteps, encode_prompts(pipe, prompts), groups,
-                                  config.pair_reduction, config.map_downscale)
+                                  config.pair_reduction, config.map_downscale, config.maps)
             total = config.lambda_en * losses["en"] + config.lambda_sep * losses.get("sep", 0.0)
             if config.lambda_norm > 0:
                 singles = [f"a photo of {with_article(objects[i % len(objects)])}"

@@ -15,6 +15,10 @@ python -m benchmark run --suite multi_object --out "$out/multi_object" --checkpo
 python -m benchmark paper --num-seeds 2 --out "$out/paper" --checkpoint-cache "$out/checkpoints" --no-progress \
     > "$out/paper.log" 2>&1 &
 wait
+# SepEn must not cost single-object presence (issue 5: at most 2 points below plain)
+python -m benchmark run --suite single_object --seeds 0-3 --methods plain,sepen --metrics presence \
+    --out "$out/single_object" --checkpoint-cache "$out/checkpoints" --no-html --no-progress > "$out/single_object.log" 2>&1
+for f in summary.md summary.csv results.json; do cp "$out/single_object/$f" "results/shapes/single_object_$f"; done
 cp "$out/paper/paper.md" results/paper/shapes/paper.md
 for part in main large; do cp "$out/paper/$part/summary.md" "results/paper/shapes/${part}_summary.md"; done
 for f in summary.md summary.csv results.json; do cp "$out/multi_object/$f" "results/shapes/multi_object_$f"; done

@@ -2,7 +2,7 @@ import pytest
 import torch
 
 from sae.attention import (CaptureAttnProcessor, StopForward, capture_cross_attention, cross_attention_layers,
-                           object_maps, split_guidance)
+                           object_maps, sharpened_text_maps, split_guidance)
 from sae.finetune import encode_prompts
 
 
@@ -121,3 +121,17 @@ def test_object_maps_average_sub_tokens_and_per_item_groups():
     per_item = object_maps(maps, [[[3], [7]], [[4], [7]]])
     assert torch.allclose(per_item[0, 0], torch.full((2, 2), 0.2))
     assert torch.allclose(per_item[1, 0], torch.full((2, 2), 0.4))
+
+
+def test_sharpened_text_maps_drop_start_and_last_token_and_keep_positions():
+    maps = torch.zeros(1, 1, 1, 6)
+    maps[..., 0] = 0.9  # the start token takes most of the pixel
+    maps[..., 2] = 0.06
+    maps[..., 3] = 0.04
+    maps[..., 5] = 0.5  # the last position: dropped too
+    sharp = sharpened_text_maps(maps)[0, 0, 0]
+    logits = torch.tensor([0.0, 6.0, 4.0, 0.0])  # 100 x the probabilities of positions 1..4
+    expected = torch.softmax(logits, dim=0)
+    assert sharp[0] == 0 and sharp[5] == 0
+    assert torch.allclose(sharp[1:5], expected)
+    assert sharp[2] > 0.8  # 6% of the raw pixel becomes its larger share of the text tokens

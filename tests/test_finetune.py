@@ -118,3 +118,22 @@ def test_bad_settings_are_refused():
         FinetuneConfig(projection="o")
     with pytest.raises(ValueError, match="mixed_precision"):
         FinetuneConfig(mixed_precision="fp8")
+    with pytest.raises(ValueError, match="maps must be one of"):
+        FinetuneConfig(maps="softmax")
+
+
+def test_sharpened_maps_give_the_losses_of_attend_and_excite_maps(tiny_pipe):
+    """The same pass read two ways: sharpened text maps give each object a larger peak, so a smaller Enhance."""
+    from sae.finetune import encode_prompts, sepen_losses
+    from sae.tokens import find_token_indices
+
+    generator = torch.Generator().manual_seed(0)
+    noisy = torch.randn(2, 4, 32, 32, generator=generator)
+    timesteps = torch.tensor([500, 500])
+    text = encode_prompts(tiny_pipe, [PAIR.prompt] * 2)
+    groups = find_token_indices(tiny_pipe.tokenizer, PAIR.prompt, PAIR.objects)
+    with torch.no_grad():
+        probs = sepen_losses(tiny_pipe.unet, noisy, timesteps, text, groups, maps_kind="probs")
+        sharp = sepen_losses(tiny_pipe.unet, noisy, timesteps, text, groups, maps_kind="sharpened")
+    assert 0 <= sharp["en"] < probs["en"] <= 1
+    assert not torch.isclose(sharp["sep"], probs["sep"])
