@@ -81,6 +81,9 @@ class TrainConfig:
     caption_dropout: float = 0.1
     count_probs: tuple = (0.45, 0.2, 0.2, 0.15)
     max_grad_norm: float = 1.0
+    # text context in tokens (CLIP's 77 by default; a four-object caption is 17): the pipeline's tokenizer pads to
+    # it, so it sets how many padding tokens the cross-attention can read the whole prompt from
+    context_length: int = 77
 
     def to_dict(self):
         return dataclasses.asdict(self)
@@ -275,7 +278,7 @@ def train_diffusion(cfg: TrainConfig, out: Path, vae, device, workers: int = 0, 
     """Train (or resume) the UNet and text encoder; returns (unet, text_encoder) holding the EMA weights."""
     from sae.models import clip_tokenizer
 
-    tokenizer = clip_tokenizer()
+    tokenizer = clip_tokenizer(cfg.context_length)
     unet = M.build_unet(cfg.arch, cfg.seed + 2).to(device)
     text_encoder = M.build_text_encoder(tokenizer, cfg.arch, cfg.seed + 1).to(device)
     ema_unet, ema_text = copy.deepcopy(unet).eval(), copy.deepcopy(text_encoder).eval()
@@ -398,7 +401,8 @@ def _check_settings(cfg: TrainConfig, out: Path) -> None:
         saved = json.loads(path.read_text())
         started = (out / "diffusion.pt").is_file()
         keys = given if started else [k for k in VAE_KEYS if (out / "vae").is_dir() or (out / "vae_state.pt").is_file()]
-        diff = {k: (saved.get(k), given[k]) for k in keys if saved.get(k) != given[k]}
+        defaults = json.loads(json.dumps(TrainConfig().to_dict()))  # settings added since the run was saved
+        diff = {k: (saved.get(k, defaults[k]), given[k]) for k in keys if saved.get(k, defaults[k]) != given[k]}
         if diff:
             raise SystemExit(f"{out} holds a run with other settings (saved, given): {diff}; "
                              f"use another --out or the same settings")

@@ -151,3 +151,20 @@ def test_training_resumes_where_it_stopped_and_exports(tmp_path, monkeypatch):
     assert pipe.unet.dtype == torch.float32
     images = generate(pipe, [[("red", "circle")]], steps=2)
     assert images[0].shape == (64, 64, 3)
+
+
+@pytest.mark.slow
+def test_a_short_text_context_reaches_the_exported_pipeline(tmp_path):
+    from sae.models import load_pipeline
+    from sae.tokens import find_token_indices
+    from benchmark.shapes import train
+
+    export = tmp_path / "export"
+    train.main(["--out", str(tmp_path / "run"), "--vae-steps", "1", "--vae-batch", "2", "--decoder-steps", "0",
+                "--steps", "1", "--batch", "2", "--warmup", "1", "--context-length", "20", "--export", str(export)])
+    pipe = load_pipeline(export, device="cpu")
+    assert pipe.tokenizer.model_max_length == 20
+    assert pipe.text_encoder.config.max_position_embeddings == 20
+    caption = "a red circle and a blue square and a green triangle and a yellow circle"
+    assert find_token_indices(pipe.tokenizer, caption, ["circle", "circle"]) == [[3], [15]]
+    assert generate(pipe, [[("red", "circle")]], steps=1)[0].shape == (64, 64, 3)
