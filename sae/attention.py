@@ -175,9 +175,6 @@ def split_guidance(maps: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     return uncond, cond
 
 
-MAP_KINDS = ("probs", "sharpened")
-
-
 def sharpened_text_maps(maps: torch.Tensor, scale: float = 100.0) -> torch.Tensor:
     """Attend-and-Excite's maps: drop the start and last token, `softmax(scale * p)` over the rest.
 
@@ -185,6 +182,10 @@ def sharpened_text_maps(maps: torch.Tensor, scale: float = 100.0) -> torch.Tenso
     raw probabilities, where the start token takes most of each pixel, each pixel's text tokens share all of it.
     """
     return torch.nn.functional.pad(torch.softmax(maps[..., 1:-1] * scale, dim=-1), (1, 1))
+
+
+# Which token maps the SepEn losses read: the raw probabilities (the method) or A&E's sharpened text maps.
+MAP_KINDS = {"probs": lambda maps: maps, "sharpened": sharpened_text_maps}
 
 
 def object_maps(maps: torch.Tensor, token_groups) -> torch.Tensor:

@@ -24,7 +24,7 @@ import torch
 from torch.func import functional_call
 from tqdm.auto import tqdm
 
-from .attention import MAP_KINDS, StopForward, capture_cross_attention, object_maps, sharpened_text_maps
+from .attention import MAP_KINDS, StopForward, capture_cross_attention, object_maps
 from .checkpoint import base_fingerprints, load_delta, save_delta
 from .losses import enhance_loss, norm_loss, separate_loss
 from .tokens import find_token_indices
@@ -71,7 +71,7 @@ class FinetuneConfig:
         if self.projection not in PROJECTIONS:
             raise ValueError(f"projection must be one of {PROJECTIONS}, got {self.projection!r}")
         if self.maps not in MAP_KINDS:
-            raise ValueError(f"maps must be one of {MAP_KINDS}, got {self.maps!r}")
+            raise ValueError(f"maps must be one of {tuple(MAP_KINDS)}, got {self.maps!r}")
         if self.mixed_precision not in ("no", "bf16", "fp16"):
             raise ValueError(f"mixed_precision must be no, bf16 or fp16, got {self.mixed_precision!r}")
         self.adam_betas = tuple(self.adam_betas)
@@ -157,10 +157,7 @@ def sepen_losses(unet, noisy_latents, timesteps, text_embeddings, token_groups,
             unet(noisy_latents, timesteps, encoder_hidden_states=text_embeddings)
         except StopForward:
             pass
-        token_maps = store.maps().float()
-        if maps_kind == "sharpened":
-            token_maps = sharpened_text_maps(token_maps)
-        maps = object_maps(token_maps, token_groups)
+        maps = object_maps(MAP_KINDS[maps_kind](store.maps().float()), token_groups)
     losses = {"en": enhance_loss(maps).mean()}
     if maps.shape[1] >= 2:
         losses["sep"] = separate_loss(maps, pair_reduction=pair_reduction).mean()

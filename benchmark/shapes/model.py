@@ -63,8 +63,8 @@ def _text(hidden=64, layers=2, heads=4, mlp=4):
 ARCHITECTURES = {
     "small": (_unet((32, 64, 128, 128)), _text(64)),
     "wide": (_unet((64, 64, 128, 128)), _text(64)),
-    # 4 attention heads of 32 dims instead of 16 of 8 (same cost): a probe of whether the cross-attention then
-    # localises objects (results/shapes/sepen_lr_sweep.md)
+    # 4 attention heads of 32 dims instead of 16 of 8 (6.5 s per step instead of 5.0-5.3 on our CPU): a probe of
+    # whether the cross-attention then localises objects; it did not (results/shapes/sepen_lr_sweep.md)
     "small-wideheads": (_unet((32, 64, 128, 128), head_dim=32), _text(64)),
     # SD's full layout (cross-attention at 32, 16 and 8 px): for comparison only, ~9x slower per step on CPU
     "small-sdlayout": (_unet((32, 64, 128, 128), down=("CrossAttnDownBlock2D",) * 3 + ("DownBlock2D",),
