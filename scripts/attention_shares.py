@@ -2,21 +2,87 @@
 
     python scripts/attention_shares.py [--model ID_OR_PATH] [--prompt "a red circle and a red square"]
 
-Prints, for a few noise levels, the mean over pixels (and over 8 noise draws) of the start token, each prompt
-word, the end token and the padding tokens, then each object word's spatial contrast (peak / mean of its map):
-how much there is for Separate and Enhance to work on. Default model: the shipped shapes model.
+Two kinds of latents, at a few noise levels (8 draws each):
+
+- noise: Gaussian latents noised to t, what SepEn's finetuning sees (no image data). Prints the mean over pixels
+  of the start token, each prompt word, the end token and the padding tokens, then each word's spatial contrast
+  (peak / mean of its map): how much there is for Separate and Enhance to work on.
+- scenes (shapes models only): the VAE latents of rendered scenes of the prompt (random layouts) noised to t.
+  Prints each word's attention inside its object's cells over outside them (1 = not localised): whether the
+  model's maps follow the objects once there are objects to follow.
+
+Default model: the shipped shapes model.
 """
 
 from __future__ import annotations
 
 import argparse
 
+import numpy as np
 import torch
 
 from sae.attention import capture_cross_attention
 from sae.finetune import encode_prompts
 from sae.models import load_pipeline
 from sae.tokens import encode_prompt_ids
+
+TIMESTEPS = (900, 500, 100)
+
+
+def maps_at(pipe, latents, text, t, generator):
+    timesteps = torch.full((len(latents),), t)
+    noisy = pipe.scheduler.add_noise(latents, torch.randn(latents.shape, generator=generator), timesteps)
+    with torch.no_grad(), capture_cross_attention(pipe.unet) as store:
+        pipe.unet(noisy.to(pipe.unet.dtype), timesteps, encoder_hidden_states=text.to(pipe.unet.dtype))
+    return store.maps().float()  # (draws, H, W, tokens)
+
+
+def scene_objects(prompt: str) -> list[tuple[str, str]]:
+    """"a red circle and a blue square" -> [("red", "circle"), ("blue", "square")]."""
+    objects = []
+    for phrase in prompt.split(" and "):
+        words = phrase.split()
+        if len(words) != 3 or words[0] not in ("a", "an"):
+            raise SystemExit(f"{prompt!r} is not a shapes-world caption ('a <colour> <shape> and ...')")
+        objects.append((words[1], words[2]))
+    return objects
+
+
+def scene_cover(obj, side: int, size: int = 64) -> torch.Tensor:
+    from benchmark.shapes.geometry import coverage
+
+    alpha = coverage(obj.shape, obj.cx * size, obj.cy * size, obj.size * size, size, size)
+    pooled = alpha.reshape(side, size // side, side, size // side).mean(axis=(1, 3))
+    return torch.from_numpy(pooled >= 0.5)
+
+
+def scene_report(pipe, prompt, ids, words, draws, generator) -> None:
+    from benchmark.shapes.world import render, scene_from_objects
+
+    objects = scene_objects(prompt)
+    scenes = [scene_from_objects(objects, rng=i) for i in range(draws)]
+    images = torch.from_numpy(np.stack([render(s) for s in scenes])).permute(0, 3, 1, 2).float() / 127.5 - 1
+    with torch.no_grad():
+        latents = pipe.vae.encode(images.to(pipe.vae.dtype)).latent_dist.mean.float() * pipe.vae.config.scaling_factor
+    text = encode_prompts(pipe, [prompt] * draws)
+    # word position -> index of its object: words 1-3 of each "a <colour> <shape>" phrase (4 with "and")
+    owner = {}
+    for k in range(len(objects)):
+        for offset in (1, 2):  # colour, shape
+            owner[1 + 4 * k + offset] = k
+    for t in TIMESTEPS:
+        maps = maps_at(pipe, latents, text, t, generator)
+        side = maps.shape[1]
+        cells = []
+        for pos, k in owner.items():
+            ratios = []
+            for d, scene in enumerate(scenes):
+                inside = scene_cover(scene.objects[k], side)
+                if inside.any() and (~inside).any():
+                    m = maps[d, :, :, pos]
+                    ratios.append((m[inside].mean() / m[~inside].mean()).item())
+            cells.append(f"{words[pos - 1]} {np.mean(ratios):.2f}")
+        print(f"t={t} scenes: inside/outside own object: " + " ".join(cells))
 
 
 def main() -> None:
@@ -29,28 +95,27 @@ def main() -> None:
         from benchmark.domains import SHAPES_MODEL
 
         args.model = str(SHAPES_MODEL)
+    from benchmark.domains import SHAPES, model_domain
+
     pipe = load_pipeline(args.model, device="cpu")
     ids = encode_prompt_ids(pipe.tokenizer, args.prompt)
-    words = pipe.tokenizer.convert_ids_to_tokens(ids)[1:-1]
+    words = [w.replace("</w>", "") for w in pipe.tokenizer.convert_ids_to_tokens(ids)[1:-1]]
     n = len(ids)
     text = encode_prompts(pipe, [args.prompt] * args.draws)
     size, channels = pipe.unet.config.sample_size, pipe.unet.config.in_channels
     generator = torch.Generator().manual_seed(0)
     latents = torch.randn(args.draws, channels, size, size, generator=generator)
     print(f"{args.model}: {args.prompt!r}")
-    for t in (900, 500, 100):
-        timesteps = torch.full((args.draws,), t)
-        noisy = pipe.scheduler.add_noise(latents, torch.randn(latents.shape, generator=generator), timesteps)
-        with torch.no_grad(), capture_cross_attention(pipe.unet) as store:
-            pipe.unet(noisy.to(pipe.unet.dtype), timesteps, encoder_hidden_states=text)
-        maps = store.maps().float()  # (draws, H, W, tokens)
+    for t in TIMESTEPS:
+        maps = maps_at(pipe, latents, text, t, generator)
         share = maps.mean(dim=(0, 1, 2))
         contrast = (maps.amax(dim=(1, 2)) / maps.mean(dim=(1, 2))).mean(dim=0)
-        cells = " ".join(f"{w.replace('</w>', '')} {s:.3f}" for w, s in zip(words, share[1:n - 1].tolist()))
-        print(f"t={t} maps {tuple(store.map_hw)}: start {share[0]:.3f} | {cells} | end {share[n - 1]:.3f} | "
+        cells = " ".join(f"{w} {s:.3f}" for w, s in zip(words, share[1:n - 1].tolist()))
+        print(f"t={t} noise, maps {tuple(maps.shape[1:3])}: start {share[0]:.3f} | {cells} | end {share[n - 1]:.3f} | "
               f"padding ({len(share) - n} tokens) {share[n:].sum():.3f}")
-        print("    peak/mean per word: " + " ".join(
-            f"{w.replace('</w>', '')} {c:.2f}" for w, c in zip(words, contrast[1:n - 1].tolist())))
+        print("    peak/mean per word: " + " ".join(f"{w} {c:.2f}" for w, c in zip(words, contrast[1:n - 1].tolist())))
+    if model_domain(args.model) == SHAPES:
+        scene_report(pipe, args.prompt, ids, words, args.draws, generator)
 
 
 if __name__ == "__main__":

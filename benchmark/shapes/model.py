@@ -66,6 +66,11 @@ ARCHITECTURES = {
     # 4 attention heads of 32 dims instead of 16 of 8 (6.5 s per step instead of 5.0-5.3 on our CPU): a probe of
     # whether the cross-attention then localises objects; it did not (results/shapes/sepen_lr_sweep.md)
     "small-wideheads": (_unet((32, 64, 128, 128), head_dim=32), _text(64)),
+    # A text encoder without transformer layers: each token's embedding is its word plus its position, so the
+    # padding tokens carry nothing of the caption and the UNet can only read it through the words' own
+    # cross-attention maps (the maps SepEn shapes). With the 2-layer causal encoder the padding summarises the
+    # whole caption and takes ~75% of every pixel's attention (results/shapes/sepen_lr_sweep.md).
+    "small-tokens": (_unet((32, 64, 128, 128)), _text(64, layers=0)),
     # SD's full layout (cross-attention at 32, 16 and 8 px): for comparison only, ~9x slower per step on CPU
     "small-sdlayout": (_unet((32, 64, 128, 128), down=("CrossAttnDownBlock2D",) * 3 + ("DownBlock2D",),
                              up=("UpBlock2D",) + ("CrossAttnUpBlock2D",) * 3), _text(64)),
