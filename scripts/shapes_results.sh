@@ -7,7 +7,7 @@ cd "$(dirname "$0")/.."
 out=${OUT:-runs/shapes_results}
 mkdir -p results/shapes results/paper/shapes "$out"
 export OMP_NUM_THREADS=1
-python -m benchmark.shapes.evaluate --model benchmark/shapes/pretrained --n-per-count 36 --counts 1,2,3 \
+python -m benchmark.shapes.evaluate --model benchmark/shapes/pretrained --n-per-count 36 --counts 1,2,3,4 \
     --no-heldout --seed 3000 --threads 2 --grid results/shapes/model_samples.png | tee results/shapes/model_quality.txt
 # the embedded default (README's main command) and the paper's tables on the world, side by side
 python -m benchmark run --suite multi_object --out "$out/multi_object" --checkpoint-cache "$out/checkpoints" \
