@@ -168,3 +168,25 @@ def test_a_short_text_context_reaches_the_exported_pipeline(tmp_path):
     caption = "a red circle and a blue square and a green triangle and a yellow circle"
     assert find_token_indices(pipe.tokenizer, caption, ["circle", "circle"]) == [[3], [15]]
     assert generate(pipe, [[("red", "circle")]], steps=1)[0].shape == (64, 64, 3)
+
+
+def test_small_tokens_padding_carries_nothing_of_the_caption():
+    """The `small-tokens` probe: without transformer layers each token's embedding is its word and position only,
+    so two captions differ exactly at the positions whose words differ (with the 2-layer causal encoder every
+    later position, padding included, would differ too)."""
+    from benchmark.shapes.model import build_text_encoder
+    from sae.models import clip_tokenizer
+
+    tokenizer = clip_tokenizer()
+    encoder = build_text_encoder(tokenizer, "small-tokens").eval()
+    assert encoder.config.num_hidden_layers == 0
+    ids = tokenizer(["a red circle", "a blue circle"], padding="max_length", max_length=77,
+                    return_tensors="pt").input_ids
+    with torch.no_grad():
+        hidden = encoder(ids).last_hidden_state
+    differs = (hidden[0] - hidden[1]).abs().amax(dim=-1) > 1e-6
+    assert differs.nonzero().flatten().tolist() == [2]  # start, "a", "red"/"blue", ...
+    contextual = build_text_encoder(tokenizer, "small").eval()
+    with torch.no_grad():
+        hidden = contextual(ids).last_hidden_state
+    assert ((hidden[0, 3:] - hidden[1, 3:]).abs().amax(dim=-1) > 1e-6).all()
