@@ -56,8 +56,9 @@ def scene_cover(obj, side: int, size: int = 64) -> torch.Tensor:
     return torch.from_numpy(pooled >= 0.5)
 
 
-def scene_report(pipe, prompt, ids, words, draws, generator) -> None:
+def scene_report(pipe, prompt, words, draws, generator) -> None:
     from benchmark.shapes.world import render, scene_from_objects
+    from sae.tokens import find_token_indices
 
     objects = scene_objects(prompt)
     scenes = [scene_from_objects(objects, rng=i) for i in range(draws)]
@@ -65,22 +66,18 @@ def scene_report(pipe, prompt, ids, words, draws, generator) -> None:
     with torch.no_grad():
         latents = pipe.vae.encode(images.to(pipe.vae.dtype)).latent_dist.mean.float() * pipe.vae.config.scaling_factor
     text = encode_prompts(pipe, [prompt] * draws)
-    # word position -> index of its object: words 1-3 of each "a <colour> <shape>" phrase (4 with "and")
-    owner = {}
-    for k in range(len(objects)):
-        for offset in (1, 2):  # colour, shape
-            owner[1 + 4 * k + offset] = k
+    # each object's colour and shape word, by token position (the prompt's occurrences in order)
+    positions = find_token_indices(pipe.tokenizer, prompt, [w for pair in objects for w in pair])
+    owner = {group[0]: k // 2 for k, group in enumerate(positions)}
+    covers = None
     for t in TIMESTEPS:
         maps = maps_at(pipe, latents, text, t, generator)
-        side = maps.shape[1]
+        if covers is None:  # per scene and object, the cells it covers at this map size
+            covers = [[scene_cover(o, maps.shape[1]) for o in scene.objects] for scene in scenes]
         cells = []
         for pos, k in owner.items():
-            ratios = []
-            for d, scene in enumerate(scenes):
-                inside = scene_cover(scene.objects[k], side)
-                if inside.any() and (~inside).any():
-                    m = maps[d, :, :, pos]
-                    ratios.append((m[inside].mean() / m[~inside].mean()).item())
+            ratios = [(maps[d, :, :, pos][cover[k]].mean() / maps[d, :, :, pos][~cover[k]].mean()).item()
+                      for d, cover in enumerate(covers) if cover[k].any() and (~cover[k]).any()]
             cells.append(f"{words[pos - 1]} {np.mean(ratios):.2f}")
         print(f"t={t} scenes: inside/outside own object: " + " ".join(cells))
 
@@ -115,7 +112,7 @@ def main() -> None:
               f"padding ({len(share) - n} tokens) {share[n:].sum():.3f}")
         print("    peak/mean per word: " + " ".join(f"{w} {c:.2f}" for w, c in zip(words, contrast[1:n - 1].tolist())))
     if model_domain(args.model) == SHAPES:
-        scene_report(pipe, args.prompt, ids, words, args.draws, generator)
+        scene_report(pipe, args.prompt, words, args.draws, generator)
 
 
 if __name__ == "__main__":
