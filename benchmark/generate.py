@@ -19,6 +19,7 @@ from pathlib import Path
 import torch
 from tqdm.auto import tqdm
 
+from sae.attention import cross_attention_layers
 from sae.checkpoint import check_base_model, load_delta
 from sae.finetune import FinetuneConfig
 from sae.models import load_pipeline
@@ -212,6 +213,12 @@ def run(config: RunConfig) -> Path | None:
         get_metric(name)  # an unknown metric is an error before any work
     if config.sepen_checkpoint:
         check_base_model(pipe.unet, load_delta(config.sepen_checkpoint))
+    sepen_config = FinetuneConfig(**config.sepen)
+    if not config.sepen_checkpoint and {"sepen", "sepen+ae"} & {m.name for m in methods}:
+        try:  # a map size the UNet lacks would otherwise fail at the first finetuning, after other methods' images
+            cross_attention_layers(pipe.unet, sepen_config.map_downscale)
+        except ValueError as err:
+            raise ValueError(f"--sepen-map-downscale {sepen_config.map_downscale}: {err}") from None
     out.mkdir(parents=True, exist_ok=True)
     metric_context = MetricContext(device=str(pipe.device), model_paths=config.metric_models, domain=domain)
     metrics = _setup_metrics(config.metrics, metric_context)
@@ -220,7 +227,6 @@ def run(config: RunConfig) -> Path | None:
         (out / "run_config.json").write_text(json.dumps({**config.to_json(), "domain": domain,
                                                          "metrics_described": described}, indent=1))
 
-    sepen_config = FinetuneConfig(**config.sepen)
     context = GenerationContext(pipe=pipe, base_model=config.model, num_inference_steps=config.steps,
                                 guidance_scale=config.guidance, sepen_config=sepen_config,
                                 checkpoint_cache=Path(config.checkpoint_cache),

@@ -41,8 +41,15 @@ def cross_attention_layers(unet, downscale: int = 4) -> list[str]:
     names = [name for name in unet.attn_processors
              if ".attn2." in name and layer_downscale(name, n_down, n_up) == downscale]
     if not names:
-        raise ValueError(f"the UNet has no cross-attention layer at 1/{downscale} of the latent side")
+        raise ValueError(f"the UNet has no cross-attention layer at 1/{downscale} of the latent side (it has some at "
+                         + ", ".join(f"1/{n}" for n in cross_attention_downscales(unet)) + ")")
     return names
+
+
+def cross_attention_downscales(unet) -> list[int]:
+    """The factors (1/N of the latent side) at which the UNet has cross-attention layers, smallest first."""
+    n_down, n_up = len(unet.down_blocks), len(unet.up_blocks)
+    return sorted({layer_downscale(name, n_down, n_up) for name in unet.attn_processors if ".attn2." in name})
 
 
 def _downsampled(size: int, factor: int) -> int:

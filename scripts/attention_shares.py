@@ -29,10 +29,10 @@ from sae.tokens import encode_prompt_ids
 TIMESTEPS = (900, 500, 100)
 
 
-def maps_at(pipe, latents, text, t, generator):
+def maps_at(pipe, latents, text, t, generator, downscale=4):
     timesteps = torch.full((len(latents),), t)
     noisy = pipe.scheduler.add_noise(latents, torch.randn(latents.shape, generator=generator), timesteps)
-    with torch.no_grad(), capture_cross_attention(pipe.unet) as store:
+    with torch.no_grad(), capture_cross_attention(pipe.unet, downscale) as store:
         pipe.unet(noisy.to(pipe.unet.dtype), timesteps, encoder_hidden_states=text.to(pipe.unet.dtype))
     return store.maps().float()  # (draws, H, W, tokens)
 
@@ -56,7 +56,7 @@ def scene_cover(obj, side: int, size: int = 64) -> torch.Tensor:
     return torch.from_numpy(pooled >= 0.5)
 
 
-def scene_report(pipe, prompt, words, draws, generator) -> None:
+def scene_report(pipe, prompt, words, draws, generator, downscale=4) -> None:
     from benchmark.shapes.world import render, scene_from_objects
     from sae.tokens import find_token_indices
 
@@ -71,7 +71,7 @@ def scene_report(pipe, prompt, words, draws, generator) -> None:
     owner = {group[0]: k // 2 for k, group in enumerate(positions)}
     covers = None
     for t in TIMESTEPS:
-        maps = maps_at(pipe, latents, text, t, generator)
+        maps = maps_at(pipe, latents, text, t, generator, downscale)
         if covers is None:  # per scene and object, the cells it covers at this map size
             covers = [[scene_cover(o, maps.shape[1]) for o in scene.objects] for scene in scenes]
         cells = []
@@ -86,6 +86,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", default=None, help="hub id or local folder (default: the shapes model)")
     parser.add_argument("--prompt", default="a red circle and a red square")
+    parser.add_argument("--downscale", type=int, default=4,
+                        help="read the maps at 1/N of the latent side (4: the maps SepEn and A&E read)")
     parser.add_argument("--draws", type=int, default=8, help="noise draws per level")
     args = parser.parse_args()
     if args.model is None:
@@ -104,7 +106,7 @@ def main() -> None:
     latents = torch.randn(args.draws, channels, size, size, generator=generator)
     print(f"{args.model}: {args.prompt!r}")
     for t in TIMESTEPS:
-        maps = maps_at(pipe, latents, text, t, generator)
+        maps = maps_at(pipe, latents, text, t, generator, args.downscale)
         share = maps.mean(dim=(0, 1, 2))
         contrast = (maps.amax(dim=(1, 2)) / maps.mean(dim=(1, 2))).mean(dim=0)
         cells = " ".join(f"{w} {s:.3f}" for w, s in zip(words, share[1:n - 1].tolist()))
@@ -112,7 +114,7 @@ def main() -> None:
               f"padding ({len(share) - n} tokens) {share[n:].sum():.3f}")
         print("    peak/mean per word: " + " ".join(f"{w} {c:.2f}" for w, c in zip(words, contrast[1:n - 1].tolist())))
     if model_domain(args.model) == SHAPES:
-        scene_report(pipe, args.prompt, words, args.draws, generator)
+        scene_report(pipe, args.prompt, words, args.draws, generator, args.downscale)
 
 
 if __name__ == "__main__":

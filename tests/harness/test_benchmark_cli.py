@@ -5,6 +5,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 
 from benchmark.cli import main
 
@@ -43,6 +44,10 @@ BAD = {
     "unreadable checkpoint": (lambda tmp: ["--methods", "sepen", "--sepen-checkpoint", str(tmp / "missing.safetensors")],
                               "does not exist"),
     "bad seeds": (lambda tmp: ["--seeds", "5-2"], "bad seed range"),
+    "map size the UNet lacks": (lambda tmp: ["--methods", "plain,sepen", "--sepen-map-downscale", "16",
+                                              "--out", str(tmp / "new")],
+                                "--sepen-map-downscale 16: the UNet has no cross-attention layer at 1/16 of the "
+                                "latent side (it has some at 1/1, 1/2, 1/4, 1/8)"),
 }
 
 
@@ -65,6 +70,28 @@ def test_garbage_checkpoint_file(existing_run, tiny_model_dir, small_suite, tmp_
     assert main(["run", "--suite", str(small_suite), "--model", str(tiny_model_dir), "--methods", "sepen",
                  "--sepen-checkpoint", str(garbage), "--out", str(tmp_path / "o"), "--no-progress"]) == 2
     assert "cannot read checkpoint" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("downscale", [2, 4])
+def test_sepen_map_downscale_reaches_the_finetuning(downscale, tiny_model_dir, small_suite, tmp_path):
+    """The keys SepEn changes are those upstream of the maps it reads: with the 1/2-size maps (up_blocks.2) the
+    1/1-size layers after them never run; with the default 1/4, up_blocks.2 does not run either."""
+    from sae.checkpoint import load_delta
+    from sae.models import load_pipeline
+
+    cache = tmp_path / "cache"
+    assert main(["run", "--suite", str(small_suite), "--model", str(tiny_model_dir), "--methods", "sepen",
+                 "--limit", "1", "--seeds", "0", "--steps", "2", "--sepen-steps", "3", "--sepen-lr", "1e-2",
+                 "--sepen-map-downscale", str(downscale), "--checkpoint-cache", str(cache),
+                 "--out", str(tmp_path / "run"), "--no-progress", "--no-html"]) == 0
+    assert json.loads((tmp_path / "run" / "run_config.json").read_text())["sepen"]["map_downscale"] == downscale
+    delta = load_delta(next(cache.rglob("sepen.safetensors")))
+    assert delta.config["map_downscale"] == downscale
+    base = dict(load_pipeline(tiny_model_dir).unet.named_parameters())
+    changed = {name.split(".attentions")[0] for name, tensor in delta.tensors.items()
+               if not torch.equal(tensor, base[name].detach())}
+    assert ("up_blocks.2" in changed) == (downscale == 2)
+    assert "up_blocks.3" not in changed and "up_blocks.1" in changed
 
 
 def test_ls_lists_with_sizes_and_descriptions(capsys):
