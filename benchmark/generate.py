@@ -19,7 +19,6 @@ from pathlib import Path
 import torch
 from tqdm.auto import tqdm
 
-from sae.attention import cross_attention_layers
 from sae.checkpoint import check_base_model, load_delta
 from sae.finetune import FinetuneConfig
 from sae.models import load_pipeline
@@ -213,12 +212,13 @@ def run(config: RunConfig) -> Path | None:
         get_metric(name)  # an unknown metric is an error before any work
     if config.sepen_checkpoint:
         check_base_model(pipe.unet, load_delta(config.sepen_checkpoint))
-    sepen_config = FinetuneConfig(**config.sepen)
-    if not config.sepen_checkpoint and {"sepen", "sepen+ae"} & {m.name for m in methods}:
-        try:  # a map size the UNet lacks would otherwise fail at the first finetuning, after other methods' images
-            cross_attention_layers(pipe.unet, sepen_config.map_downscale)
-        except ValueError as err:
-            raise ValueError(f"--sepen-map-downscale {sepen_config.map_downscale}: {err}") from None
+    context = GenerationContext(pipe=pipe, base_model=config.model, num_inference_steps=config.steps,
+                                guidance_scale=config.guidance, sepen_config=FinetuneConfig(**config.sepen),
+                                checkpoint_cache=Path(config.checkpoint_cache),
+                                sepen_checkpoint=Path(config.sepen_checkpoint) if config.sepen_checkpoint else None,
+                                progress=config.progress and state.is_main_process)
+    for method in methods:
+        method.check(context)  # settings a method cannot run with fail here, not after other methods' images
     out.mkdir(parents=True, exist_ok=True)
     metric_context = MetricContext(device=str(pipe.device), model_paths=config.metric_models, domain=domain)
     metrics = _setup_metrics(config.metrics, metric_context)
@@ -227,11 +227,6 @@ def run(config: RunConfig) -> Path | None:
         (out / "run_config.json").write_text(json.dumps({**config.to_json(), "domain": domain,
                                                          "metrics_described": described}, indent=1))
 
-    context = GenerationContext(pipe=pipe, base_model=config.model, num_inference_steps=config.steps,
-                                guidance_scale=config.guidance, sepen_config=sepen_config,
-                                checkpoint_cache=Path(config.checkpoint_cache),
-                                sepen_checkpoint=Path(config.sepen_checkpoint) if config.sepen_checkpoint else None,
-                                progress=config.progress and state.is_main_process)
     # Blocks of `batch_size` consecutive seeds are the unit of generation: batched kernels on the CPU can differ
     # from one image at a time by one 8-bit level, so a resumed run regenerates a block whole (writing only its
     # missing images) to end bit-identical to an uninterrupted one.

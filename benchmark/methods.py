@@ -19,6 +19,7 @@ from pathlib import Path
 import torch
 from tqdm.auto import tqdm
 
+from sae.attention import cross_attention_layers
 from sae.checkpoint import apply_delta, base_fingerprints, fingerprint_key, load_delta, require_same_base
 from sae.finetune import ConceptPair, FinetuneConfig, finetune, trainable_parameters
 from sae.sampling import seed_generators
@@ -81,6 +82,9 @@ class Method:
     name = ""
     description = ""
 
+    def check(self, context: GenerationContext) -> None:
+        """Raise ValueError on settings this method cannot run with; called before any work."""
+
     def prepare(self, context: GenerationContext, prompts: list[SuitePrompt]) -> None:
         """One-off work before generating (e.g. training checkpoints)."""
 
@@ -140,6 +144,13 @@ class SepEn(Method):
             return context.sepen_checkpoint
         key = checkpoint_key(context.base_fingerprint(), item, context.sepen_config)
         return context.checkpoint_cache / key / "sepen.safetensors"
+
+    def check(self, context):
+        if context.sepen_checkpoint is None:  # per-prompt finetuning reads the maps at this size
+            try:
+                cross_attention_layers(context.pipe.unet, context.sepen_config.map_downscale)
+            except ValueError as err:
+                raise ValueError(f"--sepen-map-downscale {context.sepen_config.map_downscale}: {err}") from None
 
     def prepare(self, context, prompts):
         if context.sepen_checkpoint is not None:
