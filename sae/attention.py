@@ -38,18 +38,12 @@ def layer_downscale(name: str, num_down_blocks: int, num_up_blocks: int) -> int:
 def cross_attention_layers(unet, downscale: int = 4) -> list[str]:
     """Processor names of the `attn2` layers whose maps are `downscale` times smaller than the latent."""
     n_down, n_up = len(unet.down_blocks), len(unet.up_blocks)
-    names = [name for name in unet.attn_processors
-             if ".attn2." in name and layer_downscale(name, n_down, n_up) == downscale]
+    factors = {name: layer_downscale(name, n_down, n_up) for name in unet.attn_processors if ".attn2." in name}
+    names = [name for name, factor in factors.items() if factor == downscale]
     if not names:
         raise ValueError(f"the UNet has no cross-attention layer at 1/{downscale} of the latent side (it has some at "
-                         + ", ".join(f"1/{n}" for n in cross_attention_downscales(unet)) + ")")
+                         + ", ".join(f"1/{n}" for n in sorted(set(factors.values()))) + ")")
     return names
-
-
-def cross_attention_downscales(unet) -> list[int]:
-    """The factors (1/N of the latent side) at which the UNet has cross-attention layers, smallest first."""
-    n_down, n_up = len(unet.down_blocks), len(unet.up_blocks)
-    return sorted({layer_downscale(name, n_down, n_up) for name in unet.attn_processors if ".attn2." in name})
 
 
 def _downsampled(size: int, factor: int) -> int:

@@ -442,8 +442,9 @@ def main(argv=None):
         else:
             p.add_argument(name, type=type(getattr(defaults, f.name)), default=getattr(defaults, f.name))
     p.add_argument("--device", default="cpu")
-    p.add_argument("--threads", type=int, default=1, help="torch CPU threads: 1 when other jobs share a 2-core CPU; on an idle one 2 "
-                   "(3.2 s per diffusion step at batch 128 against 5.4 with 1)")
+    p.add_argument("--threads", type=int, default=1,
+                   help="torch CPU threads: 1 when other jobs share a 2-core CPU; on an idle one 2 "
+                        "(3.2 s per diffusion step at batch 128 against 5.4 with 1)")
     p.add_argument("--workers", type=int, default=0, help="processes rendering batches ahead (0: inline)")
     p.add_argument("--checkpoint-minutes", type=float, default=5.0)
     p.add_argument("--export", type=Path, default=None, help="also write the final pipeline here")
