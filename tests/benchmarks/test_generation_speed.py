@@ -1,7 +1,9 @@
 """The harness generating with `plain` against diffusers' own pipeline call (same model, seeds, steps).
 
 Goals (issue): <= 1.03x without attention capture, <= 1.15x with it. The harness side includes writing the PNGs
-with their records. Run: `pytest tests/benchmarks -s` (ratios printed and stored in extra_info).
+with their records. Timed at one torch thread, 5 steps, 25 paired rounds: the 3% goal needs the ratio's noise well
+under 3% (one thread halves it here; see `measure_ratio`), and fewer steps keep the harness's own share as large as
+at 10 steps on two threads. Run: `pytest tests/benchmarks -s` (ratios printed and stored in extra_info).
 """
 
 import itertools
@@ -16,7 +18,7 @@ from sae.attention import capture_cross_attention
 from sae.sampling import seed_generators
 
 SEEDS = [0, 1, 2, 3]
-STEPS = 10
+STEPS = 5
 ITEM = SuitePrompt(id="bench/0", prompt="a cat and a dog", objects=(SuiteObject("cat"), SuiteObject("dog")),
                    category="two", suite="bench")
 
@@ -39,7 +41,7 @@ def test_harness_against_diffusers_call(benchmark, tiny_pipe, tmp_path, capture,
         else:
             generate_block(out, Plain(), context, ITEM, SEEDS)
 
-    candidate, baseline, ratio = measure_ratio(benchmark, harness, diffusers_call, rounds=15)
+    candidate, baseline, ratio = measure_ratio(benchmark, harness, diffusers_call, rounds=25, threads=1)
     print(f"\nharness{' with capture' if capture else ''} {candidate * 1e3:.0f} ms, diffusers call "
           f"{baseline * 1e3:.0f} ms (best of each); median paired ratio {ratio:.3f} (goal <= {goal})")
     assert ratio <= goal

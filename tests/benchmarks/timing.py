@@ -6,9 +6,10 @@ import statistics
 import time
 
 import pytest
+import torch
 
 
-def measure_ratio(benchmark, candidate, baseline, rounds: int) -> tuple[float, float, float]:
+def measure_ratio(benchmark, candidate, baseline, rounds: int, threads: int | None = None) -> tuple[float, float, float]:
     """(best candidate seconds, best baseline seconds, ratio): the median over rounds of each round's own ratio.
 
     Each benchmark round runs both back to back, the baseline first in even rounds and the candidate first in odd
@@ -16,7 +17,21 @@ def measure_ratio(benchmark, candidate, baseline, rounds: int) -> tuple[float, f
     best of 5 calls of one and the same pipeline call differed by up to 8% between two loops, so a ratio of the two
     sides' best times can miss a 3% goal by noise alone; paired rounds share the machine's state of the moment,
     and their median ignores the odd disturbed round. Times and ratio land in `extra_info`.
+
+    `threads` runs both sides at that many torch threads: with two threads on our two vCPUs one busy neighbour
+    stalls every parallel op, and paired ratios of one and the same call spread twice as wide (sd 0.05-0.09 against
+    0.03 with one thread), too wide for a goal a few percent from 1.
     """
+    previous_threads = torch.get_num_threads()
+    if threads is not None:
+        torch.set_num_threads(threads)
+    try:
+        return _measure_ratio(benchmark, candidate, baseline, rounds)
+    finally:
+        torch.set_num_threads(previous_threads)
+
+
+def _measure_ratio(benchmark, candidate, baseline, rounds: int) -> tuple[float, float, float]:
     for _ in range(2):  # warm-up: kernels, allocator
         candidate(), baseline()
     times = {"candidate": [], "baseline": []}
