@@ -37,30 +37,15 @@ def maps_at(pipe, latents, text, t, generator, downscale=4):
     return store.maps().float()  # (draws, H, W, tokens)
 
 
-def scene_objects(prompt: str) -> list[tuple[str, str]]:
-    """"a red circle and a blue square" -> [("red", "circle"), ("blue", "square")]."""
-    objects = []
-    for phrase in prompt.split(" and "):
-        words = phrase.split()
-        if len(words) != 3 or words[0] not in ("a", "an"):
-            raise SystemExit(f"{prompt!r} is not a shapes-world caption ('a <colour> <shape> and ...')")
-        objects.append((words[1], words[2]))
-    return objects
-
-
-def scene_cover(obj, side: int, size: int = 64) -> torch.Tensor:
-    from benchmark.shapes.geometry import coverage
-
-    alpha = coverage(obj.shape, obj.cx * size, obj.cy * size, obj.size * size, size, size)
-    pooled = alpha.reshape(side, size // side, side, size // side).mean(axis=(1, 3))
-    return torch.from_numpy(pooled >= 0.5)
-
-
 def scene_report(pipe, prompt, words, draws, generator, downscale=4) -> None:
-    from benchmark.shapes.world import render, scene_from_objects
+    from benchmark.shapes.data import object_masks
+    from benchmark.shapes.world import caption_objects, render, scene_from_objects
     from sae.tokens import find_token_indices
 
-    objects = scene_objects(prompt)
+    try:
+        objects = caption_objects(prompt)
+    except ValueError as error:
+        raise SystemExit(str(error)) from None
     scenes = [scene_from_objects(objects, rng=i) for i in range(draws)]
     images = torch.from_numpy(np.stack([render(s) for s in scenes])).permute(0, 3, 1, 2).float() / 127.5 - 1
     with torch.no_grad():
@@ -73,7 +58,7 @@ def scene_report(pipe, prompt, words, draws, generator, downscale=4) -> None:
     for t in TIMESTEPS:
         maps = maps_at(pipe, latents, text, t, generator, downscale)
         if covers is None:  # per scene and object, the cells it covers at this map size
-            covers = [[scene_cover(o, maps.shape[1]) for o in scene.objects] for scene in scenes]
+            covers = [torch.from_numpy(object_masks(scene, maps.shape[1]) >= 0.5) for scene in scenes]
         cells = []
         for pos, k in owner.items():
             ratios = [(maps[d, :, :, pos][cover[k]].mean() / maps[d, :, :, pos][~cover[k]].mean()).item()

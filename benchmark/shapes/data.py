@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from .geometry import coverage
 from .world import render, sample_scene
 
 HELDOUT_PAIRS: tuple[tuple[tuple[str, str], tuple[str, str]], ...] = (
@@ -42,16 +43,29 @@ def training_scene(rng: np.random.Generator, count_probs=(0.25, 0.25, 0.25, 0.25
             return scene
 
 
+def object_masks(scene, side: int, size: int = 64) -> np.ndarray:
+    """(objects, side, side) float32: the fraction of each cell of a side x side grid that each object covers."""
+    cell = size // side
+    return np.stack([coverage(o.shape, o.cx * size, o.cy * size, o.size * size, size, size, supersample=1)
+                     .reshape(side, cell, side, cell).mean(axis=(1, 3)) for o in scene.objects]).astype(np.float32)
+
+
 def training_batch(step: int, seed: int = 0, stream: int = DIFFUSION_STREAM, batch_size: int = 32,
-                   count_probs=(0.25, 0.25, 0.25, 0.25), caption_dropout: float = 0.0):
-    """(images uint8 (B, 64, 64, 3), captions) of one training step; a dropped caption is ""."""
+                   count_probs=(0.25, 0.25, 0.25, 0.25), caption_dropout: float = 0.0, mask_side: int = 0):
+    """(images uint8 (B, 64, 64, 3), captions) of one training step; a dropped caption is "".
+
+    With `mask_side`, a third item: each scene's `object_masks` at that side, in caption order (the same scenes and
+    captions either way).
+    """
     rng = np.random.default_rng([seed, stream, step])
-    images, captions = [], []
+    images, captions, masks = [], [], []
     for _ in range(batch_size):
         scene = training_scene(rng, count_probs)
         images.append(render(scene))
         captions.append("" if rng.random() < caption_dropout else scene.caption)
-    return np.stack(images), captions
+        if mask_side:
+            masks.append(object_masks(scene, mask_side))
+    return (np.stack(images), captions, masks) if mask_side else (np.stack(images), captions)
 
 
 class BatchStream:

@@ -16,7 +16,9 @@ Phases:
    with warm-up and cosine decay, the text encoder at `--text-lr-mult` times the UNet's learning rate, 10% of
    captions dropped (for classifier-free guidance), an EMA of the weights, which is what gets exported.
    Training scenes hold 1-4 objects (`--count-probs`, single objects over-represented so that a one-object
-   prompt yields one object), never both members of a held-out pair (data.HELDOUT_PAIRS).
+   prompt yields one object), never both members of a held-out pair (data.HELDOUT_PAIRS). With `--grounding W`,
+   W times the attention-grounding loss (grounding.py) on the cross-attention maps SepEn reads is added: each
+   object word's map is pulled onto the cells its object covers in the scene.
 
 Outputs in --out: vae/ (trained VAE), diffusion.pt (resumable state), latest/ (the EMA pipeline at the last
 checkpoint, loadable by `sae.models.load_pipeline`), pipeline/ (the final EMA pipeline, fp32), log.csv.
@@ -40,7 +42,10 @@ import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
+from sae.attention import capture_cross_attention
+
 from . import model as M
+from .grounding import CaptionTokens, grounding_loss
 from .data import DECODER_STREAM, DIFFUSION_STREAM, VAE_STREAM, BatchStream
 
 # Settings that change the trained weights; the rest (threads, device, workers, checkpoint interval) do not.
@@ -84,6 +89,10 @@ class TrainConfig:
     # text context in tokens (CLIP's 77 by default; a four-object caption is 17): the pipeline's tokenizer pads to
     # it, so it sets how many padding tokens the cross-attention can read the whole prompt from
     context_length: int = 77
+    # weight of the attention-grounding loss (grounding.py) on the cross-attention maps at 1/grounding_downscale of
+    # the latent side (the maps SepEn reads); 0: the diffusion loss alone
+    grounding: float = 0.0
+    grounding_downscale: int = 4
 
     def to_dict(self):
         return dataclasses.asdict(self)
@@ -269,6 +278,10 @@ class _Tokens:
         return torch.stack([self.cache[c] for c in captions])
 
 
+def _smooth(running: float | None, value: float) -> float:
+    return value if running is None else 0.98 * running + 0.02 * value
+
+
 def _ema_update(ema_params, params, decay: float) -> None:
     torch._foreach_mul_(ema_params, decay)
     torch._foreach_add_(ema_params, params, alpha=1 - decay)
@@ -305,10 +318,12 @@ def train_diffusion(cfg: TrainConfig, out: Path, vae, device, workers: int = 0, 
     vae.requires_grad_(False).eval()
     scale = vae.config.scaling_factor
     tokens = _Tokens(tokenizer)
-    log = _Log(out / "log.csv", "step,loss,lr,elapsed_s")
+    log = _Log(out / "log.csv", "step,loss,lr,elapsed_s" + (",grounding" if cfg.grounding else ""))
+    mask_side = M.LATENT_SIZE // cfg.grounding_downscale if cfg.grounding else 0
     stream = BatchStream(start, cfg.steps, workers, seed=cfg.seed, stream=DIFFUSION_STREAM,
                          batch_size=cfg.batch, count_probs=tuple(cfg.count_probs),
-                         caption_dropout=cfg.caption_dropout)
+                         caption_dropout=cfg.caption_dropout, mask_side=mask_side)
+    caption_tokens = CaptionTokens(tokenizer)
 
     def checkpoint(next_step: int):
         _atomic_save({"unet": unet.state_dict(), "text_encoder": text_encoder.state_dict(),
@@ -319,11 +334,11 @@ def train_diffusion(cfg: TrainConfig, out: Path, vae, device, workers: int = 0, 
 
     t0, last_ckpt = time.time() - elapsed, time.time()
     bar = tqdm(stream, total=cfg.steps, initial=start, desc="diffusion", dynamic_ncols=True)
-    running = None
+    running = grounding_running = None
     unet.train()
     text_encoder.train()
     try:
-        for step, (images, captions) in enumerate(bar, start=start):
+        for step, (images, captions, *masks) in enumerate(bar, start=start):
             for group, base in zip(opt.param_groups, base_lrs):
                 group["lr"] = base * _lr_factor(step, cfg)
             gen = _step_generator(cfg.seed, DIFFUSION_STREAM, step)
@@ -336,7 +351,12 @@ def train_diffusion(cfg: TrainConfig, out: Path, vae, device, workers: int = 0, 
             noisy = noise_sched.add_noise(latents, noise, t)
             target = noise_sched.get_velocity(latents, noise, t)  # v-prediction (model.sd_scheduler_kwargs)
             context = text_encoder(tokens(captions).to(device))[0]
-            pred = unet(noisy, t, context).sample
+            if cfg.grounding:
+                with capture_cross_attention(unet, cfg.grounding_downscale) as store:
+                    pred = unet(noisy, t, context).sample
+                grounding = grounding_loss(store.maps(), captions, masks[0], caption_tokens)
+            else:
+                pred = unet(noisy, t, context).sample
             per_sample = (pred.float() - target).pow(2).mean(dim=(1, 2, 3))
             if cfg.snr_cap > 0:
                 # The v-loss weighs x0 errors by snr + 1: ~1 at high noise, where layout and colours are decided
@@ -345,6 +365,9 @@ def train_diffusion(cfg: TrainConfig, out: Path, vae, device, workers: int = 0, 
                 snr = alphas[t] / (1 - alphas[t])
                 per_sample = per_sample * (snr + 1).clamp(max=cfg.snr_cap + 1) / (snr + 1)
             loss = per_sample.mean()
+            if cfg.grounding:
+                loss = loss + cfg.grounding * grounding
+                grounding_running = _smooth(grounding_running, grounding.item())
             if not torch.isfinite(loss):
                 raise RuntimeError(f"loss is {loss.item()} at step {step}")
             opt.zero_grad(set_to_none=True)
@@ -353,10 +376,11 @@ def train_diffusion(cfg: TrainConfig, out: Path, vae, device, workers: int = 0, 
             opt.step()
             with torch.no_grad():
                 _ema_update(ema_params, params, min(cfg.ema, (1 + step) / (10 + step)))
-            running = loss.item() if running is None else 0.98 * running + 0.02 * loss.item()
+            running = _smooth(running, loss.item())
             if step % 25 == 0:
-                bar.set_postfix(loss=f"{running:.4f}")
-                log.write(step, running, opt.param_groups[0]["lr"], time.time() - t0)
+                bar.set_postfix(loss=f"{running:.4f}", **({"grounding": f"{grounding_running:.4f}"} if cfg.grounding else {}))
+                log.write(step, running, opt.param_groups[0]["lr"], time.time() - t0,
+                          *([grounding_running] if cfg.grounding else []))
             if time.time() - last_ckpt > checkpoint_minutes * 60:
                 checkpoint(step + 1)
                 last_ckpt = time.time()

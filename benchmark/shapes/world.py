@@ -82,6 +82,17 @@ def caption_for(objects: Iterable[tuple[str, str]]) -> str:
     return " and ".join(f"a {colour} {shape}" for colour, shape in objects)
 
 
+def caption_objects(caption: str) -> list[tuple[str, str]]:
+    """The inverse of `caption_for`: "a red circle and a blue square" -> [("red", "circle"), ("blue", "square")]."""
+    objects = []
+    for phrase in caption.split(" and "):
+        words = phrase.split()
+        if len(words) != 3 or words[0] not in ("a", "an"):
+            raise ValueError(f"{caption!r} is not a shapes-world caption ('a <colour> <shape> and ...')")
+        objects.append((words[1], words[2]))
+    return objects
+
+
 def _check(colour: str, shape: str) -> None:
     if colour not in PALETTE:
         raise ValueError(f"unknown colour {colour!r}: use one of {COLOURS}")
