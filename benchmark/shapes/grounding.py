@@ -36,8 +36,10 @@ class CaptionTokens:
         return self.cache[caption]
 
 
-def grounding_loss(maps: torch.Tensor, captions: list[str], masks: list, tokens: CaptionTokens) -> torch.Tensor:
-    """Token + pixel grounding loss of `maps` (batch, H, W, tokens), averaged over every object word in the batch.
+def grounding_loss(maps: torch.Tensor, captions: list[str], masks: list, tokens: CaptionTokens,
+                   pixel_weight: float = 1.0) -> torch.Tensor:
+    """Token + pixel_weight * pixel grounding loss of `maps` (batch, H, W, tokens), averaged over every object word
+    in the batch. Without the pixel term only where a word attends is trained, not how much.
 
     `masks[i]`: (objects, H, W) coverage of scene i's objects in caption order; a dropped ("") caption is skipped.
     """
@@ -57,5 +59,7 @@ def grounding_loss(maps: torch.Tensor, captions: list[str], masks: list, tokens:
     word_maps = maps[torch.tensor(rows), :, :, torch.tensor(positions)]  # (words, H, W)
     inside = (word_maps * target).sum(dim=(1, 2)) / word_maps.sum(dim=(1, 2)).clamp_min(1e-8)
     token_term = (1 - inside).pow(2).mean()
+    if not pixel_weight:
+        return token_term
     pixel_term = F.binary_cross_entropy(word_maps.clamp(1e-6, 1 - 1e-6), target)
-    return token_term + pixel_term
+    return token_term + pixel_weight * pixel_term

@@ -93,6 +93,7 @@ class TrainConfig:
     # the latent side (the maps SepEn reads); 0: the diffusion loss alone
     grounding: float = 0.0
     grounding_downscale: int = 4
+    grounding_pixel: float = 1.0  # weight of the pixel term within it (0: the token term alone)
 
     def to_dict(self):
         return dataclasses.asdict(self)
@@ -338,7 +339,7 @@ def train_diffusion(cfg: TrainConfig, out: Path, vae, device, workers: int = 0, 
     unet.train()
     text_encoder.train()
     try:
-        for step, (images, captions, *masks) in enumerate(bar, start=start):
+        for step, (images, captions, *grounding_masks) in enumerate(bar, start=start):  # masks: with grounding
             for group, base in zip(opt.param_groups, base_lrs):
                 group["lr"] = base * _lr_factor(step, cfg)
             gen = _step_generator(cfg.seed, DIFFUSION_STREAM, step)
@@ -354,7 +355,8 @@ def train_diffusion(cfg: TrainConfig, out: Path, vae, device, workers: int = 0, 
             if cfg.grounding:
                 with capture_cross_attention(unet, cfg.grounding_downscale) as store:
                     pred = unet(noisy, t, context).sample
-                grounding = grounding_loss(store.maps(), captions, masks[0], caption_tokens)
+                grounding = grounding_loss(store.maps(), captions, grounding_masks[0], caption_tokens,
+                                           cfg.grounding_pixel)
             else:
                 pred = unet(noisy, t, context).sample
             per_sample = (pred.float() - target).pow(2).mean(dim=(1, 2, 3))
@@ -378,7 +380,8 @@ def train_diffusion(cfg: TrainConfig, out: Path, vae, device, workers: int = 0, 
                 _ema_update(ema_params, params, min(cfg.ema, (1 + step) / (10 + step)))
             running = _smooth(running, loss.item())
             if step % 25 == 0:
-                bar.set_postfix(loss=f"{running:.4f}", **({"grounding": f"{grounding_running:.4f}"} if cfg.grounding else {}))
+                shown = {"grounding": f"{grounding_running:.4f}"} if cfg.grounding else {}
+                bar.set_postfix(loss=f"{running:.4f}", **shown)
                 log.write(step, running, opt.param_groups[0]["lr"], time.time() - t0,
                           *([grounding_running] if cfg.grounding else []))
             if time.time() - last_ckpt > checkpoint_minutes * 60:

@@ -9,7 +9,8 @@ import pytest
 import torch
 
 
-def measure_ratio(benchmark, candidate, baseline, rounds: int, threads: int | None = None) -> tuple[float, float, float]:
+def measure_ratio(benchmark, candidate, baseline, rounds: int,
+                  threads: int | None = None) -> tuple[float, float, float]:
     """(best candidate seconds, best baseline seconds, ratio): the median over rounds of each round's own ratio.
 
     Each benchmark round runs both back to back, the baseline first in even rounds and the candidate first in odd

@@ -80,3 +80,18 @@ def test_mask_size_must_match_the_maps():
     tokens = CaptionTokens(clip_tokenizer(77))
     with pytest.raises(ValueError, match="masks are"):
         grounding_loss(_maps(), ["a red circle", ""], [np.zeros((1, 8, 8), np.float32), None], tokens)
+
+
+def test_without_the_pixel_term_only_where_counts_not_how_much():
+    tokens = CaptionTokens(clip_tokenizer(77))
+    mask = np.zeros((1, 4, 4), np.float32)
+    mask[0, :2, :2] = 1.0
+    faint, strong = _maps(), _maps()
+    for maps, mass in ((faint, 0.01), (strong, 0.5)):  # all of the words' attention on the object, faint or strong
+        maps[0, :, :, 2:4] = 0.0
+        maps[0, :2, :2, 2:4] = mass
+    token_only = [grounding_loss(m, ["a red circle", ""], [mask, None], tokens, pixel_weight=0).item()
+                  for m in (faint, strong)]
+    assert token_only == pytest.approx([0.0, 0.0], abs=1e-6)
+    both = [grounding_loss(m, ["a red circle", ""], [mask, None], tokens).item() for m in (faint, strong)]
+    assert both[0] > both[1] > 0  # the pixel term asks for probability 1 on the object
