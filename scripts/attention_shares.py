@@ -39,8 +39,8 @@ def maps_at(pipe, latents, text, t, generator, downscale=4):
 
 def scene_report(pipe, prompt, words, draws, generator, downscale=4) -> None:
     from benchmark.shapes.data import object_masks
+    from benchmark.shapes.grounding import CaptionTokens
     from benchmark.shapes.world import caption_objects, render, scene_from_objects
-    from sae.tokens import find_token_indices
 
     try:
         objects = caption_objects(prompt)
@@ -51,16 +51,14 @@ def scene_report(pipe, prompt, words, draws, generator, downscale=4) -> None:
     with torch.no_grad():
         latents = pipe.vae.encode(images.to(pipe.vae.dtype)).latent_dist.mean.float() * pipe.vae.config.scaling_factor
     text = encode_prompts(pipe, [prompt] * draws)
-    # each object's colour and shape word, by token position (the prompt's occurrences in order)
-    positions = find_token_indices(pipe.tokenizer, prompt, [w for pair in objects for w in pair])
-    owner = {group[0]: k // 2 for k, group in enumerate(positions)}
+    owner = CaptionTokens(pipe.tokenizer)(prompt)  # (token position, object) of each colour and shape word
     covers = None
     for t in TIMESTEPS:
         maps = maps_at(pipe, latents, text, t, generator, downscale)
         if covers is None:  # per scene and object, the cells it covers at this map size
             covers = [torch.from_numpy(object_masks(scene, maps.shape[1]) >= 0.5) for scene in scenes]
         cells = []
-        for pos, k in owner.items():
+        for pos, k in owner:
             ratios = [(maps[d, :, :, pos][cover[k]].mean() / maps[d, :, :, pos][~cover[k]].mean()).item()
                       for d, cover in enumerate(covers) if cover[k].any() and (~cover[k]).any()]
             cells.append(f"{words[pos - 1]} {np.mean(ratios):.2f}")
