@@ -27,6 +27,7 @@ checkpoint, loadable by `sae.models.load_pipeline`), pipeline/ (the final EMA pi
 from __future__ import annotations
 
 import argparse
+import contextlib
 import copy
 import dataclasses
 import json
@@ -338,6 +339,9 @@ def train_diffusion(cfg: TrainConfig, out: Path, vae, device, workers: int = 0, 
     running = grounding_running = None
     unet.train()
     text_encoder.train()
+    # With grounding, the maps are captured for the whole phase: swapping the processors once, not at every step.
+    captures = contextlib.ExitStack()
+    store = captures.enter_context(capture_cross_attention(unet, cfg.grounding_downscale)) if cfg.grounding else None
     try:
         for step, (images, captions, *grounding_masks) in enumerate(bar, start=start):  # masks: with grounding
             for group, base in zip(opt.param_groups, base_lrs):
@@ -352,13 +356,10 @@ def train_diffusion(cfg: TrainConfig, out: Path, vae, device, workers: int = 0, 
             noisy = noise_sched.add_noise(latents, noise, t)
             target = noise_sched.get_velocity(latents, noise, t)  # v-prediction (model.sd_scheduler_kwargs)
             context = text_encoder(tokens(captions).to(device))[0]
+            pred = unet(noisy, t, context).sample
             if cfg.grounding:
-                with capture_cross_attention(unet, cfg.grounding_downscale) as store:
-                    pred = unet(noisy, t, context).sample
                 grounding = grounding_loss(store.maps(), captions, grounding_masks[0], caption_tokens,
                                            cfg.grounding_pixel)
-            else:
-                pred = unet(noisy, t, context).sample
             per_sample = (pred.float() - target).pow(2).mean(dim=(1, 2, 3))
             if cfg.snr_cap > 0:
                 # The v-loss weighs x0 errors by snr + 1: ~1 at high noise, where layout and colours are decided
@@ -388,6 +389,7 @@ def train_diffusion(cfg: TrainConfig, out: Path, vae, device, workers: int = 0, 
                 checkpoint(step + 1)
                 last_ckpt = time.time()
     finally:
+        captures.close()
         stream.close()
         bar.close()
     checkpoint(cfg.steps)
