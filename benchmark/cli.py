@@ -79,6 +79,10 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--sepen-map-downscale", type=int, default=None,
                      help="maps the SepEn losses read, at 1/N of the latent side (4: SD's 16x16, the paper); "
                           "default: " + _defaults("sepen_map_downscale"))
+    run.add_argument("--sepen-latents", choices=("noise", "samples"), default=None,
+                     help="what per-prompt finetuning noises: noise (Gaussian latents, the paper) or samples (the "
+                          "base model's own samples of the prompt, at the run's steps and guidance); default: "
+                          + _defaults("sepen_latents"))
     run.add_argument("--sepen-checkpoint", help="a large-scale SepEn checkpoint used for every prompt")
     run.add_argument("--checkpoint-cache", type=Path, default=Path.home() / ".cache" / "sae" / "checkpoints",
                      help="where per-prompt SepEn checkpoints are cached and reused")
@@ -153,7 +157,9 @@ def cmd_run(args) -> int:
                        metrics=[m.strip() for m in given("metrics").split(",") if m.strip()],
                        metric_models=_metric_models(args.metric_model),
                        sepen={"steps": given("sepen_steps"), "learning_rate": given("sepen_lr"),
-                              "maps": given("sepen_maps"), "map_downscale": given("sepen_map_downscale")},
+                              "maps": given("sepen_maps"), "map_downscale": given("sepen_map_downscale"),
+                              "latents": given("sepen_latents"), "sample_steps": given("steps"),
+                              "sample_guidance": given("guidance")},
                        sepen_checkpoint=args.sepen_checkpoint, checkpoint_cache=args.checkpoint_cache,
                        progress=not args.no_progress, html=not args.no_html,
                        attention_prompts=args.attention_prompts)

@@ -23,10 +23,10 @@ SHAPES_MODEL = Path(__file__).resolve().parent / "shapes" / "pretrained"
 RUN_DEFAULTS = {
     NATURAL: {"methods": "plain", "num_seeds": 4, "steps": 50, "guidance": 7.5, "sepen_steps": 200,
               "sepen_lr": 5e-6, "sepen_maps": "probs", "sepen_map_downscale": 4,
-              "metrics": ""},
+              "sepen_latents": "noise", "metrics": ""},
     SHAPES: {"methods": "plain,attend_excite,sepen", "num_seeds": 2, "steps": 30, "guidance": 7.5,
              "sepen_steps": 100, "sepen_lr": 3e-5, "sepen_maps": "probs",
-             "sepen_map_downscale": 4, "metrics": "presence,clip,fid"},
+             "sepen_map_downscale": 4, "sepen_latents": "noise", "metrics": "presence,clip,fid"},
 }
 
 

@@ -27,9 +27,14 @@ from tqdm.auto import tqdm
 from .attention import MAP_KINDS, StopForward, capture_cross_attention, object_maps
 from .checkpoint import base_fingerprints, load_delta, save_delta
 from .losses import enhance_loss, norm_loss, separate_loss
+from .sampling import generate
 from .tokens import find_token_indices
 
 PROJECTIONS = ("k", "q", "v")
+LATENT_SOURCES = ("noise", "samples")
+# latents="samples" draws its samples from seeds far from the benchmark's (0-63 and the tuning seeds 200-203),
+# so that no finetuning sees the starting noise of an image it is scored on.
+SAMPLE_SEED_BASE = 1_000_000
 CHECKPOINT_NAME = "sepen.safetensors"
 STATE_NAME = "train_state.pt"
 LOSSES_NAME = "losses.csv"
@@ -58,6 +63,12 @@ class FinetuneConfig:
     map_downscale: int = 4  # maps at 1/4 of the latent side (16x16 for SD 1.x)
     maps: str = "probs"  # probs: softmax over all tokens (the method); sharpened: Attend-and-Excite's text maps
     latent_size: int | None = None  # default: the UNet's sample_size
+    # What gets noised: "noise", Gaussian latents (the paper: no image data); "samples", the base model's own
+    # samples of the pair prompt (a departure, for models whose words attend only where an image has objects).
+    latents: str = "noise"
+    latent_samples: int = 8  # latents="samples": how many, generated once before training
+    sample_steps: int = 30  # ... with these sampling settings
+    sample_guidance: float = 7.5
     seed: int = 0
     checkpoint_every: int = 50
     mixed_precision: str = "no"  # no | bf16 | fp16 (CUDA autocast; weights stay fp32)
@@ -74,6 +85,8 @@ class FinetuneConfig:
             raise ValueError(f"maps must be one of {tuple(MAP_KINDS)}, got {self.maps!r}")
         if self.mixed_precision not in ("no", "bf16", "fp16"):
             raise ValueError(f"mixed_precision must be no, bf16 or fp16, got {self.mixed_precision!r}")
+        if self.latents not in LATENT_SOURCES:
+            raise ValueError(f"latents must be one of {LATENT_SOURCES}, got {self.latents!r}")
         self.adam_betas = tuple(self.adam_betas)
 
     def to_dict(self) -> dict:
@@ -164,11 +177,27 @@ def sepen_losses(unet, noisy_latents, timesteps, text_embeddings, token_groups,
     return losses
 
 
-def _noisy_batch(pipe, batch_size: int, latent_size: int, generator: torch.Generator, device):
-    """Random latents noised to uniformly drawn timesteps; drawn on the CPU so that runs reproduce anywhere."""
+def sample_latents(pipe, prompt: str, config: FinetuneConfig) -> torch.Tensor:
+    """The base model's own samples of `prompt` as clean latents `(latent_samples, C, H, W)` on the CPU: what
+    latents="samples" noises instead of Gaussian latents."""
+    seeds = [SAMPLE_SEED_BASE + config.seed * config.latent_samples + i for i in range(config.latent_samples)]
+    size = (config.latent_size or pipe.unet.config.sample_size) * pipe.vae_scale_factor
+    with torch.no_grad():
+        latents = generate(pipe, prompt, seeds, config.sample_steps, config.sample_guidance,
+                           batch_size=config.batch_size, height=size, width=size, output_type="latent")
+    return torch.stack(list(latents)).float().cpu()
+
+
+def _noisy_batch(pipe, batch_size: int, latent_size: int, generator: torch.Generator, device,
+                 pool: torch.Tensor | None = None):
+    """Latents (random, or drawn from `pool`) noised to uniformly drawn timesteps; drawn on the CPU so that runs
+    reproduce anywhere."""
     channels = pipe.unet.config.in_channels
     shape = (batch_size, channels, latent_size, latent_size)
-    latents = torch.randn(shape, generator=generator)
+    if pool is None:
+        latents = torch.randn(shape, generator=generator)
+    else:
+        latents = pool[torch.randint(0, len(pool), (batch_size,), generator=generator)]
     noise = torch.randn(shape, generator=generator)
     timesteps = torch.randint(0, pipe.scheduler.config.num_train_timesteps, (batch_size,), generator=generator)
     noisy = pipe.scheduler.add_noise(latents, noise, timesteps)
@@ -225,6 +254,12 @@ def finetune(pipe, source: ConceptPair | ConceptPool, config: FinetuneConfig | N
         if resume and state_path.exists():
             start, history, fingerprint = _resume(state_path, out / CHECKPOINT_NAME, params, optimizer, config,
                                                   source)
+    pool = None
+    if config.latents == "samples" and start < config.steps:
+        if not isinstance(source, ConceptPair):
+            raise ValueError("latents='samples' needs one concept pair (the model's samples of its prompt); "
+                             "large-scale training draws a new pair every step: use latents='noise'")
+        pool = sample_latents(pipe, source.prompt, config)
     token_cache: dict[tuple[str, tuple[str, ...]], list[list[int]]] = {}
 
     def token_groups(prompt, objects):
@@ -251,7 +286,7 @@ def finetune(pipe, source: ConceptPair | ConceptPool, config: FinetuneConfig | N
         batch = source.draw(step, config.batch_size, config.seed)
         prompts = [prompt for prompt, _ in batch]
         groups = [token_groups(prompt, objects) for prompt, objects in batch]
-        noisy, timesteps = _noisy_batch(pipe, config.batch_size, latent_size, generator, device)
+        noisy, timesteps = _noisy_batch(pipe, config.batch_size, latent_size, generator, device, pool)
         with torch.autocast(device.type, dtype=autocast_dtype or torch.float32, enabled=use_autocast):
             losses = sepen_losses(unet, noisy, timesteps, encode_prompts(pipe, prompts), groups,
                                   config.pair_reduction, config.map_downscale, config.maps)

@@ -137,3 +137,54 @@ def test_sharpened_maps_give_the_losses_of_attend_and_excite_maps(tiny_pipe):
         sharp = sepen_losses(tiny_pipe.unet, noisy, timesteps, text, groups, maps_kind="sharpened")
     assert 0 <= sharp["en"] < probs["en"] <= 1
     assert not torch.isclose(sharp["sep"], probs["sep"])
+
+
+def test_sample_latents_are_the_base_models_own_samples_from_offset_seeds(tiny_pipe):
+    from sae.finetune import SAMPLE_SEED_BASE, sample_latents
+    from sae.sampling import seed_generators
+
+    config = FinetuneConfig(latents="samples", latent_samples=3, sample_steps=2, sample_guidance=3.0, seed=1)
+    pool = sample_latents(tiny_pipe, PAIR.prompt, config)
+    seeds = [SAMPLE_SEED_BASE + 3, SAMPLE_SEED_BASE + 4, SAMPLE_SEED_BASE + 5]  # seed 1, three samples each
+    expected = tiny_pipe(prompt=[PAIR.prompt] * 3, generator=seed_generators(seeds), num_inference_steps=2,
+                         guidance_scale=3.0, output_type="latent").images
+    assert pool.shape == (3, 4, 32, 32)
+    torch.testing.assert_close(pool, expected, rtol=1e-5, atol=1e-5)
+
+
+def test_noisy_batch_noises_latents_drawn_from_the_pool():
+    from types import SimpleNamespace
+
+    from diffusers import DDPMScheduler
+
+    from sae.finetune import _noisy_batch
+
+    scheduler = DDPMScheduler(num_train_timesteps=1000)
+    pipe = SimpleNamespace(unet=SimpleNamespace(config=SimpleNamespace(in_channels=1), dtype=torch.float32),
+                           scheduler=scheduler)
+    pool = torch.arange(3.0).view(3, 1, 1, 1).expand(3, 1, 2, 2)  # sample i is the constant i
+    noisy, timesteps = _noisy_batch(pipe, 5, 2, torch.Generator().manual_seed(7), "cpu", pool)
+    generator = torch.Generator().manual_seed(7)  # the same draws by hand: which samples, noise, timesteps
+    index = torch.randint(0, 3, (5,), generator=generator)
+    noise = torch.randn(5, 1, 2, 2, generator=generator)
+    t = torch.randint(0, 1000, (5,), generator=generator)
+    alpha = scheduler.alphas_cumprod[t].view(5, 1, 1, 1)
+    torch.testing.assert_close(timesteps, t)
+    torch.testing.assert_close(noisy, alpha.sqrt() * index.float().view(5, 1, 1, 1) + (1 - alpha).sqrt() * noise)
+
+
+def test_training_on_samples_is_reproducible_and_needs_one_pair(tiny_model_dir):
+    from sae.models import load_pipeline
+
+    config = FinetuneConfig(steps=2, batch_size=2, learning_rate=1e-3, latents="samples", latent_samples=2,
+                            sample_steps=2)
+    first = finetune(load_pipeline(tiny_model_dir), PAIR, config, progress=False)
+    second = finetune(load_pipeline(tiny_model_dir), PAIR, config, progress=False)
+    noise = finetune(load_pipeline(tiny_model_dir), PAIR, FinetuneConfig(steps=2, batch_size=2, learning_rate=1e-3),
+                     progress=False)
+    assert first.history == second.history
+    assert first.history != noise.history  # the samples, not Gaussian latents, were noised
+    with pytest.raises(ValueError, match="needs one concept pair"):
+        finetune(load_pipeline(tiny_model_dir), ConceptPool(["cat", "dog", "apple"]), config, progress=False)
+    with pytest.raises(ValueError, match="latents must be one of"):
+        FinetuneConfig(latents="images")

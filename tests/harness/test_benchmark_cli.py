@@ -94,6 +94,18 @@ def test_sepen_map_downscale_reaches_the_finetuning(downscale, tiny_model_dir, s
     assert "up_blocks.3" not in changed and "up_blocks.1" in changed
 
 
+def test_sepen_latents_samples_reach_the_finetuning_with_the_runs_sampling(tiny_model_dir, small_suite, tmp_path):
+    from sae.checkpoint import load_delta
+
+    cache = tmp_path / "cache"
+    assert main(["run", "--suite", str(small_suite), "--model", str(tiny_model_dir), "--methods", "sepen",
+                 "--limit", "1", "--seeds", "0", "--steps", "2", "--guidance", "3", "--sepen-steps", "1",
+                 "--sepen-latents", "samples", "--checkpoint-cache", str(cache), "--out", str(tmp_path / "run"),
+                 "--no-progress", "--no-html"]) == 0
+    config = load_delta(next(cache.rglob("sepen.safetensors"))).config
+    assert (config["latents"], config["sample_steps"], config["sample_guidance"]) == ("samples", 2, 3.0)
+
+
 def test_ls_lists_with_sizes_and_descriptions(capsys):
     for what in ("suites", "methods", "metrics"):
         assert main(["ls", what]) == 0
