@@ -4,8 +4,9 @@ Each step (no image data, as in the paper): random latents are noised to a times
 [0, 1000), the UNet runs on the concept-pair prompts with the 1/4-resolution maps captured, and
 `lambda_sep * Separate + lambda_en * Enhance` is minimised. The UNet forward stops right after the last
 captured layer (`StopForward`): the rest of the network cannot change the maps, so it is neither run nor
-backpropagated. The optional norm loss compares noise predictions with the frozen base on single-concept
-prompts; it needs the whole UNet, and the frozen base is the same module called with the original projection
+backpropagated. `latents="samples"` noises the base model's own samples of the pair prompt instead of
+Gaussian latents (a departure from the paper, measured on the shapes model: results/shapes/sepen_lr_sweep.md).
+The optional norm loss compares noise predictions with the frozen base on single-concept prompts; it needs the whole UNet, and the frozen base is the same module called with the original projection
 weights (`torch.func.functional_call`), not a second copy of the UNet.
 """
 
