@@ -6,8 +6,9 @@ Each step (no image data, as in the paper): random latents are noised to a times
 captured layer (`StopForward`): the rest of the network cannot change the maps, so it is neither run nor
 backpropagated. `latents="samples"` noises the base model's own samples of the pair prompt instead of
 Gaussian latents (a departure from the paper, measured on the shapes model: results/shapes/sepen_lr_sweep.md).
-The optional norm loss compares noise predictions with the frozen base on single-concept prompts; it needs the whole UNet, and the frozen base is the same module called with the original projection
-weights (`torch.func.functional_call`), not a second copy of the UNet.
+The optional norm loss compares noise predictions with the frozen base on single-concept prompts; it needs the
+whole UNet, and the frozen base is the same module called with the original projection weights
+(`torch.func.functional_call`), not a second copy of the UNet.
 """
 
 from __future__ import annotations
