@@ -140,7 +140,7 @@ def cmd_run(args) -> int:
     from .generate import RunConfig, run
     from .report import markdown_table
 
-    from .domains import RUN_DEFAULTS, SHAPES_MODEL, model_domain
+    from .domains import RUN_DEFAULTS, SHAPES_MODEL, model_domain, sepen_settings
 
     model = args.model or str(SHAPES_MODEL)
     defaults = RUN_DEFAULTS[model_domain(model)]
@@ -156,10 +156,7 @@ def cmd_run(args) -> int:
                        device=args.device,
                        metrics=[m.strip() for m in given("metrics").split(",") if m.strip()],
                        metric_models=_metric_models(args.metric_model),
-                       sepen={"steps": given("sepen_steps"), "learning_rate": given("sepen_lr"),
-                              "maps": given("sepen_maps"), "map_downscale": given("sepen_map_downscale"),
-                              "latents": given("sepen_latents"), "sample_steps": given("steps"),
-                              "sample_guidance": given("guidance")},
+                       sepen=sepen_settings({key: given(key) for key in defaults}),
                        sepen_checkpoint=args.sepen_checkpoint, checkpoint_cache=args.checkpoint_cache,
                        progress=not args.no_progress, html=not args.no_html,
                        attention_prompts=args.attention_prompts)

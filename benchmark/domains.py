@@ -30,6 +30,17 @@ RUN_DEFAULTS = {
 }
 
 
+def sepen_settings(settings: dict) -> dict:
+    """SepEn's per-prompt `FinetuneConfig` fields from run settings named as in RUN_DEFAULTS. With
+    latents="samples" the samples are drawn with the run's steps and guidance; otherwise those stay out, so that a
+    run with other sampling settings reuses the cached checkpoints."""
+    fields = {"steps": settings["sepen_steps"], "learning_rate": settings["sepen_lr"], "maps": settings["sepen_maps"],
+              "map_downscale": settings["sepen_map_downscale"], "latents": settings["sepen_latents"]}
+    if fields["latents"] == "samples":
+        fields.update(sample_steps=settings["steps"], sample_guidance=settings["guidance"])
+    return fields
+
+
 def model_domain(model: str | Path) -> str:
     path = Path(model) / DOMAIN_FILE
     if path.is_file():

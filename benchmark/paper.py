@@ -22,7 +22,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from .domains import NATURAL, RUN_DEFAULTS, SHAPES, SHAPES_MODEL, model_domain, prompts_dir
+from .domains import NATURAL, RUN_DEFAULTS, SHAPES, SHAPES_MODEL, model_domain, prompts_dir, sepen_settings
 from .generate import RunConfig, run
 
 MAIN_COLUMNS = {"fid": "FID (lower better)", "blip_similarity": "BLIP similarity", "presence_all": "success rate",
@@ -105,8 +105,7 @@ def paper(model: str | None, num_seeds: int = 64, limit: int | None = None, out:
                      seeds=list(range(num_seeds)), limit=limit, steps=defaults["steps"],
                      guidance=defaults["guidance"], batch_size=4, out=out / "main", device=device,
                      metrics=["presence", "clip", "blip", "fid"], metric_models=metric_models or {},
-                     sepen={"steps": defaults["sepen_steps"], "learning_rate": defaults["sepen_lr"],
-                            "maps": defaults["sepen_maps"]},
+                     sepen=sepen_settings(defaults),
                      progress=progress)
     if checkpoint_cache is not None:
         base = replace(base, checkpoint_cache=Path(checkpoint_cache))

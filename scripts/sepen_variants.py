@@ -19,7 +19,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from benchmark.domains import RUN_DEFAULTS, SHAPES_MODEL, model_domain
+from benchmark.domains import RUN_DEFAULTS, SHAPES_MODEL, model_domain, sepen_settings
 from benchmark.generate import RunConfig, run
 from benchmark.report import markdown_table
 from benchmark.suites import SuitePrompt
@@ -50,9 +50,9 @@ def main() -> None:
     args = parser.parse_args()
 
     defaults = RUN_DEFAULTS[model_domain(args.model)]
-    sepen = {"steps": defaults["sepen_steps"], "learning_rate": defaults["sepen_lr"], "maps": defaults["sepen_maps"],
-             "map_downscale": defaults["sepen_map_downscale"], "latents": defaults["sepen_latents"],
-             "sample_steps": defaults["steps"], "sample_guidance": defaults["guidance"], **dict(args.set)}
+    sepen = {**sepen_settings(defaults), **dict(args.set)}
+    if sepen["latents"] == "samples":  # samples drawn as the run draws its images
+        sepen = {"sample_steps": defaults["steps"], "sample_guidance": defaults["guidance"], **sepen}
     if args.phrases:  # the phrase is what the detector looks for (SuiteObject.phrase)
         SuitePrompt.object_words = property(lambda item: [o.phrase for o in item.objects])
     out = run(RunConfig(suite=args.suite, model=args.model, methods=["plain", "sepen"],
