@@ -71,6 +71,9 @@ class FinetuneConfig:
     latent_samples: int = 8  # latents="samples": how many, generated once before training
     sample_steps: int = 30  # ... with these sampling settings
     sample_guidance: float = 7.5
+    # Timesteps drawn uniformly from [low, high); the paper: all of [0, 1000). A narrower high-noise range is a
+    # departure that trains only where the layout is still being decided (where the test-time variant acts).
+    timesteps: tuple[int, int] = (0, 1000)
     seed: int = 0
     checkpoint_every: int = 50
     mixed_precision: str = "no"  # no | bf16 | fp16 (CUDA autocast; weights stay fp32)
@@ -90,6 +93,9 @@ class FinetuneConfig:
         if self.latents not in LATENT_SOURCES:
             raise ValueError(f"latents must be one of {LATENT_SOURCES}, got {self.latents!r}")
         self.adam_betas = tuple(self.adam_betas)
+        self.timesteps = tuple(self.timesteps)
+        if len(self.timesteps) != 2 or not 0 <= self.timesteps[0] < self.timesteps[1]:
+            raise ValueError(f"timesteps must be a range (low, high) with 0 <= low < high, got {self.timesteps!r}")
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
@@ -191,9 +197,9 @@ def sample_latents(pipe, prompt: str, config: FinetuneConfig) -> torch.Tensor:
 
 
 def _noisy_batch(pipe, batch_size: int, latent_size: int, generator: torch.Generator, device,
-                 pool: torch.Tensor | None = None):
-    """Latents (random, or drawn from `pool`) noised to uniformly drawn timesteps; drawn on the CPU so that runs
-    reproduce anywhere."""
+                 pool: torch.Tensor | None = None, timestep_range: tuple[int, int] = (0, 1000)):
+    """Latents (random, or drawn from `pool`) noised to timesteps drawn uniformly from `timestep_range` (capped at
+    the scheduler's training timesteps); drawn on the CPU so that runs reproduce anywhere."""
     channels = pipe.unet.config.in_channels
     shape = (batch_size, channels, latent_size, latent_size)
     if pool is None:
@@ -201,7 +207,12 @@ def _noisy_batch(pipe, batch_size: int, latent_size: int, generator: torch.Gener
     else:
         latents = pool[torch.randint(0, len(pool), (batch_size,), generator=generator)]
     noise = torch.randn(shape, generator=generator)
-    timesteps = torch.randint(0, pipe.scheduler.config.num_train_timesteps, (batch_size,), generator=generator)
+    low, high = timestep_range
+    high = min(high, pipe.scheduler.config.num_train_timesteps)
+    if low >= high:
+        raise ValueError(f"timesteps {timestep_range} leave no timestep below the scheduler's "
+                         f"{pipe.scheduler.config.num_train_timesteps}")
+    timesteps = torch.randint(low, high, (batch_size,), generator=generator)
     noisy = pipe.scheduler.add_noise(latents, noise, timesteps)
     dtype = pipe.unet.dtype
     return noisy.to(device, dtype), timesteps.to(device)
@@ -288,7 +299,8 @@ def finetune(pipe, source: ConceptPair | ConceptPool, config: FinetuneConfig | N
         batch = source.draw(step, config.batch_size, config.seed)
         prompts = [prompt for prompt, _ in batch]
         groups = [token_groups(prompt, objects) for prompt, objects in batch]
-        noisy, timesteps = _noisy_batch(pipe, config.batch_size, latent_size, generator, device, pool)
+        noisy, timesteps = _noisy_batch(pipe, config.batch_size, latent_size, generator, device, pool,
+                                        config.timesteps)
         with torch.autocast(device.type, dtype=autocast_dtype or torch.float32, enabled=use_autocast):
             losses = sepen_losses(unet, noisy, timesteps, encode_prompts(pipe, prompts), groups,
                                   config.pair_reduction, config.map_downscale, config.maps)

@@ -5,7 +5,7 @@
 
 Runs `plain,sepen` through the benchmark's own `run` (same generation, checkpoint cache and presence metric as
 `python -m benchmark run`), with `--set KEY=VALUE` overriding `sae.finetune.FinetuneConfig` fields (lambda_en,
-lambda_sep, lambda_norm, latents, ...) on top of the model's domain defaults. `--phrases` gives SepEn each
+lambda_sep, lambda_norm, latents, timesteps, ...) on top of the model's domain defaults. `--phrases` gives SepEn each
 object as its attribute-and-noun phrase ("red circle": the map is the mean of both words' maps) instead of the
 noun alone. Defaults: the tuning set of results/shapes/sepen_lr_sweep.md (the shapes model, the first 12 prompts
 of `two_object`, seeds 200-203).

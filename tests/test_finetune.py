@@ -173,6 +173,31 @@ def test_noisy_batch_noises_latents_drawn_from_the_pool():
     torch.testing.assert_close(noisy, alpha.sqrt() * index.float().view(5, 1, 1, 1) + (1 - alpha).sqrt() * noise)
 
 
+def test_noisy_batch_draws_timesteps_from_the_configured_range(tiny_model_dir):
+    from types import SimpleNamespace
+
+    from diffusers import DDPMScheduler
+
+    from sae.finetune import _noisy_batch
+
+    pipe = SimpleNamespace(unet=SimpleNamespace(config=SimpleNamespace(in_channels=1), dtype=torch.float32),
+                           scheduler=DDPMScheduler(num_train_timesteps=1000))
+    _, timesteps = _noisy_batch(pipe, 64, 2, torch.Generator().manual_seed(3), "cpu", timestep_range=(900, 5000))
+    assert timesteps.min() >= 900 and timesteps.max() < 1000  # capped at the scheduler's timesteps
+    assert len(timesteps.unique()) > 20
+    with pytest.raises(ValueError, match="no timestep"):
+        _noisy_batch(pipe, 4, 2, torch.Generator(), "cpu", timestep_range=(1000, 1200))
+    for bad in [(500, 500), (-1, 10), (1, 2, 3)]:
+        with pytest.raises(ValueError, match="timesteps must be a range"):
+            FinetuneConfig(timesteps=bad)
+    from sae.models import load_pipeline
+
+    def first_loss(timesteps):  # the range reaches training: the same draws, other timesteps, other losses
+        config = FinetuneConfig(steps=1, batch_size=2, timesteps=timesteps)
+        return finetune(load_pipeline(tiny_model_dir), PAIR, config, progress=False).history
+    assert first_loss((0, 1000)) != first_loss((990, 1000))
+
+
 def test_training_on_samples_is_reproducible_and_needs_one_pair(tiny_model_dir):
     from sae.models import load_pipeline
 
