@@ -17,12 +17,15 @@ def test_main_table_takes_the_all_rows_and_shows_the_paper_beside(tmp_path):
     run = write_summary(tmp_path / "main", [
         {"method": "plain", "category": "animal_animal", "presence_all_mean": 0.9, "fid": 1.0},
         {"method": "plain", "category": "all", "presence_all_mean": 0.25, "clip_full_mean": 0.3125, "fid": 40.5},
-        {"method": "sepen", "category": "all", "presence_all_mean": 0.5, "clip_full_mean": 0.375, "fid": None}])
+        {"method": "sepen", "category": "all", "presence_all_mean": 0.5, "clip_full_mean": 0.375, "fid": None},
+        {"method": "sepen_tt", "category": "all", "presence_all_mean": 0.625, "fid": 41.0}])
     table = main_table(run, published=True)
     lines = table.splitlines()
     assert lines[2] == "| base model (plain) | 40.50 | n/a | 0.250 | 0.312 | n/a |"
     assert lines[3].startswith("| paper (unverified)") and f"{PUBLISHED_MAIN['plain']['fid']:.2f}" in lines[3]
     assert lines[4] == "| + Separate-and-Enhance (finetuned) | n/a | n/a | 0.500 | 0.375 | n/a |"
+    assert lines[6] == "| + Separate-and-Enhance (test-time) | 41.00 | n/a | 0.625 | n/a | n/a |"
+    assert lines[7] == "| paper (unverified): + Separate-and-Enhance (test-time) | 41.74 | 0.834 | 0.441 | n/a | n/a |"
     assert "paper" not in main_table(run, published=False)
 
 
@@ -50,6 +53,9 @@ def test_paper_on_a_shapes_model_prints_both_tables(tmp_path, capsys):
     printed = capsys.readouterr().out
     assert "## Main comparison: `two_object`" in printed and "## Large scale" in printed
     assert (out / "paper.md").read_text() == printed
+    main_methods = pd.read_csv(out / "main" / "summary.csv")["method"].drop_duplicates().tolist()
+    assert main_methods == ["plain", "attend_excite", "sepen", "sepen_tt"]
+    assert "| + Separate-and-Enhance (test-time) |" in printed
     large = pd.read_csv(out / "large" / "summary.csv")
     assert set(large["category"]) == {"seen_seen", "seen_unseen", "unseen_unseen", "all"}
     assert (out / "large_checkpoint" / "sepen.safetensors").is_file()
