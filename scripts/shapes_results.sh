@@ -20,6 +20,6 @@ python -m benchmark run --suite single_object --seeds 0-3 --methods plain,sepen,
     --out "$out/single_object" --checkpoint-cache "$out/checkpoints" --no-html --no-progress > "$out/single_object.log" 2>&1
 for f in summary.md summary.csv results.json; do cp "$out/single_object/$f" "results/shapes/single_object_$f"; done
 cp "$out/paper/paper.md" results/paper/shapes/paper.md
-for part in main large; do cp "$out/paper/$part/summary.md" "results/paper/shapes/${part}_summary.md"; done
+for part in main large; do for f in summary.md results.json; do cp "$out/paper/$part/$f" "results/paper/shapes/${part}_$f"; done; done
 for f in summary.md summary.csv results.json; do cp "$out/multi_object/$f" "results/shapes/multi_object_$f"; done
 cat results/paper/shapes/paper.md results/shapes/multi_object_summary.md
