@@ -179,6 +179,7 @@ def test_noisy_batch_draws_timesteps_from_the_configured_range(tiny_model_dir):
     from diffusers import DDPMScheduler
 
     from sae.finetune import _noisy_batch
+    from sae.models import load_pipeline
 
     pipe = SimpleNamespace(unet=SimpleNamespace(config=SimpleNamespace(in_channels=1), dtype=torch.float32),
                            scheduler=DDPMScheduler(num_train_timesteps=1000))
@@ -190,7 +191,6 @@ def test_noisy_batch_draws_timesteps_from_the_configured_range(tiny_model_dir):
     for bad in [(500, 500), (-1, 10), (1, 2, 3)]:
         with pytest.raises(ValueError, match="timesteps must be a range"):
             FinetuneConfig(timesteps=bad)
-    from sae.models import load_pipeline
 
     def first_loss(timesteps):  # the range reaches training: the same draws, other timesteps, other losses
         config = FinetuneConfig(steps=1, batch_size=2, timesteps=timesteps)
