@@ -14,7 +14,7 @@ or the model changed, not luck. The full measurement (more seeds, every suite) i
 import pandas as pd
 import pytest
 
-from benchmark.domains import RUN_DEFAULTS, SHAPES, SHAPES_MODEL
+from benchmark.domains import RUN_DEFAULTS, SHAPES, SHAPES_MODEL, sepen_settings
 from benchmark.generate import RunConfig, run
 
 DEFAULTS = RUN_DEFAULTS[SHAPES]
@@ -26,7 +26,7 @@ def shapes_run(tmp_path, suite, methods, seeds):
     return run(RunConfig(suite=suite, model=str(SHAPES_MODEL), methods=methods, seeds=seeds,
                          steps=DEFAULTS["steps"], guidance=DEFAULTS["guidance"], batch_size=4, out=tmp_path / suite,
                          device="cpu", metrics=["presence"], checkpoint_cache=tmp_path / "checkpoints",
-                         sepen={"steps": DEFAULTS["sepen_steps"], "learning_rate": DEFAULTS["sepen_lr"]},
+                         sepen=sepen_settings(DEFAULTS),
                          progress=False))
 
 
