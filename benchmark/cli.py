@@ -7,6 +7,8 @@ import json
 import sys
 from pathlib import Path
 
+from sae.cli import DefaultsHelpFormatter
+
 SHAPES_DESCRIPTIONS = {
     "single_object": "each of the 18 colour x shape objects alone: the quality bar",
     "two_object": "two objects; the held-out pairs (never together in training) in both orders",
@@ -48,7 +50,7 @@ def build_parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(dest="command", required=True)
 
     run = commands.add_parser("run", help="generate a suite with several methods, score it, write the tables",
-                              formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+                              formatter_class=DefaultsHelpFormatter)
     run.add_argument("--suite", required=True, help="suite name (`ls suites`) or a .jsonl file")
     run.add_argument("--model", default=None,
                      help="hub id or local diffusers pipeline folder (default: the shipped shapes-world model)")
@@ -104,7 +106,7 @@ def build_parser() -> argparse.ArgumentParser:
     report.add_argument("--device", default="auto", help="for the attention maps")
 
     score = commands.add_parser("score", help="score a run's images from its records (never regenerates)",
-                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+                                formatter_class=DefaultsHelpFormatter)
     score.add_argument("run_dir", type=Path)
     score.add_argument("--metrics", help="comma-separated; default: the run's own")
     score.add_argument("--metric-model", action="append", default=[], metavar="METRIC=PATH")
@@ -118,7 +120,7 @@ def build_parser() -> argparse.ArgumentParser:
     from .paper import add_arguments
 
     add_arguments(commands.add_parser("paper", help="regenerate the paper's main and large-scale tables",
-                                      formatter_class=argparse.ArgumentDefaultsHelpFormatter))
+                                      formatter_class=DefaultsHelpFormatter))
     return parser
 
 

@@ -20,6 +20,17 @@ EPILOG = """examples:
 """
 
 
+class DefaultsHelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    """Appends "(default: X)" to an option's help only where X says something: not for unset (None), off (False) or
+    empty defaults, and not where the help already states its default (those depend on the model or mode)."""
+
+    def _get_help_string(self, action):
+        help = action.help or ""
+        if action.default is None or action.default is False or action.default == [] or "default" in help:
+            return help
+        return super()._get_help_string(action)
+
+
 def _add_runtime_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--model", required=True, help="hub id or local diffusers pipeline folder")
     parser.add_argument("--device", default="auto", help="cuda, cpu, cuda:1, ... (default: cuda when present)")
@@ -34,7 +45,7 @@ def build_parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(dest="command", required=True)
 
     train = commands.add_parser("train", help="finetune the cross-attention keys on a concept pair or list",
-                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+                                formatter_class=DefaultsHelpFormatter)
     _add_runtime_args(train)
     what = train.add_mutually_exclusive_group(required=True)
     what.add_argument("--prompt", help='per-pair training prompt, e.g. "a photo of a cat and a dog"')
@@ -43,17 +54,18 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--objects", help="comma-separated object words of --prompt, e.g. cat,dog")
     train.add_argument("--out", required=True, type=Path, help="output folder (resumed if it holds this run)")
     train.add_argument("--steps", type=int, help="default: 200 per pair, 10000 large-scale")
-    train.add_argument("--batch-size", type=int, default=defaults.batch_size)
+    train.add_argument("--batch-size", type=int, default=defaults.batch_size, help="noisy latents per step")
     train.add_argument("--lr", type=float, help="default: 5e-6 per pair, 4e-6 large-scale")
-    train.add_argument("--lambda-sep", type=float, default=defaults.lambda_sep)
-    train.add_argument("--lambda-en", type=float, default=defaults.lambda_en)
+    train.add_argument("--lambda-sep", type=float, default=defaults.lambda_sep, help="weight of the Separate loss")
+    train.add_argument("--lambda-en", type=float, default=defaults.lambda_en, help="weight of the Enhance loss")
     train.add_argument("--lambda-norm", type=float, help="default: 0 per pair, 0.5 large-scale")
     train.add_argument("--projection", choices=["k", "q", "v"], default="k",
                        help="which attn2 projection to train (k is the method; q and v are the ablation)")
     train.add_argument("--pair-reduction", choices=["max", "mean"], default=defaults.pair_reduction,
                        help="Separate over object pairs when a prompt has 3+ objects")
-    train.add_argument("--seed", type=int, default=defaults.seed)
-    train.add_argument("--checkpoint-every", type=int, default=defaults.checkpoint_every)
+    train.add_argument("--seed", type=int, default=defaults.seed, help="seeds the latents, timesteps and pair draws")
+    train.add_argument("--checkpoint-every", type=int, default=defaults.checkpoint_every,
+                       help="steps between checkpoints (a rerun resumes from the last)")
     train.add_argument("--mixed-precision", choices=["no", "bf16", "fp16"], default="no",
                        help="CUDA autocast (weights stay fp32)")
     train.add_argument("--no-progress", action="store_true", help="hide the progress bar")
@@ -63,19 +75,19 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--report-steps", type=int, default=25, help="denoising steps of the report's samples")
 
     sample = commands.add_parser("sample", help="generate images, optionally with a SepEn checkpoint",
-                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+                                 formatter_class=DefaultsHelpFormatter)
     _add_runtime_args(sample)
     sample.add_argument("--delta", type=Path, help="SepEn checkpoint (.safetensors) to load onto the model")
     sample.add_argument("--prompt", required=True)
     sample.add_argument("--seeds", default="0-3", help="e.g. 0-63 or 0,3,5-7")
-    sample.add_argument("--out", required=True, type=Path)
-    sample.add_argument("--steps", type=int, default=50)
-    sample.add_argument("--guidance", type=float, default=6.0)
-    sample.add_argument("--batch-size", type=int, default=4)
+    sample.add_argument("--out", required=True, type=Path, help="folder for the PNGs (one per seed)")
+    sample.add_argument("--steps", type=int, default=50, help="denoising steps")
+    sample.add_argument("--guidance", type=float, default=REPORT_GUIDANCE, help="classifier-free guidance scale")
+    sample.add_argument("--batch-size", type=int, default=4, help="images per pipeline call")
     sample.add_argument("--dtype", default="float32", help="float32, float16 or bfloat16")
 
     tiny = commands.add_parser("tiny-model", help="write a random offline pipeline (tests, smoke runs, GPU timing)",
-                               formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+                               formatter_class=DefaultsHelpFormatter)
     tiny.add_argument("out", type=Path)
     tiny.add_argument("--arch", choices=["tiny", "sd14"], default="tiny",
                       help="tiny (1.6M-weight UNet, 64 px) or sd14 (SD 1.4's real architecture, random weights)")

@@ -68,3 +68,17 @@ def test_help_lists_the_commands():
     assert done.returncode == 0
     for command in ("train", "sample", "tiny-model"):
         assert command in done.stdout
+
+
+@pytest.mark.parametrize("argv", [["sae", "train"], ["sae", "sample"], ["benchmark", "run"], ["benchmark", "paper"]])
+def test_help_states_real_defaults_once(argv):
+    done = subprocess.run([sys.executable, "-m", *argv, "--help"], capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0
+    text = " ".join(done.stdout.split())  # argparse wraps lines
+    for noise in ("(default: None)", "(default: False)", "(default: [])"):
+        assert noise not in text, f"{' '.join(argv)} --help says {noise!r}"
+    if argv == ["benchmark", "run"]:
+        assert "images per pipeline call (default: 4)" in text
+        assert "default: 3e-05 (shapes models) (default" not in text  # a mode-dependent default, said once
+    if argv == ["sae", "train"]:
+        assert "weight of the Enhance loss (default: 0.5)" in text
