@@ -1,11 +1,13 @@
 """CI's regression check on the shipped shapes model, through the benchmark itself (`benchmark run`):
 
-- single-object presence stays at or above the bar;
-- SepEn (per-pair finetuning, the shapes defaults) beats `plain` on all-objects-present over the `ci` suite's
-  prompts of two to four objects. It does not yet on the shipped model, so that check is an expected failure
-  that reports itself (XPASS) once a model or method change makes it pass;
-- the paper's test-time variant (`sepen_tt`: the same losses as latent updates) beats `plain` there (0.469 vs
-  0.344 on the shipped model).
+- single-object presence stays at or above the bar, and SepEn (per-pair finetuning, the shapes defaults) costs it
+  at most 2 points (issue 5's condition);
+- the paper's test-time variant (`sepen_tt`: the same losses as latent updates) beats `plain` on all-objects-present
+  over the `ci` suite's prompts of two to four objects (0.469 vs 0.344 on the shipped model);
+- per-pair finetuning does not beat `plain` there (0.281 vs 0.344): that check is a strict expected failure, so the
+  day a model or method change makes it pass, CI says so and the README's claim gets updated. Meanwhile a
+  guard checks that finetuning does not fall far below `plain` (a broken finetuner: 0.06-0.08 on the tuning set
+  at too large a learning rate, results/shapes/sepen_lr_sweep.md).
 
 Seeded and run on the CPU, so the numbers are the same on every run of the same code: a failure means the code
 or the model changed, not luck. The full measurement (more seeds, every suite) is in results/shapes/.
@@ -19,6 +21,8 @@ from benchmark.generate import RunConfig, run
 
 DEFAULTS = RUN_DEFAULTS[SHAPES]
 SINGLE_OBJECT_BAR = 0.90  # issue 5's quality bar
+SINGLE_OBJECT_MAX_DROP = 0.02  # issue 5: SepEn may cost single objects at most 2 points
+HARM_MARGIN = 0.15  # about 5 of 32 images: well past seed-to-seed wobble, well short of a broken finetuner
 MULTI = ["seen_pair", "heldout_pair", "three_objects", "four_objects"]  # the `ci` suite's prompts of 2-4 objects
 
 
@@ -38,12 +42,25 @@ def success(out, method, categories=None):
     return rows["presence_all"].mean(), len(rows)
 
 
+@pytest.fixture(scope="module")
+def single_run(tmp_path_factory):
+    """The `single_object` suite, seeds 100-101, with plain and SepEn."""
+    return shapes_run(tmp_path_factory.mktemp("regression"), "single_object", ["plain", "sepen"], [100, 101])
+
+
 @pytest.mark.slow
-def test_shipped_model_keeps_single_object_presence_at_the_bar(tmp_path):
-    out = shapes_run(tmp_path, "single_object", ["plain"], [100, 101])
-    rate, n = success(out, "plain")
+def test_shipped_model_keeps_single_object_presence_at_the_bar(single_run):
+    rate, n = success(single_run, "plain")
     assert n == 36
     assert rate >= SINGLE_OBJECT_BAR, f"single-object presence {rate:.3f} < {SINGLE_OBJECT_BAR}"
+
+
+@pytest.mark.slow
+def test_sepen_costs_single_object_presence_at_most_two_points(single_run):
+    plain, _ = success(single_run, "plain")
+    rate, n = success(single_run, "sepen")
+    assert n == 36
+    assert rate >= plain - SINGLE_OBJECT_MAX_DROP, f"sepen {rate:.3f} vs plain {plain:.3f} on single objects"
 
 
 @pytest.fixture(scope="module")
@@ -61,11 +78,18 @@ def beats_plain(out, method):
 
 
 @pytest.mark.slow
-@pytest.mark.xfail(reason="on the shipped model SepEn does not beat plain yet: 0.281 vs 0.344 here, and no learning "
-                          "rate helped on the tuning set (results/shapes/sepen_lr_sweep.md); issue 5 stays open",
-                   strict=False)
+@pytest.mark.xfail(reason="on the shipped model SepEn's per-pair finetuning does not beat plain: 0.281 vs 0.344 here, "
+                          "and no setting helped on the tuning set (results/shapes/sepen_lr_sweep.md)", strict=True)
 def test_sepen_beats_plain_on_all_objects_present(ci_run):
     beats_plain(ci_run, "sepen")
+
+
+@pytest.mark.slow
+def test_sepen_finetuning_stays_near_plain_on_all_objects_present(ci_run):
+    plain, _ = success(ci_run, "plain", MULTI)
+    rate, n = success(ci_run, "sepen", MULTI)
+    assert n == 32
+    assert rate >= plain - HARM_MARGIN, f"sepen {rate:.3f} vs plain {plain:.3f}: finetuning harms the model"
 
 
 @pytest.mark.slow
