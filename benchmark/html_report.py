@@ -32,7 +32,7 @@ import pandas as pd
 from PIL import Image
 
 from .records import read_jsonl, write_text_atomic
-from .report import set_columns, summary_cells, write_report
+from .report import paired_cells, paired_differences, paired_title, set_columns, summary_cells, write_report
 
 REPORT_DIR = "report"
 THUMB_SIZE = 128
@@ -74,7 +74,17 @@ def page_html(title: str, body: str, script: str = "") -> str:
 
 def summary_table_html(summary: pd.DataFrame) -> str:
     """The summary's rows with the same cells as `summary.md` (`report.summary_cells`)."""
-    header, rows = summary_cells(summary)
+    return table_html(*summary_cells(summary))
+
+
+def paired_table_html(paired: pd.DataFrame) -> str:
+    """Each method against the baseline on the same prompts and seeds, as in `summary.md`."""
+    if paired.empty:
+        return ""
+    return f"<h2>{html.escape(paired_title(paired)).replace('`', '')}</h2>" + table_html(*paired_cells(paired))
+
+
+def table_html(header: list[str], rows: list[list[str]]) -> str:
     head = "".join(f"<th>{html.escape(h)}</th>" for h in header)
     body = "".join("<tr>" + "".join(f"<td>{html.escape(c)}</td>" for c in cells) + "</tr>" for cells in rows)
     return f'<table class="summary"><tr>{head}</tr>{body}</table>'
@@ -275,6 +285,7 @@ def write_html_report(run_dir: Path, attention_prompts: int = 2, context=None, d
             f"{html.escape(', '.join(methods))}.</p>"
             "<h2>Summary (mean [95% bootstrap interval])</h2>" + summary_table_html(summary)
             + ('<img class="chart" src="charts/all.png" alt="chart of all categories">' if chart else "")
+            + paired_table_html(paired_differences(rows, config.get("methods")))
             + f"<h2>Images by category</h2><ul>{''.join(links)}</ul>"
             + (f'<h2>Attention maps</h2><p><a href="attention.html">{attention}</a></p>' if attention else "")
             + conventions_html(described))

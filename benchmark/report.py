@@ -4,6 +4,11 @@ Everything here is rebuilt from the files of a run folder (`python -m benchmark 
 from a run's memory: rows are method x suite category (plus `all`), columns each metric's mean with a 95%
 bootstrap interval and the image count, and each set metric's value (FID: `scores/<name>.sets.json`) as
 one column without an interval. Every metric's convention goes into `results.json` and under the table.
+
+`paired.csv` (and a second table in `summary.md`) compares each method with the baseline (`plain`) image by
+image: the same prompt and seed start from the same noise, so the mean of the per-image differences, with a
+bootstrap interval over those differences, separates two methods with far fewer images than two independent
+means would.
 """
 
 from __future__ import annotations
@@ -21,6 +26,7 @@ from .records import build_samples, read_jsonl, write_text_atomic
 RECORD_FIELDS = {"method", "prompt_id", "suite", "category", "prompt", "objects", "seed", "path", "steps",
                  "guidance", "seconds", "model", "height", "width", "domain", "batch"}
 BOOTSTRAP_SAMPLES = 1000
+BASELINE = "plain"
 
 
 def bootstrap_interval(values: np.ndarray, confidence: float = 0.95, seed: int = 0) -> tuple[float, float]:
@@ -87,6 +93,69 @@ def summarize(rows: list[dict], method_order: list[str] | None = None, sets: dic
             row.update({k: (v if images == len(part) else float("nan")) for k, v in values.items()})
             out.append(row)
     return pd.DataFrame(out)
+
+
+def paired_differences(rows: list[dict], method_order: list[str] | None = None,
+                       baseline: str = BASELINE) -> pd.DataFrame:
+    """Per (method, category) and (method, "all"): each per-image metric of the method minus the baseline's on the
+    same prompt and seed, averaged, with a 95% bootstrap interval over the pairs; for a 0/1 metric also how many
+    images the method gained and lost. Empty when the run has no baseline images."""
+    frame = pd.DataFrame(rows)
+    if frame.empty or baseline not in set(frame["method"]):
+        return pd.DataFrame(columns=["method", "baseline", "category", "pairs"])
+    columns = score_columns(rows)
+    key = ["prompt_id", "seed"]
+    base = frame[frame["method"] == baseline].set_index(key)[columns]
+    found = [m for m in dict.fromkeys(frame["method"]) if m != baseline]
+    methods = [m for m in (method_order or []) if m in found] + [m for m in found if m not in (method_order or [])]
+    out = []
+    for method in methods:
+        joined = frame[frame["method"] == method].set_index(key).join(base, rsuffix="@base", how="inner")
+        for category in list(dict.fromkeys(joined["category"])) + ["all"]:
+            part = joined if category == "all" else joined[joined["category"] == category]
+            row = {"method": method, "baseline": baseline, "category": category, "pairs": len(part)}
+            for column in columns:
+                ours = pd.to_numeric(part[column], errors="coerce")
+                theirs = pd.to_numeric(part[f"{column}@base"], errors="coerce")
+                diff = (ours - theirs).dropna().to_numpy(dtype=float)
+                row[f"{column}_delta"] = float(diff.mean()) if len(diff) else float("nan")
+                row[f"{column}_ci_low"], row[f"{column}_ci_high"] = bootstrap_interval(diff)
+                if len(diff) and set(np.unique(np.concatenate([ours.dropna(), theirs.dropna()]))) <= {0.0, 1.0}:
+                    row[f"{column}_gained"], row[f"{column}_lost"] = int((diff > 0).sum()), int((diff < 0).sum())
+            out.append(row)
+    return pd.DataFrame(out)
+
+
+def paired_cells(paired: pd.DataFrame) -> tuple[list[str], list[list[str]]]:
+    """The paired differences as text cells, "+0.097 [+0.014, +0.181] (9 gained, 2 lost)" per metric (the counts
+    for 0/1 metrics); the Markdown and HTML tables are both made from these."""
+    metrics = [c.removesuffix("_delta") for c in paired.columns if c.endswith("_delta")]
+    rows = []
+    for _, row in paired.iterrows():
+        cells = [str(row["method"]), str(row["category"]), str(int(row["pairs"]))]
+        for metric in metrics:
+            delta = row[f"{metric}_delta"]
+            cell = "n/a" if pd.isna(delta) else \
+                f"{delta:+.3f} [{row[f'{metric}_ci_low']:+.3f}, {row[f'{metric}_ci_high']:+.3f}]"
+            if not pd.isna(row.get(f"{metric}_gained", float("nan"))):
+                cell += f" ({int(row[f'{metric}_gained'])} gained, {int(row[f'{metric}_lost'])} lost)"
+            cells.append(cell)
+        rows.append(cells)
+    return ["method", "category", "pairs"] + metrics, rows
+
+
+def paired_title(paired: pd.DataFrame) -> str:
+    return (f"Paired against `{paired['baseline'].iloc[0]}` (the same prompts and seeds; mean difference per image, "
+            "95% bootstrap interval over the pairs)")
+
+
+def paired_markdown(paired: pd.DataFrame) -> str:
+    if paired.empty:
+        return ""
+    header, rows = paired_cells(paired)
+    lines = ["", paired_title(paired) + ":", "", "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    lines += ["| " + " | ".join(cells) + " |" for cells in rows]
+    return "\n".join(lines) + "\n"
 
 
 def summary_cells(summary: pd.DataFrame) -> tuple[list[str], list[list[str]]]:
@@ -164,13 +233,17 @@ def write_report(run_dir: Path) -> pd.DataFrame:
     rows = build_samples(run_dir)
     sets, sets_described = read_set_scores(run_dir)
     summary = summarize(rows, config.get("methods"), sets)
+    paired = paired_differences(rows, config.get("methods"))
     described = {**config.get("metrics_described", {}), **sets_described}
     write_text_atomic(run_dir / "summary.csv", summary.to_csv(index=False))
+    write_text_atomic(run_dir / "paired.csv", paired.to_csv(index=False))
     title = f"# {config.get('suite')} on {config.get('model')} ({config.get('domain', 'natural')} suites)\n\n"
-    write_text_atomic(run_dir / "summary.md", title + markdown_table(summary) + conventions_text(described))
+    write_text_atomic(run_dir / "summary.md",
+                      title + markdown_table(summary) + paired_markdown(paired) + conventions_text(described))
     results = {"config": config, "versions": library_versions(), "git_commit": git_commit(),
                "metrics": described, "timings": timings(rows, run_dir),
-               "images": len(rows), "summary": json.loads(summary.to_json(orient="records"))}
+               "images": len(rows), "summary": json.loads(summary.to_json(orient="records")),
+               "paired": json.loads(paired.to_json(orient="records"))}
     write_text_atomic(run_dir / "results.json", json.dumps(results, indent=1))
     return summary
 

@@ -10,7 +10,7 @@ from PIL import Image
 from benchmark.cli import main
 from benchmark.generate import RunConfig, RunError, run
 from benchmark.records import read_record
-from benchmark.report import bootstrap_interval, compare, summarize
+from benchmark.report import bootstrap_interval, compare, paired_differences, summarize
 
 FAKE = "fake_metrics:MeanBrightness"
 
@@ -57,6 +57,15 @@ def test_run_writes_images_records_and_tables(finished_run):
     assert {"plain", "sepen", "sepen_finetune"} <= set(results["timings"])
     assert results["timings"]["sepen_finetune"]["checkpoints"] == 2
     assert "torch" in results["versions"]
+    # each sepen image minus the plain image of the same prompt and seed, from the records
+    paired = pd.read_csv(finished_run / "paired.csv")
+    sepen_all = paired[(paired.method == "sepen") & (paired.category == "all")].iloc[0]
+    by_key = {(r["method"], r["prompt_id"], r["seed"]): r["brightness"] for r in rows}
+    diffs = [by_key["sepen", p, s] - by_key["plain", p, s] for p in ("t/0", "t/1") for s in (0, 1, 2)]
+    assert sepen_all["pairs"] == 6 and sepen_all["baseline"] == "plain"
+    assert sepen_all["brightness_delta"] == pytest.approx(np.mean(diffs))
+    assert "Paired against `plain`" in (finished_run / "summary.md").read_text()
+    assert results["paired"][-1]["method"] == "sepen"
 
 
 def test_rerun_generates_nothing_and_report_rebuilds_the_same_tables(finished_run, tiny_model_dir, small_suite):
@@ -110,6 +119,30 @@ def test_bootstrap_interval_brackets_the_mean_and_is_reproducible():
     low, high = bootstrap_interval(values)
     assert low < 0.5 < high and (low, high) == bootstrap_interval(values)
     assert bootstrap_interval(np.ones(5)) == (1.0, 1.0)
+
+
+def test_paired_differences_match_images_by_prompt_and_seed():
+    rows = [  # listed out of order; ("p2", 1) has no plain image and so no pair
+        {"method": "sepen", "category": "two", "prompt_id": "p1", "seed": 1, "ok": 1, "score": 0.5},
+        {"method": "plain", "category": "two", "prompt_id": "p1", "seed": 0, "ok": 1, "score": 0.2},
+        {"method": "sepen", "category": "two", "prompt_id": "p1", "seed": 0, "ok": 0, "score": 0.4},
+        {"method": "plain", "category": "two", "prompt_id": "p1", "seed": 1, "ok": 0, "score": 0.1},
+        {"method": "sepen", "category": "three", "prompt_id": "p3", "seed": 0, "ok": 1, "score": 0.9},
+        {"method": "plain", "category": "three", "prompt_id": "p3", "seed": 0, "ok": 0, "score": 0.6},
+        {"method": "sepen", "category": "two", "prompt_id": "p2", "seed": 1, "ok": 1, "score": 1.0},
+    ]
+    paired = paired_differences(rows).set_index("category")
+    assert list(paired.index) == ["two", "three", "all"] and set(paired["method"]) == {"sepen"}
+    # ok: p1/0 1->0 (lost), p1/1 0->1 (gained), p3/0 0->1 (gained); score: +0.2, +0.4, +0.3
+    assert paired.loc["all", "pairs"] == 3 and paired.loc["two", "pairs"] == 2
+    assert paired.loc["all", "ok_delta"] == pytest.approx(1 / 3)
+    assert (paired.loc["all", "ok_gained"], paired.loc["all", "ok_lost"]) == (2, 1)
+    assert paired.loc["two", "ok_delta"] == 0 and paired.loc["three", "score_delta"] == pytest.approx(0.3)
+    assert paired.loc["all", "score_delta"] == pytest.approx(0.3)
+    assert (paired.loc["all", "score_ci_low"], paired.loc["all", "score_ci_high"]) == pytest.approx(
+        bootstrap_interval(np.array([0.2, 0.4, 0.3])))
+    assert "score_gained" not in paired.columns  # not a 0/1 metric
+    assert paired_differences([r for r in rows if r["method"] == "sepen"]).empty  # no baseline, no table
 
 
 def test_summary_of_binary_column_counts_rates():

@@ -65,6 +65,8 @@ def test_report_pages_grids_and_marks(report_run, tmp_path):
             assert cell in text
     plain_all = summary[(summary.method == "plain") & (summary.category == "all")].iloc[0]
     assert plain_all["presence_all_mean"] == 0.5  # seed 1 misses an object in each of the 4 prompts
+    # sepen against plain image by image: gains the 4 seed-1 images, ties the 3 scored seed-0 ones
+    assert "Paired against plain" in text and "+0.571 [" in text and "(4 gained, 0 lost)" in text
     # every grid image once, over the pages; marks from the scores
     figures = []
     for name in pages:
