@@ -32,7 +32,7 @@ import pandas as pd
 from PIL import Image
 
 from .records import read_jsonl, write_text_atomic
-from .report import paired_cells, paired_differences, paired_title, set_columns, summary_cells, write_report
+from .report import ordered_methods, paired_cells, paired_title, set_columns, summary_cells, write_report
 
 REPORT_DIR = "report"
 THUMB_SIZE = 128
@@ -217,13 +217,14 @@ def category_pages(category: str, prompts: int, per_page: int) -> list[str]:
 
 def _load(run_dir: Path):
     config = json.loads((run_dir / "run_config.json").read_text())
-    if not (run_dir / "summary.csv").exists() or not (run_dir / "samples.jsonl").exists():
+    if not all((run_dir / name).exists() for name in ("summary.csv", "paired.csv", "samples.jsonl")):
         write_report(run_dir)
     summary = pd.read_csv(run_dir / "summary.csv")
+    paired = pd.read_csv(run_dir / "paired.csv")
     rows = read_jsonl(run_dir / "samples.jsonl")
     results = run_dir / "results.json"
     described = json.loads(results.read_text()).get("metrics", {}) if results.exists() else {}
-    return config, summary, rows, described or config.get("metrics_described", {})
+    return config, summary, paired, rows, described or config.get("metrics_described", {})
 
 
 def write_html_report(run_dir: Path, attention_prompts: int = 2, context=None, device: str = "auto",
@@ -234,13 +235,13 @@ def write_html_report(run_dir: Path, attention_prompts: int = 2, context=None, d
     run_dir = Path(run_dir)
     if not (run_dir / "run_config.json").exists():
         raise FileNotFoundError(f"{run_dir} is not a benchmark run folder (no run_config.json)")
-    config, summary, rows, described = _load(run_dir)
+    config, summary, paired, rows, described = _load(run_dir)
     report_dir = run_dir / REPORT_DIR
     report_dir.mkdir(parents=True, exist_ok=True)
     for old in report_dir.glob("*.html"):  # pages of an earlier report (paging can change)
         old.unlink()
     found = list(dict.fromkeys(r["method"] for r in rows))
-    methods = [m for m in config.get("methods", []) if m in found] + [m for m in found if m not in config.get("methods", [])]
+    methods = ordered_methods(found, config.get("methods"))
     seeds = sorted({int(r["seed"]) for r in rows})
     categories = list(dict.fromkeys(r["category"] for r in rows))
     per_page = max(1, images_per_page // max(1, len(methods) * len(seeds)))
@@ -285,7 +286,7 @@ def write_html_report(run_dir: Path, attention_prompts: int = 2, context=None, d
             f"{html.escape(', '.join(methods))}.</p>"
             "<h2>Summary (mean [95% bootstrap interval])</h2>" + summary_table_html(summary)
             + ('<img class="chart" src="charts/all.png" alt="chart of all categories">' if chart else "")
-            + paired_table_html(paired_differences(rows, config.get("methods")))
+            + paired_table_html(paired)
             + f"<h2>Images by category</h2><ul>{''.join(links)}</ul>"
             + (f'<h2>Attention maps</h2><p><a href="attention.html">{attention}</a></p>' if attention else "")
             + conventions_html(described))

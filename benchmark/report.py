@@ -66,6 +66,12 @@ def set_columns(summary: pd.DataFrame) -> list[str]:
             and not c.endswith(("_mean", "_ci_low", "_ci_high"))]
 
 
+def ordered_methods(found: list[str], order: list[str] | None) -> list[str]:
+    """The methods found, those the run config lists first in its order, then any others as found."""
+    order = order or []
+    return [m for m in order if m in found] + [m for m in found if m not in order]
+
+
 def summarize(rows: list[dict], method_order: list[str] | None = None, sets: dict | None = None) -> pd.DataFrame:
     """One row per (method, category) and per (method, "all"), methods in `method_order` (else as found).
     `sets` (from `read_set_scores`) adds the set metrics' columns; a value computed over another number of
@@ -76,7 +82,7 @@ def summarize(rows: list[dict], method_order: list[str] | None = None, sets: dic
     if frame.empty:
         return pd.DataFrame(columns=["method", "category", "images"])
     found = list(dict.fromkeys(frame["method"]))
-    methods = [m for m in (method_order or []) if m in found] + [m for m in found if m not in (method_order or [])]
+    methods = ordered_methods(found, method_order)
     categories = list(dict.fromkeys(frame["category"]))
     for method in methods:
         for category in categories + ["all"]:
@@ -101,13 +107,14 @@ def paired_differences(rows: list[dict], method_order: list[str] | None = None,
     same prompt and seed, averaged, with a 95% bootstrap interval over the pairs; for a 0/1 metric also how many
     images the method gained and lost. Empty when the run has no baseline images."""
     frame = pd.DataFrame(rows)
+    empty = pd.DataFrame(columns=["method", "baseline", "category", "pairs"])  # still a CSV header when written
     if frame.empty or baseline not in set(frame["method"]):
-        return pd.DataFrame(columns=["method", "baseline", "category", "pairs"])
+        return empty
     columns = score_columns(rows)
     key = ["prompt_id", "seed"]
     base = frame[frame["method"] == baseline].set_index(key)[columns]
     found = [m for m in dict.fromkeys(frame["method"]) if m != baseline]
-    methods = [m for m in (method_order or []) if m in found] + [m for m in found if m not in (method_order or [])]
+    methods = ordered_methods(found, method_order)
     out = []
     for method in methods:
         joined = frame[frame["method"] == method].set_index(key).join(base, rsuffix="@base", how="inner")
@@ -123,7 +130,7 @@ def paired_differences(rows: list[dict], method_order: list[str] | None = None,
                 if len(diff) and set(np.unique(np.concatenate([ours.dropna(), theirs.dropna()]))) <= {0.0, 1.0}:
                     row[f"{column}_gained"], row[f"{column}_lost"] = int((diff > 0).sum()), int((diff < 0).sum())
             out.append(row)
-    return pd.DataFrame(out)
+    return pd.DataFrame(out) if out else empty
 
 
 def paired_cells(paired: pd.DataFrame) -> tuple[list[str], list[list[str]]]:

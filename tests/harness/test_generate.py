@@ -143,6 +143,8 @@ def test_paired_differences_match_images_by_prompt_and_seed():
         bootstrap_interval(np.array([0.2, 0.4, 0.3])))
     assert "score_gained" not in paired.columns  # not a 0/1 metric
     assert paired_differences([r for r in rows if r["method"] == "sepen"]).empty  # no baseline, no table
+    plain_only = paired_differences([r for r in rows if r["method"] == "plain"])  # a baseline, nothing to pair
+    assert plain_only.empty and "method" in plain_only.columns  # paired.csv keeps a header that reads back
 
 
 def test_summary_of_binary_column_counts_rates():
