@@ -19,12 +19,13 @@ DOMAIN_FILE = "benchmark_domain.json"
 SHAPES_MODEL = Path(__file__).resolve().parent / "shapes" / "pretrained"
 # What `benchmark run` uses when a flag is not given. Natural: the papers' protocol (50 steps, SepEn's 200 steps at
 # lr 5e-6), no metrics unless asked (their weights must be fetched first). Shapes: the embedded default, sized to
-# finish on 2 CPU cores (README: the full protocol), with the world's instruments.
+# finish on 2 CPU cores (README: the full protocol), with the world's instruments; its guidance 3 (with the model's
+# DDPM sampler) was chosen on a validation seed no result uses (results/shapes/sampler.md).
 RUN_DEFAULTS = {
     NATURAL: {"methods": "plain", "num_seeds": 4, "steps": 50, "guidance": 7.5, "sepen_steps": 200,
               "sepen_lr": 5e-6, "sepen_maps": "probs", "sepen_map_downscale": 4,
               "sepen_latents": "noise", "metrics": ""},
-    SHAPES: {"methods": "plain,attend_excite,sepen", "num_seeds": 2, "steps": 30, "guidance": 7.5,
+    SHAPES: {"methods": "plain,attend_excite,sepen", "num_seeds": 2, "steps": 30, "guidance": 3.0,
              "sepen_steps": 100, "sepen_lr": 3e-5, "sepen_maps": "probs",
              "sepen_map_downscale": 4, "sepen_latents": "noise", "metrics": "presence,clip,fid"},
 }

@@ -78,13 +78,15 @@ def _check_prompts(pipe, prompts: list[SuitePrompt]) -> None:
             raise RunError(f"prompt {item.id}: {err}") from err
 
 
-def _check_run_folder(out: Path, config: RunConfig) -> None:
+def _check_run_folder(out: Path, config: RunConfig, scheduler: str) -> None:
     path = out / "run_config.json"
     if not path.exists():
         return
     saved = json.loads(path.read_text())
-    wanted = config.to_json()
-    differ = [key for key in IMAGE_SETTINGS if saved.get(key) != wanted.get(key)]
+    wanted = {**config.to_json(), "scheduler": scheduler}
+    # the sampler comes with the model folder, so the same --model can sample differently after an edit
+    keys = IMAGE_SETTINGS + (("scheduler",) if "scheduler" in saved else ())  # older folders did not record it
+    differ = [key for key in keys if saved.get(key) != wanted.get(key)]
     if differ:
         raise RunError(f"{out} holds a run made with other {', '.join(differ)} "
                        f"({', '.join(f'{k}={saved.get(k)!r}' for k in differ)}); pass another --out to keep both")
@@ -203,10 +205,11 @@ def run(config: RunConfig) -> Path | None:
         prompts = prompts[:config.limit]
     methods = [get_method(name) for name in config.methods]
     out = Path(config.out)
-    _check_run_folder(out, config)
     state = _distributed(config.device)
     device = str(state.device) if state.num_processes > 1 else config.device
     pipe = load_pipeline(config.model, device=device)
+    scheduler = type(pipe.scheduler).__name__
+    _check_run_folder(out, config, scheduler)
     _check_prompts(pipe, prompts)
     for name in config.metrics:
         get_metric(name)  # an unknown metric is an error before any work
@@ -224,7 +227,7 @@ def run(config: RunConfig) -> Path | None:
     metrics = _setup_metrics(config.metrics, metric_context)
     described = {m.name: m.describe() for m in metrics}
     if state.is_main_process:
-        (out / "run_config.json").write_text(json.dumps({**config.to_json(), "domain": domain,
+        (out / "run_config.json").write_text(json.dumps({**config.to_json(), "scheduler": scheduler, "domain": domain,
                                                          "metrics_described": described}, indent=1))
 
     # Blocks of `batch_size` consecutive seeds are the unit of generation: batched kernels on the CPU can differ

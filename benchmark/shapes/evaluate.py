@@ -10,6 +10,8 @@ square"), generates one image per prompt from its own seeded generator, and repo
 Single-object prompts cycle through all 18 colour x shape objects. Multi-object prompts are random scenes drawn
 from seeds disjoint from the training streams; "heldout" uses the held-out pairs (data.HELDOUT_PAIRS), never
 seen together in training.
+Images are sampled as `benchmark run` samples this world (its steps and guidance, the model's own scheduler);
+`--scheduler` swaps in another sampler to compare (results/shapes/sampler.md).
 """
 
 from __future__ import annotations
@@ -21,12 +23,16 @@ import time
 import numpy as np
 import torch
 
+from ..domains import RUN_DEFAULTS, SHAPES as SHAPES_DOMAIN
 from .data import HELDOUT_PAIRS
 from .detector import presence
 from .geometry import SHAPES
+from .model import SAMPLERS, build_scheduler
 from .world import COLOURS, caption_for, sample_scene
 
 EVAL_STREAM = 3  # data.py's streams 1, 2 and 4 are training's; evaluation scenes come from their own stream
+
+SHAPES_DEFAULTS = RUN_DEFAULTS[SHAPES_DOMAIN]  # the benchmark's sampling settings for this world
 
 
 def eval_prompts(count: int | str, n: int, seed: int = 1000) -> list[list[tuple[str, str]]]:
@@ -43,8 +49,9 @@ def eval_prompts(count: int | str, n: int, seed: int = 1000) -> list[list[tuple[
 
 
 @torch.no_grad()
-def generate(pipe, object_lists, seed: int = 1000, steps: int = 30, guidance: float = 7.5, batch_size: int = 64,
-             guidance_rescale: float = 0.0, eta: float = 0.0):
+def generate(pipe, object_lists, seed: int = 1000, steps: int = SHAPES_DEFAULTS["steps"],
+             guidance: float = SHAPES_DEFAULTS["guidance"], batch_size: int = 64, guidance_rescale: float = 0.0,
+             eta: float = 0.0):
     """One image (HxWx3 float in 0-1) per object list, each from its own generator (seed + index)."""
     images = []
     for start in range(0, len(object_lists), batch_size):
@@ -68,8 +75,8 @@ def score(images, object_lists) -> dict:
                                              for r, objs in zip(results, object_lists)]))}
 
 
-def evaluate(pipe, n_per_count: int = 48, seed: int = 1000, counts=(1, 2, 3, 4), steps: int = 30,
-             guidance: float = 7.5, heldout: bool = True, batch_size: int = 64,
+def evaluate(pipe, n_per_count: int = 48, seed: int = 1000, counts=(1, 2, 3, 4),
+             steps: int = SHAPES_DEFAULTS["steps"], guidance: float = SHAPES_DEFAULTS["guidance"], heldout: bool = True, batch_size: int = 64,
              guidance_rescale: float = 0.0) -> dict:
     """Rates per count ("1".."4", and "heldout" pairs): all_found (= presence for one object), no_extra, exact.
 
@@ -107,9 +114,11 @@ def main(argv=None):
     p.add_argument("--n-per-count", type=int, default=96)
     p.add_argument("--seed", type=int, default=1000)
     p.add_argument("--counts", default="1,2,3,4")
-    p.add_argument("--steps", type=int, default=30)
-    p.add_argument("--guidance", type=float, default=7.5)
+    p.add_argument("--steps", type=int, default=SHAPES_DEFAULTS["steps"])
+    p.add_argument("--guidance", type=float, default=SHAPES_DEFAULTS["guidance"])
     p.add_argument("--guidance-rescale", type=float, default=0.0)
+    p.add_argument("--scheduler", choices=sorted(SAMPLERS), default=None,
+                   help="sample with this scheduler instead of the model's own (to compare samplers)")
     p.add_argument("--no-heldout", action="store_true")
     p.add_argument("--batch-size", type=int, default=64)
     p.add_argument("--device", default="cpu")
@@ -122,6 +131,8 @@ def main(argv=None):
     from sae.models import load_pipeline
 
     pipe = load_pipeline(args.model, device=args.device)
+    if args.scheduler:
+        pipe.scheduler = build_scheduler(args.scheduler)
     t0 = time.time()
     report = evaluate(pipe, args.n_per_count, args.seed, [int(c) for c in args.counts.split(",") if c],
                       args.steps, args.guidance, not args.no_heldout, args.batch_size, args.guidance_rescale)

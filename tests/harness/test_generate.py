@@ -169,6 +169,27 @@ def test_other_settings_in_the_same_folder_are_refused(finished_run, tiny_model_
     assert file_state(finished_run) == before
 
 
+def test_a_model_folder_with_another_sampler_is_refused(tiny_model_dir, small_suite, tmp_path):
+    import shutil
+
+    from diffusers import EulerDiscreteScheduler
+
+    model = tmp_path / "model"
+    shutil.copytree(tiny_model_dir, model)
+    out = tmp_path / "run"
+    run(config(model, small_suite, out, seeds=[0], limit=1))
+    saved = json.loads((out / "run_config.json").read_text())["scheduler"]
+    euler = EulerDiscreteScheduler.from_pretrained(model / "scheduler")
+    euler.save_pretrained(model / "scheduler")  # the same folder now samples with another scheduler
+    index = json.loads((model / "model_index.json").read_text())
+    index["scheduler"] = ["diffusers", "EulerDiscreteScheduler"]
+    (model / "model_index.json").write_text(json.dumps(index))
+    before = file_state(out)
+    with pytest.raises(RunError, match=f"other scheduler \\(scheduler='{saved}'\\)"):
+        run(config(model, small_suite, out, seeds=[0], limit=1))
+    assert file_state(out) == before and saved != "EulerDiscreteScheduler"
+
+
 def test_split_gives_every_unit_to_exactly_one_process():
     from benchmark.generate import split_units
 

@@ -32,10 +32,10 @@ def test_shipped_folder_is_small_safetensors():
 
 
 def test_plain_diffusers_loads_it_offline():
-    from diffusers import DDIMScheduler, StableDiffusionPipeline
+    from diffusers import DDPMScheduler, StableDiffusionPipeline
 
     sd = StableDiffusionPipeline.from_pretrained(str(PRETRAINED), safety_checker=None, requires_safety_checker=False)
-    assert isinstance(sd.scheduler, DDIMScheduler)
+    assert isinstance(sd.scheduler, DDPMScheduler)
     assert sd.scheduler.config.beta_schedule == "scaled_linear"
 
 
