@@ -1,19 +1,18 @@
 """CI's regression check on the shipped shapes model, through the benchmark itself (`benchmark run`):
 
 - single-object presence stays at or above the bar, and SepEn (per-pair finetuning, the shapes defaults) costs it
-  at most 2 points (issue 5's condition);
-- the paper's test-time variant (`sepen_tt`: the same losses as latent updates) beats `plain` on all-objects-present
-  over the `ci` suite's prompts of two to four objects (0.469 vs 0.344 on the shipped model);
-- per-pair finetuning does not beat `plain` there (0.281 vs 0.344): that check is a strict expected failure, so the
-  day a model or method change makes it pass, CI says so and the README's claim gets updated. Meanwhile a
-  guard checks that finetuning does not fall far below `plain` (a broken finetuner: 0.06-0.08 on the tuning set
-  at too large a learning rate, results/shapes/sepen_lr_sweep.md).
+  at most 2 points (issue 5's condition; plain 0.972, SepEn 1.000 here);
+- "SepEn beats plain on all-objects-present" over the `ci` suite's prompts of two to four objects, for per-pair
+  finetuning and for the paper's test-time variant (`sepen_tt`): neither does on the shipped model (plain 0.625,
+  finetuning 0.625, test-time 0.594 here), so both checks are strict expected failures: the day a model or method
+  change makes one pass, CI says so and the README's claim gets updated. Meanwhile guards check that neither
+  falls far below `plain` (a broken finetuner: 0.06-0.08 on the tuning set at too large a learning rate,
+  results/shapes/sepen_lr_sweep.md).
 
 Seeded and run on the CPU, so the numbers are the same on every run of the same code: a failure means the code
 or the model changed, not luck. 32 images are few: the full measurement, 288 images per suite at seeds 0-7 with
-each method paired against plain, is in results/shapes/heldout/ (finetuning -0.003, the test-time variant +0.028
-on two objects).
-"""
+each method paired against plain, is in results/shapes/heldout/ (on two objects finetuning +0.007 [-0.028,
++0.042], the test-time variant +0.035 [-0.014, +0.080]; Attend-and-Excite +0.115 [+0.049, +0.177])."""
 
 import pandas as pd
 import pytest
@@ -80,21 +79,25 @@ def beats_plain(out, method):
 
 
 @pytest.mark.slow
-@pytest.mark.xfail(reason="on the shipped model SepEn's per-pair finetuning does not beat plain: 0.281 vs 0.344 here, "
-                          "-0.003 [-0.035, +0.028] over 288 images (results/shapes/heldout/), and no setting helped on "
-                          "the tuning set (results/shapes/sepen_lr_sweep.md)", strict=True)
+@pytest.mark.xfail(reason="on the shipped model SepEn's per-pair finetuning does not beat plain: 0.625 vs 0.625 here, "
+                          "+0.007 [-0.028, +0.042] on two objects over 288 images (results/shapes/heldout/), and no "
+                          "setting helped on the tuning set (results/shapes/sepen_lr_sweep.md)", strict=True)
 def test_sepen_beats_plain_on_all_objects_present(ci_run):
     beats_plain(ci_run, "sepen")
 
 
 @pytest.mark.slow
-def test_sepen_finetuning_stays_near_plain_on_all_objects_present(ci_run):
-    plain, _ = success(ci_run, "plain", MULTI)
-    rate, n = success(ci_run, "sepen", MULTI)
-    assert n == 32
-    assert rate >= plain - HARM_MARGIN, f"sepen {rate:.3f} vs plain {plain:.3f}: finetuning harms the model"
+@pytest.mark.xfail(reason="with the DDPM sampler plain finds all objects more often and the test-time variant does not "
+                          "beat it: 0.594 vs 0.625 here, +0.035 [-0.014, +0.080] on two objects over 288 images "
+                          "(results/shapes/heldout/)", strict=True)
+def test_sepen_test_time_variant_beats_plain_on_all_objects_present(ci_run):
+    beats_plain(ci_run, "sepen_tt")
 
 
 @pytest.mark.slow
-def test_sepen_test_time_variant_beats_plain_on_all_objects_present(ci_run):
-    beats_plain(ci_run, "sepen_tt")
+@pytest.mark.parametrize("method", ["sepen", "sepen_tt"])
+def test_sepen_stays_near_plain_on_all_objects_present(ci_run, method):
+    plain, _ = success(ci_run, "plain", MULTI)
+    rate, n = success(ci_run, method, MULTI)
+    assert n == 32
+    assert rate >= plain - HARM_MARGIN, f"{method} {rate:.3f} vs plain {plain:.3f}: it harms the model"
