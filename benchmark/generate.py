@@ -227,8 +227,9 @@ def run(config: RunConfig) -> Path | None:
     metrics = _setup_metrics(config.metrics, metric_context)
     described = {m.name: m.describe() for m in metrics}
     if state.is_main_process:
-        (out / "run_config.json").write_text(json.dumps({**config.to_json(), "scheduler": scheduler, "domain": domain,
-                                                         "metrics_described": described}, indent=1))
+        (out / "run_config.json").write_text(json.dumps({**config.to_json(), "scheduler": scheduler,
+                                                         "domain": domain, "metrics_described": described},
+                                                        indent=1))
 
     # Blocks of `batch_size` consecutive seeds are the unit of generation: batched kernels on the CPU can differ
     # from one image at a time by one 8-bit level, so a resumed run regenerates a block whole (writing only its

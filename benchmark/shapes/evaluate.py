@@ -76,8 +76,8 @@ def score(images, object_lists) -> dict:
 
 
 def evaluate(pipe, n_per_count: int = 48, seed: int = 1000, counts=(1, 2, 3, 4),
-             steps: int = SHAPES_DEFAULTS["steps"], guidance: float = SHAPES_DEFAULTS["guidance"], heldout: bool = True, batch_size: int = 64,
-             guidance_rescale: float = 0.0) -> dict:
+             steps: int = SHAPES_DEFAULTS["steps"], guidance: float = SHAPES_DEFAULTS["guidance"],
+             heldout: bool = True, batch_size: int = 64, guidance_rescale: float = 0.0) -> dict:
     """Rates per count ("1".."4", and "heldout" pairs): all_found (= presence for one object), no_extra, exact.
 
     `seed` picks both the prompts and the generators; use seeds other than the ones a result was tuned on.
