@@ -27,12 +27,16 @@ from ..domains import RUN_DEFAULTS, SHAPES as SHAPES_DOMAIN
 from .data import HELDOUT_PAIRS
 from .detector import presence
 from .geometry import SHAPES
-from .model import SAMPLERS, build_scheduler
 from .world import COLOURS, caption_for, sample_scene
 
 EVAL_STREAM = 3  # data.py's streams 1, 2 and 4 are training's; evaluation scenes come from their own stream
 
 SHAPES_DEFAULTS = RUN_DEFAULTS[SHAPES_DOMAIN]  # the benchmark's sampling settings for this world
+# --scheduler: diffusers schedulers to compare, each built from the model's own scheduler config (its betas,
+# prediction type and timestep spacing), as diffusers swaps schedulers
+SAMPLERS = {"ddpm": "DDPMScheduler", "ddim": "DDIMScheduler", "euler_ancestral": "EulerAncestralDiscreteScheduler",
+            "euler": "EulerDiscreteScheduler", "dpm": "DPMSolverMultistepScheduler",
+            "unipc": "UniPCMultistepScheduler"}
 
 
 def eval_prompts(count: int | str, n: int, seed: int = 1000) -> list[list[tuple[str, str]]]:
@@ -132,7 +136,9 @@ def main(argv=None):
 
     pipe = load_pipeline(args.model, device=args.device)
     if args.scheduler:
-        pipe.scheduler = build_scheduler(args.scheduler)
+        import diffusers
+
+        pipe.scheduler = getattr(diffusers, SAMPLERS[args.scheduler]).from_config(pipe.scheduler.config)
     t0 = time.time()
     report = evaluate(pipe, args.n_per_count, args.seed, [int(c) for c in args.counts.split(",") if c],
                       args.steps, args.guidance, not args.no_heldout, args.batch_size, args.guidance_rescale)
