@@ -26,7 +26,7 @@ from sae.tokens import encode_prompt_ids
 
 from .domains import model_domain, prompts_dir
 from .methods import GenerationContext, get_method
-from .metrics import MetricContext, MetricUnavailable, SetMetric, get_metric
+from .metrics import MetricContext, MetricUnavailable, SetMetric, get_metric, suite_vocabulary
 from .records import (append_jsonl, image_path, read_scores, record_key, scan_records, write_image,
                       write_text_atomic)
 from .report import write_report
@@ -181,8 +181,10 @@ def rescore(run_dir: Path, metric_names: list[str] | None = None, metric_models:
     for name in names:
         get_metric(name)  # unknown names fail before any work
     models = {**config.get("metric_models", {}), **(metric_models or {})}
+    domain = config.get("domain", "natural")
+    vocabulary = suite_vocabulary(config.get("suite", ""), domain, lambda: scan_records(run_dir))
     metrics = _setup_metrics(names, MetricContext(device=str(resolve_device(device)), model_paths=models,
-                                                  domain=config.get("domain", "natural")))
+                                                  domain=domain, vocabulary=vocabulary))
     score_missing(run_dir, metrics, progress=progress, again=again)
     described = {**config.get("metrics_described", {}), **{m.name: m.describe() for m in metrics}}
     config.update(metrics=sorted(set(config.get("metrics", [])) | set(names)), metrics_described=described)
@@ -223,7 +225,8 @@ def run(config: RunConfig) -> Path | None:
     for method in methods:
         method.check(context)  # settings a method cannot run with fail here, not after other methods' images
     out.mkdir(parents=True, exist_ok=True)
-    metric_context = MetricContext(device=str(pipe.device), model_paths=config.metric_models, domain=domain)
+    metric_context = MetricContext(device=str(pipe.device), model_paths=config.metric_models, domain=domain,
+                                   vocabulary=suite_vocabulary(config.suite, domain))  # whole suite, not --limit
     metrics = _setup_metrics(config.metrics, metric_context)
     described = {m.name: m.describe() for m in metrics}
     if state.is_main_process:

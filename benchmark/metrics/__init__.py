@@ -17,11 +17,13 @@ class MetricUnavailable(RuntimeError):
 
 @dataclass
 class MetricContext:
-    """What a metric may use: the run's device, model paths given by the user, the pipeline's domain."""
+    """What a metric may use: the run's device, model paths given by the user, the pipeline's domain, and the
+    suite's object vocabulary (every distinct detector query of the whole suite; empty: each prompt's own)."""
 
     device: str = "cpu"
     model_paths: dict = field(default_factory=dict)  # metric name -> local path or hub id
     domain: str = "natural"
+    vocabulary: list[str] = field(default_factory=list)
 
 
 class Metric:
@@ -93,6 +95,28 @@ def domain_model(metric: str, context: MetricContext):
     if metric in context.model_paths:
         return None
     return DOMAIN_MODELS.get((metric, context.domain))
+
+
+def object_vocabulary(items) -> list[str]:
+    """Sorted distinct queries (`query`, else `name`) of the objects of suite prompts or records."""
+    queries = set()
+    for item in items:
+        for obj in item["objects"] if isinstance(item, dict) else item.objects:
+            obj = obj if isinstance(obj, dict) else obj.__dict__
+            queries.add(obj.get("query") or obj["name"])
+    return sorted(queries)
+
+
+def suite_vocabulary(suite: str, domain: str, fallback=tuple) -> list[str]:
+    """The object vocabulary of a whole suite of the domain, or of the records `fallback()` gives when the suite
+    cannot be read (a run folder whose suite file has moved)."""
+    from ..domains import prompts_dir
+    from ..suites import load_suite
+
+    try:
+        return object_vocabulary(load_suite(suite, prompts_dir(domain)))
+    except (OSError, ValueError):  # SuiteError is a ValueError
+        return object_vocabulary(fallback())
 
 
 def register_metric(cls: type[Metric]) -> type[Metric]:

@@ -1,8 +1,9 @@
 """BLIP similarity (the Attend-and-Excite definition the paper reports) and BLIP image-text matching.
 
 - `blip_similarity`: caption the image with BLIP, then the cosine between the CLIP ViT-B/16 text embedding of
-  the caption (raw, normalised) and the prompt's embedding averaged over the 80 ImageNet templates, exactly as
-  A&E's `metrics/blip_captioning_and_clip_similarity.py` does (a text-text similarity). The CLIP side is the
+  the caption (raw, normalised) and the prompt's embedding averaged over the 80 ImageNet templates (cleaned of
+  "a a" and "the a"), exactly as A&E's `metrics/blip_captioning_and_clip_similarity.py` does (a text-text
+  similarity). The CLIP side is the
   `clip` metric's own code and weights (`--metric-model clip=...`). The captioner is transformers'
   `BlipForConditionalGeneration`, by default `Salesforce/blip-image-captioning-base` (BLIP base with CapFilt-L,
   finetuned on COCO captioning: the checkpoint of LAVIS' `blip_caption base_coco` that A&E load), with LAVIS'
@@ -57,8 +58,9 @@ class BlipScore(Metric):
     columns = {"blip_similarity": True, "blip_itm": True}
     convention = (f"caption: BLIP {DEFAULT_CAPTIONER} (unless --metric-model blip=...), prompt {CAPTION_PROMPT!r} "
                   f"removed, beams {GENERATION['num_beams']}, {GENERATION['min_length']}-{GENERATION['max_length']} "
-                  "tokens; blip_similarity = cosine of open_clip ViT-B-16 text embeddings of the raw caption and of "
-                  "the prompt averaged over the 80 ImageNet templates (A&E); blip_itm = softmax of the ITM head "
+                  "tokens; blip_similarity = cosine of open_clip ViT-B-16 (QuickGELU, OpenAI weights) text "
+                  "embeddings of the raw caption and of the prompt averaged over the 80 ImageNet templates, each "
+                  "cleaned of 'a a' and 'the a' (-> 'a', A&E); blip_itm = softmax of the ITM head "
                   f"of {DEFAULT_ITM} (unless --metric-model blip.itm=...), class 1, raw prompt")
 
     def __init__(self, caption_model=None, caption_processor=None, itm_model=None, itm_processor=None,

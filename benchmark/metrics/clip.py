@@ -2,12 +2,16 @@
 
 - `clip_full`: cosine between the image embedding and the prompt's text embedding, where the text embedding is
   the normalised mean of the (normalised) embeddings of the prompt in the 80 ImageNet templates
-  ("a bad photo of a {}.", ...), as A&E's metric script does.
+  ("a bad photo of a {}.", ...), each filled text cleaned of "a a" and "the a" (-> "a"), as A&E's metric script
+  does.
 - `clip_min_object`: the prompt split on " and " (else " with "): every part scored the same way, the image's
   minimum. For three or more objects every object counts.
 - `clip_full_tm`: torchmetrics' CLIPScore convention, `max(100 * cos, 0)` on the raw prompt (no templates).
   torchmetrics' own class is not used: its 1.9.0 breaks with transformers 5 and it takes only transformers
   CLIP models, while the A&E convention is open_clip's ViT-B/16.
+
+The model is ViT-B/16 with QuickGELU, the activation OpenAI trained its weights with (open_clip's plain
+`ViT-B-16` config has GELU and would run those weights with the wrong activation).
 """
 
 from __future__ import annotations
@@ -30,6 +34,29 @@ def object_phrases(prompt: str) -> list[str]:
     return [part.strip() for part in prompt.split(joiner) if part.strip()]
 
 
+def imagenet_template_texts(prompt: str) -> list[str]:
+    """The prompt in the 80 ImageNet templates, each text cleaned as A&E's script does: plain substring replaces of
+    "a a" and "the a" by "a" ("a a cat." -> "a cat.", "itap of the a cat." -> "itap of a cat.")."""
+    from open_clip.zero_shot_metadata import OPENAI_IMAGENET_TEMPLATES
+
+    return [template(prompt).replace("a a", "a").replace("the a", "a") for template in OPENAI_IMAGENET_TEMPLATES]
+
+
+def create_clip(source: str | None = "openai", device: str = "cpu"):
+    """(model, preprocess, tokenizer): open_clip ViT-B/16 with QuickGELU on every route. `source` is an open_clip
+    tag ("openai"), a weights file for ViT-B-16, an open_clip folder (open_clip_config.json + weights), or None
+    (random weights). Raises what open_clip raises when the weights cannot be had."""
+    import open_clip
+
+    folder = source is not None and Path(source).is_dir()
+    name = f"local-dir:{source}" if folder else MODEL_NAME
+    if folder and not any(Path(source).glob(p) for p in ("*.safetensors", "*.bin", "*.pth")):
+        raise FileNotFoundError(f"no weights in {source}")  # open_clip would build a random model
+    model, _, preprocess = open_clip.create_model_and_transforms(name, pretrained=None if folder else source,
+                                                                 force_quick_gelu=True, device=device)
+    return model.eval(), preprocess, open_clip.get_tokenizer(name)
+
+
 def torchmetrics_clip_score(cosine: torch.Tensor) -> torch.Tensor:
     """torchmetrics' CLIPScore of a cosine: `max(100 * cos, 0)`."""
     return torch.clamp(100 * cosine, min=0)
@@ -40,7 +67,8 @@ class ClipScore(Metric):
     name = "clip"
     description = "CLIP ViT-B/16 full-prompt and minimum-object similarity (A&E), and torchmetrics' CLIPScore"
     columns = {"clip_full": True, "clip_min_object": True, "clip_full_tm": True}
-    convention = ("open_clip ViT-B-16; text = normalised mean of the 80 ImageNet-template embeddings; cosine; "
+    convention = ("open_clip ViT-B-16 with QuickGELU (OpenAI weights); text = normalised mean of the 80 "
+                  "ImageNet-template embeddings, each text cleaned of 'a a' and 'the a' (-> 'a', A&E); cosine; "
                   "min-object splits the prompt on ' and ' (else ' with ') and takes the per-image minimum; "
                   "clip_full_tm = max(100 * cos, 0) on the raw prompt (torchmetrics' convention)")
 
@@ -59,18 +87,10 @@ class ClipScore(Metric):
             self.model, self.preprocess, self.tokenizer, self.convention = factory(context)
             self.use_templates = False
             return
-        import open_clip
-
         source = context.model_paths.get("clip", "openai")  # the blip metric reads the same weights
-        # a weights file (or open_clip tag) for ViT-B-16, or an open_clip folder (open_clip_config.json + weights)
-        folder = Path(source).is_dir()
-        name = f"local-dir:{source}" if folder else MODEL_NAME
         logging.disable(logging.ERROR)  # open_clip logs its failed download; our one line says it with the remedy
         try:
-            if folder and not any(Path(source).glob(p) for p in ("*.safetensors", "*.bin", "*.pth")):
-                raise FileNotFoundError(f"no weights in {source}")  # open_clip would build a random model
-            model, _, preprocess = open_clip.create_model_and_transforms(name, pretrained=None if folder else source,
-                                                                         device=self.device)
+            self.model, self.preprocess, self.tokenizer = create_clip(source, self.device)
         except Exception as err:  # download, file and format errors all mean "no weights here"
             raise MetricUnavailable(
                 f"cannot load open_clip {MODEL_NAME} weights {source!r} ({type(err).__name__}); fetch them where "
@@ -78,17 +98,13 @@ class ClipScore(Metric):
                 "ViT-B-16 file) and pass --metric-model clip=PATH") from err
         finally:
             logging.disable(logging.NOTSET)
-        self.model, self.preprocess = model.eval(), preprocess
-        self.tokenizer = open_clip.get_tokenizer(name)
 
     @torch.no_grad()
     def text_embedding(self, text: str, templates: bool = True) -> torch.Tensor:
-        """Unit text embedding; with `templates`, the normalised mean over the 80 ImageNet templates."""
+        """Unit text embedding; with `templates`, the normalised mean over the 80 (cleaned) ImageNet templates."""
         key = (text, templates)
         if key not in self._text_cache:
-            from open_clip.zero_shot_metadata import OPENAI_IMAGENET_TEMPLATES
-
-            texts = [template(text) for template in OPENAI_IMAGENET_TEMPLATES] if templates else [text]
+            texts = imagenet_template_texts(text) if templates else [text]
             self._text_cache[key] = F.normalize(self.text_embeddings(texts).mean(dim=0), dim=-1)
         return self._text_cache[key]
 

@@ -4,7 +4,13 @@ Columns: `presence_all` (1 when every object is found, as many times as its coun
 rate") and `presence_objects` (the fraction of objects found). The image's record also gets
 `presence_missing`, the objects not found (GenEval's "reason").
 
-The detector is pluggable (`Detector.detect(images, queries) -> detections per image`). The default is OWLv2
+Vocabulary: as in the paper's detector evaluation, the detector is queried with the suite's whole object
+vocabulary at once (`MetricContext.vocabulary`), so each box counts only for the class it scores highest on and
+competing classes suppress look-alikes; the threshold is applied to that best class. `--metric-model
+presence.vocabulary=prompt` queries only the prompt's own objects (more lenient).
+
+The detector is pluggable (`Detector.detect(images, queries) -> detections per image`, each box labelled with
+its best query among the image's queries). The default is OWLv2
 through transformers: it is open-vocabulary, maintained in transformers, and runs offline from a local
 folder; Detic (the paper's) and Grounding DINO need other stacks or custom ops. A query is the object's word,
 or its intended sense for polysemous words ("computer mouse"); the attribute is not part of the query
@@ -25,6 +31,7 @@ from . import Metric, MetricUnavailable, domain_model, register_metric
 DEFAULT_DETECTOR = "google/owlv2-base-patch16-ensemble"
 THRESHOLD = 0.3
 SAME_OBJECT_IOU = 0.5  # boxes of one query overlapping more than this count as one object
+VOCABULARIES = ("suite", "prompt")  # --metric-model presence.vocabulary=...
 
 
 @dataclass(frozen=True)
@@ -96,20 +103,30 @@ class Presence(Metric):
     name = "presence"
     description = "objects found by an open-vocabulary detector (OWLv2): all-present success rate, object rate"
     columns = {"presence_all": True, "presence_objects": True}
-    convention = (f"OWLv2 ({DEFAULT_DETECTOR} unless --metric-model presence=...), query 'a photo of a <object>', "
-                  f"score threshold {THRESHOLD} (the paper's Detic value; uncalibrated for OWLv2), count-aware "
-                  f"with boxes of IoU > {SAME_OBJECT_IOU} merged; success = every object found")
+    base_convention = (f"OWLv2 ({DEFAULT_DETECTOR} unless --metric-model presence=...), query 'a photo of a "
+                       f"<object>', score threshold {THRESHOLD} (the paper's Detic value; uncalibrated for OWLv2), "
+                       f"count-aware with boxes of IoU > {SAME_OBJECT_IOU} merged; success = every object found")
+    convention = (f"{base_convention}; queries: the suite's object vocabulary at once, each box its best class "
+                  "(--metric-model presence.vocabulary=prompt: the prompt's objects only)")
 
-    def __init__(self, detector=None, threshold: float = THRESHOLD):
+    def __init__(self, detector=None, threshold: float = THRESHOLD, vocabulary: list[str] | None = None):
         self.detector, self.threshold = detector, threshold
+        self.vocabulary = list(vocabulary or [])  # empty: each prompt's own objects
 
     def setup(self, context) -> None:
-        if self.detector is not None:
-            return
-        factory = domain_model(self.name, context)
+        mode = context.model_paths.get(f"{self.name}.vocabulary", "suite")
+        if mode not in VOCABULARIES:
+            raise ValueError(f"--metric-model {self.name}.vocabulary takes {' or '.join(VOCABULARIES)}, got {mode!r}")
+        self.vocabulary = list(context.vocabulary or self.vocabulary) if mode == "suite" else []
+        base = self.base_convention
+        factory = None if self.detector is not None else domain_model(self.name, context)
         if factory is not None:  # e.g. the shapes world's exact detector: (detector, convention)
-            self.detector, self.convention = factory(context)
+            self.detector, base = factory(context)
             self.threshold = 0.0
+        rule = (f"the suite's {len(self.vocabulary)}-object vocabulary at once, each box its best class"
+                if self.vocabulary else "the prompt's own objects")
+        self.convention = f"{base}; queries: {rule}"
+        if self.detector is not None:
             return
         source = context.model_paths.get(self.name, DEFAULT_DETECTOR)
         try:
@@ -119,7 +136,15 @@ class Presence(Metric):
                 f"cannot load the OWLv2 detector {source!r} ({type(err).__name__}); download it where there is "
                 f"network (`hf download {DEFAULT_DETECTOR} --local-dir DIR`) and pass --metric-model presence=DIR")
 
+    def queries(self, record: dict) -> list[str]:
+        """The detector's queries for a record: the vocabulary (plus any object of the prompt outside it), or
+        with no vocabulary the prompt's own objects."""
+        own = [o.get("query") or o["name"] for o in record["objects"]]
+        if not self.vocabulary:
+            return own
+        return self.vocabulary + [q for q in dict.fromkeys(own) if q not in self.vocabulary]
+
     def score(self, images, records):
-        queries = [[o.get("query") or o["name"] for o in r["objects"]] for r in records]
+        queries = [self.queries(r) for r in records]
         detections = self.detector.detect([image.convert("RGB") for image in images], queries)
         return [presence_of(dets, r["objects"], self.threshold) for dets, r in zip(detections, records)]

@@ -3,8 +3,10 @@ import math
 import pytest
 import torch
 import torch.nn.functional as F
+from open_clip.model import CLIP, CLIPTextCfg, CLIPVisionCfg
+from open_clip.transformer import QuickGELU
 from open_clip.zero_shot_metadata import OPENAI_IMAGENET_TEMPLATES
-from tiny_metric_models import random_images, save_blip, save_open_clip, tiny_blip, tiny_open_clip
+from tiny_metric_models import CLIP_CONFIG, random_images, save_blip, save_open_clip, tiny_blip, tiny_open_clip
 
 from benchmark.metrics import MetricContext, MetricUnavailable, get_metric
 from benchmark.metrics.blip import CAPTION_PROMPT, GENERATION, BlipScore, strip_prompt
@@ -13,9 +15,18 @@ from benchmark.metrics.clip import ClipScore
 RECORDS = [{"prompt": "a cat and a dog"}, {"prompt": "a red car with a bowl"}, {"prompt": "a frog"}]
 
 
+def quick_gelu_open_clip():
+    """tiny_open_clip's weights in a QuickGELU model, as the clip metric builds it on every route."""
+    model, tokenizer, preprocess = tiny_open_clip()
+    quick = CLIP(embed_dim=CLIP_CONFIG["embed_dim"], vision_cfg=CLIPVisionCfg(**CLIP_CONFIG["vision_cfg"]),
+                 text_cfg=CLIPTextCfg(**CLIP_CONFIG["text_cfg"]), quick_gelu=True)
+    quick.load_state_dict(model.state_dict())
+    return quick.eval(), tokenizer, preprocess
+
+
 def tiny_metric():
     captioner, itm, processor = tiny_blip()
-    model, tokenizer, preprocess = tiny_open_clip()
+    model, tokenizer, preprocess = quick_gelu_open_clip()
     metric = BlipScore(captioner, processor, itm, processor, ClipScore(model=model, tokenizer=tokenizer,
                                                                        preprocess=preprocess))
     metric.setup(MetricContext())
@@ -54,8 +65,8 @@ def test_blip_similarity_is_caption_against_template_averaged_prompt_by_hand(bli
     for record, score in zip(RECORDS, scored):
         with torch.no_grad():
             caption = F.normalize(model.encode_text(tokenizer([score["blip_caption"]]))[0], dim=-1)
-            each = F.normalize(model.encode_text(tokenizer([t(record["prompt"]) for t in OPENAI_IMAGENET_TEMPLATES])),
-                               dim=-1)
+            texts = [t(record["prompt"]).replace("a a", "a").replace("the a", "a") for t in OPENAI_IMAGENET_TEMPLATES]
+            each = F.normalize(model.encode_text(tokenizer(texts)), dim=-1)
         prompt = each.mean(0) / each.mean(0).norm()
         assert score["blip_similarity"] == pytest.approx(float(caption @ prompt), abs=1e-5)
     assert len({round(s["blip_similarity"], 6) for s in scored}) > 1  # the tiny model does see the images
@@ -76,6 +87,7 @@ def test_loads_from_local_folders_like_real_weights(tmp_path, scored):
     metric = get_metric("blip")
     metric.setup(MetricContext(model_paths={"blip": str(caption_dir), "blip.itm": str(itm_dir),
                                             "clip": str(save_open_clip(tmp_path / "clip"))}))
+    assert {type(m) for m in metric.clip.model.modules() if isinstance(m, (QuickGELU, torch.nn.GELU))} == {QuickGELU}
     again = metric.score(random_images(3), RECORDS)
     for a, b in zip(again, scored):
         assert a["blip_caption"] == b["blip_caption"]
