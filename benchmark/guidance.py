@@ -17,7 +17,6 @@ gives no other.
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass, field
 from typing import Callable
 
@@ -26,23 +25,21 @@ import torch
 from diffusers.utils.torch_utils import randn_tensor
 
 from sae.attention import StopForward, capture_cross_attention, object_maps, sharpened_text_maps
-from sae.losses import enhance_loss, gaussian_smooth, separate_loss
-
-# A&E's GaussianSmoothing squares (x / (2 sigma)), i.e. a standard Gaussian of sigma * sqrt(2)
-AE_SIGMA = 0.5 * math.sqrt(2)
+from sae.losses import enhance_loss, gaussian_smooth, separate_loss, smoothing_sigma
 
 
 def attend_excite_loss(maps: torch.Tensor, token_groups) -> torch.Tensor:
     """A&E's loss per image from token maps `(batch, H, W, 77)`: `max_k relu(1 - max smooth(A_k))`."""
     objects = object_maps(sharpened_text_maps(maps), token_groups)  # (batch, K, H, W)
-    peaks = gaussian_smooth(objects, sigma=AE_SIGMA).amax(dim=(-2, -1))
+    peaks = gaussian_smooth(objects, sigma=smoothing_sigma("release")).amax(dim=(-2, -1))
     return torch.relu(1 - peaks).amax(dim=-1)
 
 
-def sepen_test_time_loss(lambda_sep: float = 1.0, lambda_en: float = 0.5, pair_reduction: str = "max"):
+def sepen_test_time_loss(lambda_sep: float = 1.0, lambda_en: float = 0.5, pair_reduction: str = "max",
+                         smoothing: str = "release"):
     def loss(maps: torch.Tensor, token_groups) -> torch.Tensor:
         objects = object_maps(maps, token_groups)
-        total = lambda_en * enhance_loss(objects)
+        total = lambda_en * enhance_loss(objects, smoothing)
         if objects.shape[1] >= 2:
             total = total + lambda_sep * separate_loss(objects, pair_reduction=pair_reduction)
         return total
@@ -141,7 +138,7 @@ def attend_and_excite(num_inference_steps: int = 50, **overrides) -> LatentGuida
 
 
 def sepen_test_time(lambda_sep: float = 1.0, lambda_en: float = 0.5, num_inference_steps: int = 50,
-                    **overrides) -> LatentGuidance:
+                    smoothing: str = "release", **overrides) -> LatentGuidance:
     schedule = {"max_iter_to_alter": scaled_schedule(num_inference_steps).get("max_iter_to_alter", 25)}
-    return LatentGuidance(loss_fn=sepen_test_time_loss(lambda_sep, lambda_en), thresholds={},
+    return LatentGuidance(loss_fn=sepen_test_time_loss(lambda_sep, lambda_en, smoothing=smoothing), thresholds={},
                           **{**schedule, **overrides})

@@ -56,15 +56,17 @@ class AttentionStore:
     """The probability maps of the captured layers during the latest UNet forward.
 
     `maps()` averages them over heads and layers: shape `(batch, H, W, tokens)`, each pixel's row summing to 1
-    over all tokens. The batch is the UNet's batch: with classifier-free guidance, the unconditional half
+    over all tokens; with `keep_heads`, over layers only: `(batch, heads, H, W, tokens)`. The batch is the UNet's batch: with classifier-free guidance, the unconditional half
     comes first and the conditional half second (see `split_guidance`). Gradients are kept when the forward
     runs with autograd on.
     """
 
-    def __init__(self, layer_names: list[str], downscale: int, stop_after_last: bool = False):
+    def __init__(self, layer_names: list[str], downscale: int, stop_after_last: bool = False,
+                 keep_heads: bool = False):
         self.layer_names = list(layer_names)
         self.downscale = downscale
         self.stop_after_last = stop_after_last
+        self.keep_heads = keep_heads
         self.latent_hw: tuple[int, int] | None = None
         self.by_layer: dict[str, torch.Tensor] = {}
 
@@ -79,12 +81,12 @@ class AttentionStore:
         self.by_layer = {}
 
     def record(self, name: str, probs: torch.Tensor) -> None:
-        """`probs`: `(batch, heads, pixels, tokens)`; stored averaged over heads."""
+        """`probs`: `(batch, heads, pixels, tokens)`; stored averaged over heads unless `keep_heads`."""
         h, w = self.map_hw
         if probs.shape[2] != h * w:
             raise RuntimeError(f"layer {name} has {probs.shape[2]} pixels, expected {h}x{w}: "
                                "is the latent size divisible by the UNet's downsampling?")
-        self.by_layer[name] = probs.mean(dim=1)
+        self.by_layer[name] = probs if self.keep_heads else probs.mean(dim=1)
         if self.stop_after_last and len(self.by_layer) == len(self.layer_names):
             raise StopForward
 
@@ -92,8 +94,11 @@ class AttentionStore:
         if not self.by_layer:
             raise RuntimeError("no cross-attention maps were recorded: run the UNet inside the capture")
         h, w = self.map_hw
-        mean = torch.stack(list(self.by_layer.values())).mean(dim=0)
-        return mean.reshape(mean.shape[0], h, w, mean.shape[-1])
+        layers = list(self.by_layer.values())
+        if len({layer.shape for layer in layers}) > 1:
+            raise RuntimeError("the captured layers differ in their number of heads: keep_heads needs equal ones")
+        mean = torch.stack(layers).mean(dim=0)
+        return mean.reshape(*mean.shape[:-2], h, w, mean.shape[-1])
 
 
 class CaptureAttnProcessor:
@@ -145,14 +150,14 @@ class CaptureAttnProcessor:
 
 
 @contextmanager
-def capture_cross_attention(unet, downscale: int = 4, stop_after_last: bool = False):
+def capture_cross_attention(unet, downscale: int = 4, stop_after_last: bool = False, keep_heads: bool = False):
     """Capture the cross-attention maps at 1/`downscale` of the latent side while the context is open.
 
     With `stop_after_last`, the UNet forward ends (with `StopForward`) right after the last captured layer:
-    training needs nothing beyond it. Yields the `AttentionStore`.
+    training needs nothing beyond it. `keep_heads` keeps every head's maps. Yields the `AttentionStore`.
     """
     names = cross_attention_layers(unet, downscale)
-    store = AttentionStore(names, downscale, stop_after_last)
+    store = AttentionStore(names, downscale, stop_after_last, keep_heads)
     original = unet.attn_processors
     processors = dict(original)
     processors.update({name: CaptureAttnProcessor(store, name) for name in names})

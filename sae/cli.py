@@ -50,7 +50,8 @@ def build_parser() -> argparse.ArgumentParser:
     what = train.add_mutually_exclusive_group(required=True)
     what.add_argument("--prompt", help='per-pair training prompt, e.g. "a photo of a cat and a dog"')
     what.add_argument("--concepts", type=Path,
-                      help="large-scale training: a text file with one concept per line, or a JSON list")
+                      help="large-scale training: a text file with one concept per line, a JSON list, or a JSON "
+                           "object whose 'train' (or 'concepts') key lists them (prompts/sepen_large_concepts.json)")
     train.add_argument("--objects", help="comma-separated object words of --prompt, e.g. cat,dog")
     train.add_argument("--out", required=True, type=Path, help="output folder (resumed if it holds this run)")
     train.add_argument("--steps", type=int, help="default: 200 per pair, 10000 large-scale")
@@ -63,6 +64,19 @@ def build_parser() -> argparse.ArgumentParser:
                        help="which attn2 projection to train (k is the method; q and v are the ablation)")
     train.add_argument("--pair-reduction", choices=["max", "mean"], default=defaults.pair_reduction,
                        help="Separate over object pairs when a prompt has 3+ objects")
+    train.add_argument("--latent-scale", choices=["vae", "unit"], default=defaults.latent_scale,
+                       help="std of the Gaussian clean latents: the VAE's scaling_factor (the release; 0.18 on SD "
+                            "1.x) or 1")
+    train.add_argument("--smoothing", choices=["release", "textbook"], default=defaults.smoothing,
+                       help="Enhance's Gaussian kernel: the release's [0.212, 0.576, 0.212] or the textbook "
+                            "[0.107, 0.787, 0.107]")
+    train.add_argument("--norm-step", choices=["combined", "separate"],
+                       help="with the norm loss: one optimizer step on the sum, or a second step on the norm loss "
+                            "alone (default: combined per pair, separate large-scale, as the release)")
+    train.add_argument("--release-quirks", action="store_true",
+                       help="reproduce the release's quirks: heads kept apart (max over heads), only the second "
+                            "half of each batch used, and large-scale token positions fixed at 6 and 9 "
+                            "(docs/protocol.md)")
     train.add_argument("--seed", type=int, default=defaults.seed, help="seeds the latents, timesteps and pair draws")
     train.add_argument("--checkpoint-every", type=int, default=defaults.checkpoint_every,
                        help="steps between checkpoints (a rerun resumes from the last)")
@@ -95,11 +109,23 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _read_concepts(path: Path) -> list[str]:
+def read_concepts(path: Path) -> list[str]:
+    """Concepts for large-scale training: a JSON list, a JSON object with a `train` (the shipped
+    prompts/sepen_large_concepts.json) or `concepts` list, or a text file with one concept a line."""
+    if not path.is_file():
+        raise FileNotFoundError(f"--concepts {path}: no such file; pass a JSON list or a text file of concepts")
     text = path.read_text()
     if path.suffix == ".json":
-        data = json.loads(text)
-        return [str(c) for c in (data if isinstance(data, list) else data["concepts"])]
+        try:
+            data = json.loads(text)
+        except json.JSONDecodeError as err:
+            raise ValueError(f"--concepts {path}: not valid JSON ({err.msg}, line {err.lineno})") from None
+        if isinstance(data, dict):
+            data = next((data[key] for key in ("train", "concepts") if key in data), None)
+        if not isinstance(data, list) or not all(isinstance(c, str) for c in data):
+            raise ValueError(f"--concepts {path}: expected a JSON list of concept strings, or an object with a "
+                             "'train' or 'concepts' list of them")
+        return [c.strip() for c in data if c.strip()]
     return [line.strip() for line in text.splitlines() if line.strip() and not line.startswith("#")]
 
 
@@ -109,14 +135,17 @@ def cmd_train(args) -> int:
     from .tokens import find_token_indices
 
     large = args.concepts is not None
-    overrides = {k: v for k, v in {"steps": args.steps, "learning_rate": args.lr,
-                                   "lambda_norm": args.lambda_norm}.items() if v is not None}
+    overrides = {k: v for k, v in {"steps": args.steps, "learning_rate": args.lr, "lambda_norm": args.lambda_norm,
+                                   "norm_step": args.norm_step}.items() if v is not None}
     common = dict(batch_size=args.batch_size, lambda_sep=args.lambda_sep, lambda_en=args.lambda_en,
                   projection=args.projection, pair_reduction=args.pair_reduction, seed=args.seed,
-                  checkpoint_every=args.checkpoint_every, mixed_precision=args.mixed_precision)
+                  checkpoint_every=args.checkpoint_every, mixed_precision=args.mixed_precision,
+                  latent_scale=args.latent_scale, smoothing=args.smoothing)
     config = (FinetuneConfig.large_scale if large else FinetuneConfig)(**common, **overrides)
+    if args.release_quirks:
+        config = config.with_release_quirks(large_scale=large)
     if large:
-        source = ConceptPool(_read_concepts(args.concepts))
+        source = ConceptPool(read_concepts(args.concepts))
     else:
         if not args.objects:
             raise ValueError("--objects is required with --prompt (the object words, e.g. --objects cat,dog)")

@@ -1,8 +1,9 @@
 """The SepEn finetuner: trains only the cross-attention projections (`attn2.to_k` by default).
 
-Each step (no image data, as in the paper): random latents are noised to a timestep drawn uniformly from
-[0, 1000), the UNet runs on the concept-pair prompts with the 1/4-resolution maps captured, and
-`lambda_sep * Separate + lambda_en * Enhance` is minimised. The UNet forward stops right after the last
+Each step (no image data, as in the paper and its release): "clean" latents drawn as Gaussian noise times the
+VAE's `scaling_factor` (std 0.18 for SD 1.x) are noised by the DDPM forward process of the model's training betas
+(whatever its sampling scheduler) to a timestep drawn uniformly from [0, 1000), the UNet runs on the concept-pair
+prompts with the 1/4-resolution maps captured, and `lambda_sep * Separate + lambda_en * Enhance` is minimised. The UNet forward stops right after the last
 captured layer (`StopForward`): the rest of the network cannot change the maps, so it is neither run nor
 backpropagated. `latents="samples"` noises the base model's own samples of the pair prompt instead of
 Gaussian latents (a departure from the paper, measured on the shapes model: results/shapes/sepen_lr_sweep.md).
@@ -28,12 +29,18 @@ from tqdm.auto import tqdm
 
 from .attention import MAP_KINDS, StopForward, capture_cross_attention, object_maps
 from .checkpoint import base_fingerprints, load_delta, save_delta
-from .losses import enhance_loss, norm_loss, separate_loss
+from .losses import SMOOTHING_KERNELS, enhance_peaks, norm_loss, separate_loss
 from .sampling import generate
 from .tokens import find_token_indices
 
 PROJECTIONS = ("k", "q", "v")
 LATENT_SOURCES = ("noise", "samples")
+LATENT_SCALES = ("vae", "unit")
+NORM_STEPS = ("combined", "separate")
+HEAD_REDUCTIONS = ("mean", "max")
+# The release's large-scale script reads the maps of these token positions whatever the prompt: for
+# "a photo of a cat and a dog" they are "and" and the end token.
+RELEASE_TOKEN_POSITIONS = (6, 9)
 # latents="samples" draws its samples from seeds far from the benchmark's (0-63 and the tuning seeds 200-203),
 # so that no finetuning sees the starting noise of an image it is scored on.
 SAMPLE_SEED_BASE = 1_000_000
@@ -52,7 +59,7 @@ class FinetuneConfig:
 
     steps: int = 200
     batch_size: int = 4
-    learning_rate: float = 5e-6  # the task statement's; the public scripts' effective rate is 8e-6
+    learning_rate: float = 5e-6  # the paper's; the release's scripts' effective rate is 8e-6
     adam_betas: tuple[float, float] = (0.9, 0.999)
     weight_decay: float = 1e-2
     adam_eps: float = 1e-8
@@ -64,6 +71,13 @@ class FinetuneConfig:
     pair_reduction: str = "max"  # Separate over pairs of objects when a prompt has three or more
     map_downscale: int = 4  # maps at 1/4 of the latent side (16x16 for SD 1.x)
     maps: str = "probs"  # probs: softmax over all tokens (the method); sharpened: Attend-and-Excite's text maps
+    smoothing: str = "release"  # Enhance's Gaussian kernel: release [0.212, 0.576, 0.212] or textbook (sae.losses)
+    # Amplitude of the Gaussian "clean" latents: "vae", times the VAE's scaling_factor (the release: std 0.18215
+    # for SD 1.x); "unit", std 1 (the amplitude of real images' latents).
+    latent_scale: str = "vae"
+    # With the norm loss: "combined", one optimizer step on the sum (the release's per-pair run); "separate", a
+    # second AdamW step on the norm loss alone, with its own backward and clipping (the release's large-scale run).
+    norm_step: str = "combined"
     latent_size: int | None = None  # default: the UNet's sample_size
     # What gets noised: "noise", Gaussian latents (the paper: no image data); "samples", the base model's own
     # samples of the pair prompt (a departure, for models whose words attend only where an image has objects).
@@ -77,11 +91,21 @@ class FinetuneConfig:
     seed: int = 0
     checkpoint_every: int = 50
     mixed_precision: str = "no"  # no | bf16 | fp16 (CUDA autocast; weights stay fp32)
+    # The release's quirks, off by default (`with_release_quirks` turns them on; docs/protocol.md):
+    heads: str = "mean"  # "max": heads kept apart, the losses take the max over heads and pixels
+    conditional_half: bool = False  # True: only the second half of each batch enters the losses
+    token_positions: tuple[int, ...] | None = None  # fixed object token positions instead of the tokenizer's
 
     @classmethod
     def large_scale(cls, **overrides) -> "FinetuneConfig":
-        """The paper's large-scale run: 10,000 steps, lr 4e-6, norm loss 0.5."""
-        return cls(**{"steps": 10_000, "learning_rate": 4e-6, "lambda_norm": 0.5, **overrides})
+        """The paper's large-scale run: 10,000 steps, lr 4e-6, norm loss 0.5 in its own optimizer step."""
+        return cls(**{"steps": 10_000, "learning_rate": 4e-6, "lambda_norm": 0.5, "norm_step": "separate",
+                      **overrides})
+
+    def with_release_quirks(self, large_scale: bool = False) -> "FinetuneConfig":
+        """This config with the release's quirks on; large-scale also reads its hard-coded token positions."""
+        return dataclasses.replace(self, heads="max", conditional_half=True,
+                                   token_positions=RELEASE_TOKEN_POSITIONS if large_scale else None)
 
     def __post_init__(self):
         if self.projection not in PROJECTIONS:
@@ -90,8 +114,13 @@ class FinetuneConfig:
             raise ValueError(f"maps must be one of {tuple(MAP_KINDS)}, got {self.maps!r}")
         if self.mixed_precision not in ("no", "bf16", "fp16"):
             raise ValueError(f"mixed_precision must be no, bf16 or fp16, got {self.mixed_precision!r}")
-        if self.latents not in LATENT_SOURCES:
-            raise ValueError(f"latents must be one of {LATENT_SOURCES}, got {self.latents!r}")
+        choices = {"latents": LATENT_SOURCES, "latent_scale": LATENT_SCALES, "norm_step": NORM_STEPS,
+                   "heads": HEAD_REDUCTIONS, "smoothing": SMOOTHING_KERNELS}
+        for name, allowed in choices.items():
+            if getattr(self, name) not in allowed:
+                raise ValueError(f"{name} must be one of {allowed}, got {getattr(self, name)!r}")
+        if self.token_positions is not None:
+            self.token_positions = tuple(int(p) for p in self.token_positions)
         self.adam_betas = tuple(self.adam_betas)
         self.timesteps = tuple(self.timesteps)
         if len(self.timesteps) != 2 or not 0 <= self.timesteps[0] < self.timesteps[1]:
@@ -103,6 +132,11 @@ class FinetuneConfig:
 
 def with_article(word: str) -> str:
     return f"{'an' if word[:1].lower() in 'aeiou' else 'a'} {word}"
+
+
+def release_pair_prompt(phrases: list[str]) -> str:
+    """The release's per-pair training prompt, "a photo of {c1} and {c2}" (each concept with its article)."""
+    return "a photo of " + " and ".join(with_article(p) for p in phrases)
 
 
 @dataclass
@@ -165,21 +199,36 @@ def encode_prompts(pipe, prompts: list[str]) -> torch.Tensor:
 
 
 def sepen_losses(unet, noisy_latents, timesteps, text_embeddings, token_groups,
-                 pair_reduction: str = "max", map_downscale: int = 4, maps_kind: str = "probs"
+                 pair_reduction: str = "max", map_downscale: int = 4, maps_kind: str = "probs",
+                 smoothing: str = "release", heads: str = "mean", conditional_half: bool = False
                  ) -> dict[str, torch.Tensor]:
     """Separate and Enhance of one UNet pass (stopped after the last captured layer), averaged over the batch.
 
     `maps_kind` "sharpened" reads the losses off Attend-and-Excite's text maps instead of the raw probabilities
     (`sae.attention.sharpened_text_maps`): a departure from the paper, for models whose object tokens get a small
-    share of each pixel's attention (the shapes model: 3-4%).
+    share of each pixel's attention (the shapes model: 3-4%). `heads="max"` and `conditional_half` reproduce the
+    release's quirks (FinetuneConfig).
     """
-    with capture_cross_attention(unet, map_downscale, stop_after_last=True) as store:
+    keep_heads = heads == "max"
+    with capture_cross_attention(unet, map_downscale, stop_after_last=True, keep_heads=keep_heads) as store:
         try:
             unet(noisy_latents, timesteps, encoder_hidden_states=text_embeddings)
         except StopForward:
             pass
-        maps = object_maps(MAP_KINDS[maps_kind](store.maps().float()), token_groups)
-    losses = {"en": enhance_loss(maps).mean()}
+        token_maps = MAP_KINDS[maps_kind](store.maps().float())  # (batch[, heads], H, W, tokens)
+    if conditional_half:  # the release slices a guidance batch's conditional half from a batch that has none
+        half = token_maps.shape[0] // 2
+        token_maps = token_maps[half:]
+        if token_groups and isinstance(token_groups[0][0], (list, tuple)):
+            token_groups = token_groups[half:]
+    if keep_heads:  # (batch, heads, K, H, W): every head's maps, the losses' max taken over heads and pixels
+        maps = torch.stack([object_maps(token_maps[:, h], token_groups) for h in range(token_maps.shape[1])], 1)
+        losses = {"en": (1 - enhance_peaks(maps, smoothing).amax(dim=1).amin(dim=-1)).mean()}
+        if maps.shape[2] >= 2:
+            losses["sep"] = separate_loss(maps, pair_reduction=pair_reduction).amax(dim=1).mean()
+        return losses
+    maps = object_maps(token_maps, token_groups)
+    losses = {"en": (1 - enhance_peaks(maps, smoothing).amin(dim=-1)).mean()}
     if maps.shape[1] >= 2:
         losses["sep"] = separate_loss(maps, pair_reduction=pair_reduction).mean()
     return losses
@@ -196,26 +245,51 @@ def sample_latents(pipe, prompt: str, config: FinetuneConfig) -> torch.Tensor:
     return torch.stack(list(latents)).float().cpu()
 
 
+def forward_process(pipe):
+    """The DDPM forward process of the model's training betas: training noises with it whatever scheduler the
+    pipeline samples with (a sigma-based one such as Euler's `add_noise` scales differently)."""
+    from diffusers import DDPMScheduler
+
+    return DDPMScheduler.from_config(pipe.scheduler.config)
+
+
+def latent_amplitude(pipe, latent_scale: str) -> float:
+    """Std of the Gaussian "clean" latents: the VAE's scaling_factor (the release) or 1."""
+    return 1.0 if latent_scale == "unit" else float(pipe.vae.config.scaling_factor)
+
+
 def _noisy_batch(pipe, batch_size: int, latent_size: int, generator: torch.Generator, device,
-                 pool: torch.Tensor | None = None, timestep_range: tuple[int, int] = (0, 1000)):
-    """Latents (random, or drawn from `pool`) noised to timesteps drawn uniformly from `timestep_range` (capped at
-    the scheduler's training timesteps); drawn on the CPU so that runs reproduce anywhere."""
+                 pool: torch.Tensor | None = None, timestep_range: tuple[int, int] = (0, 1000),
+                 amplitude: float = 1.0, forward=None):
+    """Latents (Gaussian of std `amplitude`, or drawn from `pool`) noised by the DDPM forward process to timesteps
+    drawn uniformly from `timestep_range` (capped at the training timesteps); drawn on the CPU so that runs
+    reproduce anywhere."""
     channels = pipe.unet.config.in_channels
     shape = (batch_size, channels, latent_size, latent_size)
+    forward = forward or forward_process(pipe)
     if pool is None:
-        latents = torch.randn(shape, generator=generator)
+        latents = torch.randn(shape, generator=generator) * amplitude
     else:
         latents = pool[torch.randint(0, len(pool), (batch_size,), generator=generator)]
     noise = torch.randn(shape, generator=generator)
     low, high = timestep_range
-    high = min(high, pipe.scheduler.config.num_train_timesteps)
+    high = min(high, forward.config.num_train_timesteps)
     if low >= high:
         raise ValueError(f"timesteps {timestep_range} leave no timestep below the scheduler's "
-                         f"{pipe.scheduler.config.num_train_timesteps}")
+                         f"{forward.config.num_train_timesteps}")
     timesteps = torch.randint(low, high, (batch_size,), generator=generator)
-    noisy = pipe.scheduler.add_noise(latents, noise, timesteps)
+    noisy = forward.add_noise(latents, noise, timesteps)
     dtype = pipe.unet.dtype
     return noisy.to(device, dtype), timesteps.to(device)
+
+
+def norm_prompts(source, batch: list[tuple[str, list[str]]]) -> list[str]:
+    """The norm loss's single-concept prompts: per pair, "a photo of {c1}" for the first half of the batch and
+    "a photo of {c2}" for the second; large-scale, "a photo of a {A}" with each element's first concept."""
+    if isinstance(source, ConceptPool):
+        return [f"a photo of {with_article(objects[0])}" for _, objects in batch]
+    objects = source.objects
+    return [f"a photo of {with_article(objects[i * len(objects) // len(batch)])}" for i in range(len(batch))]
 
 
 @dataclass
@@ -276,6 +350,8 @@ def finetune(pipe, source: ConceptPair | ConceptPool, config: FinetuneConfig | N
     token_cache: dict[tuple[str, tuple[str, ...]], list[list[int]]] = {}
 
     def token_groups(prompt, objects):
+        if config.token_positions is not None:  # the release's large-scale quirk: fixed positions, any prompt
+            return [[position] for position in config.token_positions]
         key = (prompt, tuple(objects))
         if key not in token_cache:
             token_cache[key] = find_token_indices(pipe.tokenizer, prompt, objects)
@@ -291,6 +367,38 @@ def finetune(pipe, source: ConceptPair | ConceptPool, config: FinetuneConfig | N
         _write_losses(out / LOSSES_NAME, history)
         return path
 
+    forward = forward_process(pipe)
+    amplitude = latent_amplitude(pipe, config.latent_scale)
+
+    def noisy_batch(generator):
+        return _noisy_batch(pipe, config.batch_size, latent_size, generator, device, pool, config.timesteps,
+                            amplitude, forward)
+
+    def norm_term(batch, generator):
+        """The norm loss on fresh latents and timesteps, against the frozen base (its original projections)."""
+        noisy, timesteps = noisy_batch(generator)
+        embeddings = encode_prompts(pipe, norm_prompts(source, batch))
+        prediction = unet(noisy, timesteps, encoder_hidden_states=embeddings).sample
+        with torch.no_grad():
+            frozen = functional_call(unet, base_values, (noisy, timesteps),
+                                     {"encoder_hidden_states": embeddings}).sample
+        return norm_loss(prediction, frozen)
+
+    def optimizer_step(loss, step, values):
+        if not math.isfinite(loss.item()):
+            saved = out is not None and (out / CHECKPOINT_NAME).exists()
+            where = f"; the last good checkpoint is {out / CHECKPOINT_NAME}" if saved else ""
+            raise TrainingDivergedError(
+                f"loss became {loss.item()} at step {step} ({values}){where}. Lower --lr, train in fp32 "
+                "(--mixed-precision no), or check the prompt's object words.")
+        optimizer.zero_grad(set_to_none=True)
+        scaler.scale(loss).backward()
+        scaler.unscale_(optimizer)
+        torch.nn.utils.clip_grad_norm_(params.values(), config.max_grad_norm)
+        scaler.step(optimizer)
+        scaler.update()
+
+    separate_norm_step = config.lambda_norm > 0 and config.norm_step == "separate"
     bar = tqdm(range(start, config.steps), initial=start, total=config.steps, desc="SepEn finetune",
                disable=not progress)
     checkpoint = None
@@ -299,35 +407,22 @@ def finetune(pipe, source: ConceptPair | ConceptPool, config: FinetuneConfig | N
         batch = source.draw(step, config.batch_size, config.seed)
         prompts = [prompt for prompt, _ in batch]
         groups = [token_groups(prompt, objects) for prompt, objects in batch]
-        noisy, timesteps = _noisy_batch(pipe, config.batch_size, latent_size, generator, device, pool,
-                                        config.timesteps)
+        noisy, timesteps = noisy_batch(generator)
         with torch.autocast(device.type, dtype=autocast_dtype or torch.float32, enabled=use_autocast):
             losses = sepen_losses(unet, noisy, timesteps, encode_prompts(pipe, prompts), groups,
-                                  config.pair_reduction, config.map_downscale, config.maps)
+                                  config.pair_reduction, config.map_downscale, config.maps, config.smoothing,
+                                  config.heads, config.conditional_half)
             total = config.lambda_en * losses["en"] + config.lambda_sep * losses.get("sep", 0.0)
-            if config.lambda_norm > 0:
-                singles = [f"a photo of {with_article(objects[i % len(objects)])}"
-                           for i, (_, objects) in enumerate(batch)]
-                embeddings = encode_prompts(pipe, singles)
-                prediction = unet(noisy, timesteps, encoder_hidden_states=embeddings).sample
-                with torch.no_grad():
-                    frozen = functional_call(unet, base_values, (noisy, timesteps),
-                                             {"encoder_hidden_states": embeddings}).sample
-                losses["norm"] = norm_loss(prediction, frozen)
+            if config.lambda_norm > 0 and not separate_norm_step:
+                losses["norm"] = norm_term(batch, generator)
                 total = total + config.lambda_norm * losses["norm"]
+        optimizer_step(total, step, {name: value.item() for name, value in losses.items()})
+        if separate_norm_step:  # the release's large-scale run: a second step on the norm loss alone
+            with torch.autocast(device.type, dtype=autocast_dtype or torch.float32, enabled=use_autocast):
+                losses["norm"] = norm_term(batch, generator)
+            optimizer_step(config.lambda_norm * losses["norm"], step, {"norm": losses["norm"].item()})
+            total = total.detach() + config.lambda_norm * losses["norm"].detach()
         values = {name: value.item() for name, value in losses.items()}
-        if not math.isfinite(total.item()):
-            saved = out is not None and (out / CHECKPOINT_NAME).exists()
-            where = f"; the last good checkpoint is {out / CHECKPOINT_NAME}" if saved else ""
-            raise TrainingDivergedError(
-                f"loss became {total.item()} at step {step} ({values}){where}. Lower --lr, train in fp32 "
-                "(--mixed-precision no), or check the prompt's object words.")
-        optimizer.zero_grad(set_to_none=True)
-        scaler.scale(total).backward()
-        scaler.unscale_(optimizer)
-        torch.nn.utils.clip_grad_norm_(params.values(), config.max_grad_norm)
-        scaler.step(optimizer)
-        scaler.update()
         history.append({"step": step, "total": total.item(), "sep": values.get("sep", ""),
                         "en": values["en"], "norm": values.get("norm", "")})
         bar.set_postfix({k: f"{v:.4f}" for k, v in values.items()})

@@ -6,6 +6,8 @@ each loss returns a tensor of shape `(...)`, so a batch of prompts gives one los
 
 from __future__ import annotations
 
+import math
+
 import torch
 import torch.nn.functional as F
 
@@ -30,12 +32,23 @@ def separate_loss(maps: torch.Tensor, pair_reduction: str = "max", eps: float = 
     return per_pair.amax(dim=-1) if pair_reduction == "max" else per_pair.mean(dim=-1)
 
 
-def gaussian_smooth(maps: torch.Tensor, kernel_size: int = 3, sigma: float = 0.5) -> torch.Tensor:
-    """Gaussian smoothing of the last two dims with reflect padding (kernel 3, sigma 0.5, padding 1).
+# Enhance's smoothing kernels (size 3, sigma 0.5). "release": the normalised `exp(-((x - mean) / (2 sigma))^2)`
+# that the SepEn release and Attend-and-Excite build, 1-D weights [0.212, 0.576, 0.212] (a textbook Gaussian of
+# sigma * sqrt(2)); "textbook": the normalised `exp(-x^2 / (2 sigma^2))`, [0.107, 0.787, 0.107].
+SMOOTHING_KERNELS = ("release", "textbook")
 
-    Written here because torchvision's `gaussian_blur` does not take arbitrary leading dimensions. The kernel is
-    the normalised `exp(-x^2 / (2 sigma^2))` (Attend-and-Excite's own module squares `x / (2 sigma)` instead,
-    which is a wider kernel; we keep the standard definition).
+
+def smoothing_sigma(kernel: str = "release", sigma: float = 0.5) -> float:
+    """The textbook Gaussian sigma that gives `kernel`'s weights."""
+    if kernel not in SMOOTHING_KERNELS:
+        raise ValueError(f"smoothing kernel must be one of {SMOOTHING_KERNELS}, got {kernel!r}")
+    return sigma * math.sqrt(2) if kernel == "release" else sigma
+
+
+def gaussian_smooth(maps: torch.Tensor, kernel_size: int = 3, sigma: float = 0.5) -> torch.Tensor:
+    """Gaussian smoothing (normalised `exp(-x^2 / (2 sigma^2))`) of the last two dims, reflect padding.
+
+    Written here because torchvision's `gaussian_blur` does not take arbitrary leading dimensions.
     """
     x = torch.arange(kernel_size, dtype=maps.dtype, device=maps.device) - (kernel_size - 1) / 2
     kernel_1d = torch.exp(-x ** 2 / (2 * sigma ** 2))
@@ -47,12 +60,16 @@ def gaussian_smooth(maps: torch.Tensor, kernel_size: int = 3, sigma: float = 0.5
     return F.conv2d(flat, kernel).reshape(*lead, h, w)
 
 
-def enhance_loss(maps: torch.Tensor) -> torch.Tensor:
-    """Enhance: `1 - min over objects of (max over pixels of smooth(M_k))`: raises the weakest object's peak."""
+def enhance_peaks(maps: torch.Tensor, kernel: str = "release") -> torch.Tensor:
+    """Each object's smoothed peak, `max over pixels of smooth(M_k)`: shape `(..., K)`."""
     if maps.dim() < 3 or maps.shape[-3] < 1:
         raise ValueError(f"enhance_loss needs maps (..., K, H, W) with K >= 1, got shape {tuple(maps.shape)}")
-    peaks = gaussian_smooth(maps).amax(dim=(-2, -1))  # (..., K)
-    return 1 - peaks.amin(dim=-1)
+    return gaussian_smooth(maps, sigma=smoothing_sigma(kernel)).amax(dim=(-2, -1))
+
+
+def enhance_loss(maps: torch.Tensor, kernel: str = "release") -> torch.Tensor:
+    """Enhance: `1 - min over objects of (max over pixels of smooth(M_k))`: raises the weakest object's peak."""
+    return 1 - enhance_peaks(maps, kernel).amin(dim=-1)
 
 
 def norm_loss(prediction: torch.Tensor, frozen_prediction: torch.Tensor) -> torch.Tensor:

@@ -1,6 +1,7 @@
 import os
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 from diffusers import StableDiffusionPipeline
@@ -82,3 +83,32 @@ def test_help_states_real_defaults_once(argv):
         assert "default: 3e-05 (shapes models) (default" not in text  # a mode-dependent default, said once
     if argv == ["sae", "train"]:
         assert "weight of the Enhance loss (default: 0.5)" in text
+
+
+def test_concepts_file_forms_are_read_and_bad_ones_refused(tmp_path):
+    from sae.cli import read_concepts
+
+    shipped = read_concepts(Path(__file__).resolve().parents[1] / "prompts" / "sepen_large_concepts.json")
+    assert len(shipped) == 200 and shipped[:2] == ["cat", "dog"]
+    (tmp_path / "list.json").write_text('["cat", "dog", "bowl"]')
+    (tmp_path / "keyed.json").write_text('{"concepts": ["cat", "dog"]}')
+    (tmp_path / "lines.txt").write_text("# animals\ncat\n\ndog \n")
+    assert read_concepts(tmp_path / "list.json") == ["cat", "dog", "bowl"]
+    assert read_concepts(tmp_path / "keyed.json") == ["cat", "dog"]
+    assert read_concepts(tmp_path / "lines.txt") == ["cat", "dog"]
+    (tmp_path / "other.json").write_text('{"animals": ["cat"]}')
+    (tmp_path / "broken.json").write_text('["cat",')
+    for name, message in (("other.json", "'train' or 'concepts'"), ("broken.json", "not valid JSON"),
+                          ("missing.txt", "no such file")):
+        with pytest.raises((ValueError, FileNotFoundError), match=message):
+            read_concepts(tmp_path / name)
+
+
+def test_train_with_the_shipped_concepts_file_and_release_quirks(tiny_model_dir, tmp_path, capsys):
+    concepts = Path(__file__).resolve().parents[1] / "prompts" / "sepen_large_concepts.json"
+    code = main(["train", "--model", str(tiny_model_dir), "--concepts", str(concepts), "--steps", "1",
+                 "--batch-size", "2", "--release-quirks", "--out", str(tmp_path / "large"), "--no-progress"])
+    assert code == 0, capsys.readouterr().err
+    config = load_delta(tmp_path / "large" / "sepen.safetensors").config
+    assert config["token_positions"] == [6, 9] and config["heads"] == "max" and config["conditional_half"]
+    assert config["norm_step"] == "separate" and config["latent_scale"] == "vae" and config["smoothing"] == "release"

@@ -49,12 +49,16 @@ def test_norm_loss_trains_every_key_and_starts_at_zero(tiny_pipe):
     assert result.history[1]["norm"] > 0.0
 
 
-def test_fifty_steps_lower_both_losses(tiny_pipe):
-    result = finetune(tiny_pipe, PAIR, FinetuneConfig(steps=50, learning_rate=1e-2), progress=False)
+@pytest.mark.parametrize("trained", ["sep", "en"])
+def test_fifty_steps_lower_each_loss_trained_alone(tiny_model_dir, trained):
+    from sae.models import load_pipeline
+
+    weights = {"lambda_sep": float(trained == "sep"), "lambda_en": float(trained == "en")}
+    result = finetune(load_pipeline(tiny_model_dir), PAIR, FinetuneConfig(steps=50, learning_rate=1e-2, **weights),
+                      progress=False)
     first, last = result.history[:10], result.history[-10:]
     mean = lambda rows, key: sum(r[key] for r in rows) / len(rows)  # noqa: E731
-    assert mean(last, "sep") < mean(first, "sep")
-    assert mean(last, "en") < mean(first, "en")
+    assert mean(last, trained) < mean(first, trained)
 
 
 def test_nan_stops_with_a_clear_message_and_keeps_the_weights(tiny_pipe, tmp_path):
@@ -213,3 +217,121 @@ def test_training_on_samples_is_reproducible_and_needs_one_pair(tiny_model_dir):
         finetune(load_pipeline(tiny_model_dir), ConceptPool(["cat", "dog", "apple"]), config, progress=False)
     with pytest.raises(ValueError, match="latents must be one of"):
         FinetuneConfig(latents="images")
+
+
+def test_clean_latents_have_the_vae_scaling_factor_std_at_t0(tiny_pipe):
+    from sae.finetune import _noisy_batch, latent_amplitude
+
+    assert tiny_pipe.vae.config.scaling_factor == pytest.approx(0.18215)
+    abar0 = float(tiny_pipe.scheduler.alphas_cumprod[0])  # 1 - beta_0 = 0.99915: t = 0 is nearly clean
+    for scale, amplitude in (("vae", 0.18215), ("unit", 1.0)):
+        assert latent_amplitude(tiny_pipe, scale) == pytest.approx(amplitude)
+        noisy, _ = _noisy_batch(tiny_pipe, 64, 16, torch.Generator().manual_seed(0), "cpu", timestep_range=(0, 1),
+                                amplitude=latent_amplitude(tiny_pipe, scale))
+        expected = (abar0 * amplitude ** 2 + 1 - abar0) ** 0.5
+        assert noisy.std().item() == pytest.approx(expected, rel=0.02)
+
+
+def test_training_noises_with_ddpm_betas_whatever_the_sampling_scheduler(tiny_model_dir, tmp_path):
+    """An Euler (sigma-based) model folder: training still noises as sqrt(abar) x + sqrt(1 - abar) n."""
+    import shutil
+
+    from diffusers import EulerDiscreteScheduler
+
+    from sae.finetune import _noisy_batch, forward_process
+    from sae.models import load_pipeline
+
+    folder = tmp_path / "euler"
+    shutil.copytree(tiny_model_dir, folder)
+    pipe = load_pipeline(folder)
+    pipe.scheduler = EulerDiscreteScheduler.from_config(pipe.scheduler.config)
+    pipe.save_pretrained(folder)
+    pipe = load_pipeline(folder)
+    assert type(pipe.scheduler).__name__ == "EulerDiscreteScheduler"
+    config = pipe.scheduler.config  # SD's "scaled_linear" betas, by hand
+    betas = torch.linspace(config.beta_start ** 0.5, config.beta_end ** 0.5, 1000, dtype=torch.float64) ** 2
+    abar = torch.cumprod(1 - betas, dim=0).float()
+    noisy, t = _noisy_batch(pipe, 4, 8, torch.Generator().manual_seed(1), "cpu", amplitude=0.5,
+                            forward=forward_process(pipe))
+    generator = torch.Generator().manual_seed(1)
+    clean = torch.randn(4, 4, 8, 8, generator=generator) * 0.5
+    noise = torch.randn(4, 4, 8, 8, generator=generator)
+    torch.testing.assert_close(t, torch.randint(0, 1000, (4,), generator=generator))
+    a = abar[t].view(4, 1, 1, 1)
+    torch.testing.assert_close(noisy, a.sqrt() * clean + (1 - a).sqrt() * noise, atol=1e-5, rtol=1e-5)
+    sigma_noised = pipe.scheduler.add_noise(clean, noise, pipe.scheduler.timesteps[:4])  # what Euler would do
+    assert not torch.allclose(sigma_noised, noisy, atol=1e-2)
+
+
+def test_norm_prompts_split_the_batch_per_pair_and_take_the_first_concept_large_scale():
+    from sae.finetune import norm_prompts
+
+    batch = PAIR.draw(0, 4, 0)
+    assert norm_prompts(PAIR, batch) == ["a photo of a cat"] * 2 + ["a photo of a dog"] * 2
+    pool = ConceptPool(["cat", "dog", "owl", "apple"])
+    drawn = pool.draw(3, 4, 0)
+    assert norm_prompts(pool, drawn) == [f"a photo of {'an' if o[0] == 'owl' or o[0] == 'apple' else 'a'} {o[0]}"
+                                         for _, o in drawn]
+
+
+@pytest.mark.parametrize("norm_step, optimizer_steps", [("combined", 2), ("separate", 4)])
+def test_separate_norm_step_takes_a_second_optimizer_step(tiny_pipe, tmp_path, norm_step, optimizer_steps):
+    config = FinetuneConfig(steps=2, batch_size=2, lambda_norm=0.5, norm_step=norm_step, learning_rate=1e-3)
+    result = finetune(tiny_pipe, PAIR, config, out_dir=tmp_path, progress=False)
+    state = torch.load(tmp_path / "train_state.pt", weights_only=True)["optimizer"]["state"]
+    # keys after the last captured layer get gradient from the norm loss alone: one step per iteration
+    assert {float(s["step"]) for s in state.values()} == {2, optimizer_steps}
+    row = result.history[1]
+    assert row["total"] == pytest.approx(row["sep"] + 0.5 * row["en"] + 0.5 * row["norm"], rel=1e-5)
+    assert FinetuneConfig.large_scale().norm_step == "separate" and FinetuneConfig().norm_step == "combined"
+
+
+def test_conditional_half_quirk_reads_only_the_second_half_of_the_batch(tiny_pipe):
+    from sae.finetune import encode_prompts, sepen_losses
+
+    torch.manual_seed(0)
+    noisy = torch.randn(4, 4, 32, 32)
+    t = torch.tensor([10, 300, 600, 900])
+    text = encode_prompts(tiny_pipe, ["a cat and a dog"] * 4)
+    groups = [[2], [5]]
+    with torch.no_grad():
+        quirk = sepen_losses(tiny_pipe.unet, noisy, t, text, groups, conditional_half=True)
+        second = sepen_losses(tiny_pipe.unet, noisy[2:], t[2:], text[2:], groups)
+        whole = sepen_losses(tiny_pipe.unet, noisy, t, text, groups)
+    for key in ("sep", "en"):
+        torch.testing.assert_close(quirk[key], second[key])
+        assert not torch.allclose(quirk[key], whole[key])
+
+
+def test_heads_quirk_takes_the_max_over_heads(tiny_pipe):
+    from sae.attention import capture_cross_attention
+    from sae.finetune import encode_prompts, sepen_losses
+    from sae.losses import enhance_peaks
+
+    torch.manual_seed(0)
+    noisy, t = torch.randn(2, 4, 32, 32), torch.tensor([100, 700])
+    text = encode_prompts(tiny_pipe, ["a cat and a dog"] * 2)
+    with torch.no_grad(), capture_cross_attention(tiny_pipe.unet, keep_heads=True) as store:
+        tiny_pipe.unet(noisy, t, encoder_hidden_states=text)
+        per_head = store.maps()
+        with capture_cross_attention(tiny_pipe.unet) as averaged:
+            tiny_pipe.unet(noisy, t, encoder_hidden_states=text)
+    assert per_head.shape == (2, 4, 8, 8, 77)  # (batch, heads, H, W, tokens)
+    torch.testing.assert_close(per_head.mean(dim=1), averaged.maps())
+    objects = per_head[..., [2, 5]].permute(0, 1, 4, 2, 3)  # (batch, heads, K, H, W)
+    with torch.no_grad():
+        losses = sepen_losses(tiny_pipe.unet, noisy, t, text, [[2], [5]], heads="max")
+    expected_en = (1 - enhance_peaks(objects).amax(dim=1).amin(dim=-1)).mean()
+    a, b = objects[:, :, 0], objects[:, :, 1]
+    expected_sep = (a * b / (a + b + 1e-6)).amax(dim=(1, 2, 3)).mean()
+    torch.testing.assert_close(losses["en"], expected_en)
+    torch.testing.assert_close(losses["sep"], expected_sep)
+
+
+def test_release_quirks_config():
+    quirky = FinetuneConfig().with_release_quirks()
+    assert (quirky.heads, quirky.conditional_half, quirky.token_positions) == ("max", True, None)
+    assert FinetuneConfig.large_scale().with_release_quirks(large_scale=True).token_positions == (6, 9)
+    for bad in ({"latent_scale": "half"}, {"smoothing": "box"}, {"norm_step": "twice"}, {"heads": "min"}):
+        with pytest.raises(ValueError, match=next(iter(bad))):
+            FinetuneConfig(**bad)

@@ -3,12 +3,15 @@ import math
 import pytest
 import torch
 
-from sae.losses import enhance_loss, gaussian_smooth, norm_loss, separate_loss
+from sae.losses import enhance_loss, gaussian_smooth, norm_loss, separate_loss, smoothing_sigma
 
 EPS = 1e-6
-# 1-D Gaussian of size 3, sigma 0.5: exp(-x^2 / 0.5) at x = -1, 0, 1, normalised
+# 1-D Gaussian of size 3, sigma 0.5: exp(-x^2 / 0.5) at x = -1, 0, 1, normalised (the textbook kernel)
 _E = math.exp(-2.0)
 K_EDGE, K_CENTRE = _E / (1 + 2 * _E), 1 / (1 + 2 * _E)
+# the release's (and Attend-and-Excite's) kernel: exp(-((x - mean) / (2 * 0.5))^2) = exp(-x^2), normalised
+_R = math.exp(-1.0)
+R_EDGE, R_CENTRE = _R / (1 + 2 * _R), 1 / (1 + 2 * _R)
 
 
 def test_separate_two_maps_hand_computed():
@@ -53,15 +56,36 @@ def test_gaussian_smooth_reflect_padding_hand_computed():
     assert torch.allclose(gaussian_smooth(torch.full((5, 5), 0.3)), torch.full((5, 5), 0.3))
 
 
-def test_enhance_masks_of_different_peak():
+def test_kernel_weights_match_the_published_values():
+    assert (R_EDGE, R_CENTRE) == (pytest.approx(0.212, abs=5e-4), pytest.approx(0.576, abs=5e-4))
+    assert (K_EDGE, K_CENTRE) == (pytest.approx(0.107, abs=5e-4), pytest.approx(0.787, abs=5e-4))
+    impulse = torch.zeros(5, 5)  # large enough that reflect padding does not fold the impulse back
+    impulse[2, 2] = 1.0
+    for kernel, (edge, centre) in (("release", (R_EDGE, R_CENTRE)), ("textbook", (K_EDGE, K_CENTRE))):
+        smoothed = gaussian_smooth(impulse, sigma=smoothing_sigma(kernel))
+        assert smoothed[2, 2].item() == pytest.approx(centre * centre, abs=1e-6)
+        assert smoothed[1, 2].item() == pytest.approx(edge * centre, abs=1e-6)
+        assert smoothed[1, 1].item() == pytest.approx(edge * edge, abs=1e-6)
+    with pytest.raises(ValueError, match="smoothing kernel"):
+        smoothing_sigma("box")
+
+
+@pytest.mark.parametrize("kernel, centre", [("release", R_CENTRE), ("textbook", K_CENTRE)])
+def test_enhance_masks_of_different_peak(kernel, centre):
     strong = torch.zeros(5, 5)
     strong[2, 2] = 0.8
     weak = torch.zeros(5, 5)
     weak[2, 2] = 0.4
-    loss = enhance_loss(torch.stack([strong, weak]))
+    loss = enhance_loss(torch.stack([strong, weak]), kernel)
     # the weakest object's smoothed peak is 0.4 * centre weight
-    assert loss.item() == pytest.approx(1 - 0.4 * K_CENTRE ** 2, abs=1e-6)
-    assert enhance_loss(torch.stack([strong])).item() == pytest.approx(1 - 0.8 * K_CENTRE ** 2, abs=1e-6)
+    assert loss.item() == pytest.approx(1 - 0.4 * centre ** 2, abs=1e-6)
+    assert enhance_loss(torch.stack([strong]), kernel).item() == pytest.approx(1 - 0.8 * centre ** 2, abs=1e-6)
+
+
+def test_enhance_defaults_to_the_release_kernel():
+    peak = torch.zeros(1, 5, 5)
+    peak[0, 2, 2] = 1.0
+    assert enhance_loss(peak).item() == pytest.approx(1 - R_CENTRE ** 2, abs=1e-6)
 
 
 def test_losses_batched_match_unbatched():
