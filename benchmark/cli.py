@@ -59,9 +59,14 @@ def build_parser() -> argparse.ArgumentParser:
     seeds.add_argument("--seeds", help="e.g. 0-63 or 0,3,5-7")
     seeds.add_argument("--num-seeds", type=int, help="seeds 0..N-1; default: " + _defaults("num_seeds"))
     run.add_argument("--limit", type=int, help="only the first N prompts of the suite")
-    run.add_argument("--steps", type=int, default=None, help="denoising steps; default: " + _defaults("steps"))
-    run.add_argument("--guidance", type=float, default=None,
-                     help="classifier-free guidance scale; default: " + _defaults("guidance"))
+    run.add_argument("--steps", default=None, metavar="N|METHOD=N,...",
+                     help="denoising steps, for every method (50) or per method (sepen=50,plain=30) or both "
+                          "(30,sepen=50); default: " + _defaults("steps") + ", natural models taking each "
+                          "method's release settings")
+    run.add_argument("--guidance", default=None, metavar="G|METHOD=G,...",
+                     help="classifier-free guidance scale, for every method or per method as --steps; default: "
+                          "each method's release on natural models (sepen, sepen+ae, sepen_tt 6.0; plain, "
+                          "attend_excite 7.5), " + _defaults("guidance").split(", ")[-1])
     run.add_argument("--batch-size", type=int, default=4, help="images per pipeline call")
     run.add_argument("--out", type=Path, default=None,
                      help="run folder, resumed if it exists (default: runs/<suite name>)")
@@ -85,6 +90,9 @@ def build_parser() -> argparse.ArgumentParser:
                      help="what per-prompt finetuning noises: noise (Gaussian latents, the paper) or samples (the "
                           "base model's own samples of the prompt, at the run's steps and guidance); default: "
                           + _defaults("sepen_latents"))
+    run.add_argument("--sepen-train-prompt", choices=("release", "suite"), default=None,
+                     help="what per-prompt SepEn trains on: the release's 'a photo of {c1} and {c2}' or the suite "
+                          "prompt itself; default: " + _defaults("sepen_train_prompt"))
     run.add_argument("--sepen-checkpoint", help="a large-scale SepEn checkpoint used for every prompt")
     run.add_argument("--checkpoint-cache", type=Path, default=Path.home() / ".cache" / "sae" / "checkpoints",
                      help="where per-prompt SepEn checkpoints are cached and reused")
@@ -119,9 +127,29 @@ def build_parser() -> argparse.ArgumentParser:
 
     from .paper import add_arguments
 
-    add_arguments(commands.add_parser("paper", help="regenerate the paper's main and large-scale tables",
-                                      formatter_class=DefaultsHelpFormatter))
+    add_arguments(commands.add_parser(
+        "paper", help="regenerate the paper's main and large-scale tables", formatter_class=DefaultsHelpFormatter,
+        description="The paper's main and large-scale tables. Every setting of the protocol (training, sampling per "
+                    "method, each metric), the release's value, ours and the switch: docs/protocol.md."))
     return parser
+
+
+def per_method(value: str | None, kind, option: str) -> tuple:
+    """`--steps` / `--guidance`: "V" (every method), "METHOD=V,..." (those methods) or both ("V,METHOD=V")."""
+    if value is None:
+        return None, {}
+    common, methods = None, {}
+    for part in (p.strip() for p in str(value).split(",") if p.strip()):
+        name, sep, number = part.rpartition("=")
+        try:
+            parsed = kind(number)
+        except ValueError:
+            raise ValueError(f"{option} takes a number or METHOD=NUMBER pairs, got {part!r}") from None
+        if sep:
+            methods[name.strip()] = parsed
+        else:
+            common = parsed
+    return common, methods
 
 
 def _metric_models(pairs: list[str]) -> dict:
@@ -139,21 +167,43 @@ def cmd_run(args) -> int:
 
     import pandas as pd
 
-    from .generate import RunConfig, run
+    from .generate import RunConfig, method_sampling, run
+    from .methods import get_method
     from .report import markdown_table
 
-    from .domains import RUN_DEFAULTS, SHAPES_MODEL, model_domain, sepen_settings
+    from .domains import RELEASE_SAMPLING, RUN_DEFAULTS, SHAPES_MODEL, model_domain, sepen_settings
 
     model = args.model or str(SHAPES_MODEL)
-    defaults = RUN_DEFAULTS[model_domain(model)]
+    domain = model_domain(model)
+    defaults = RUN_DEFAULTS[domain]
+    steps, steps_per = per_method(args.steps, int, "--steps")
+    guidance, guidance_per = per_method(args.guidance, float, "--guidance")
+    args.steps, args.guidance = steps, guidance
 
     def given(key):
         value = getattr(args, key)
         return defaults[key] if value is None else value
 
+    methods = [m.strip() for m in given("methods").split(",") if m.strip()]
+    for name in methods:
+        get_method(name)  # an unknown name fails here, before the per-method settings are read
+    unknown = sorted((set(steps_per) | set(guidance_per)) - set(methods))
+    if unknown:
+        raise ValueError(f"--steps/--guidance name {', '.join(unknown)}, not a method of this run "
+                         f"({', '.join(methods)})")
+    overrides = {name: {k: v for k, v in (("steps", steps_per.get(name)), ("guidance", guidance_per.get(name)))
+                        if v is not None} for name in methods}
+    # a number for every method replaces the releases' settings; the releases fill only what is not given
+    release = RELEASE_SAMPLING[domain]
+    sampling = method_sampling(methods, given("steps"), given("guidance"), release, overrides)
+    if release:
+        for name in methods:
+            sampling[name].update({k: v for k, v in (("steps", steps), ("guidance", guidance))
+                                   if v is not None and k not in overrides[name]})
     seeds = parse_seeds(args.seeds) if args.seeds else list(range(given("num_seeds")))
-    config = RunConfig(suite=args.suite, model=model, methods=[m.strip() for m in given("methods").split(",") if m.strip()],
+    config = RunConfig(suite=args.suite, model=model, methods=methods,
                        seeds=seeds, limit=args.limit, steps=given("steps"), guidance=given("guidance"),
+                       sampling=sampling, sepen_train_prompt=given("sepen_train_prompt"),
                        batch_size=args.batch_size, out=args.out or Path("runs") / Path(args.suite).stem,
                        device=args.device,
                        metrics=[m.strip() for m in given("metrics").split(",") if m.strip()],

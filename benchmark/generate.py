@@ -33,7 +33,9 @@ from .report import write_report
 from .suites import SuitePrompt, load_suite
 
 # settings that change an image: a run folder holds images of one value of each
-IMAGE_SETTINGS = ("model", "steps", "guidance", "sepen")
+IMAGE_SETTINGS = ("model", "steps", "guidance", "sampling", "sepen", "sepen_train_prompt", "scheduler")
+# ... of which older run folders did not record these: compared only where the folder has them
+LATER_SETTINGS = ("sampling", "sepen_train_prompt", "scheduler")
 
 
 class RunError(ValueError):
@@ -55,6 +57,8 @@ class RunConfig:
     metrics: list[str] = field(default_factory=list)
     metric_models: dict = field(default_factory=dict)
     sepen: dict = field(default_factory=lambda: {"steps": 200, "learning_rate": 5e-6})
+    sepen_train_prompt: str = "suite"  # per-prompt SepEn trains on the suite prompt or the release's template
+    sampling: dict = field(default_factory=dict)  # method -> {"steps", "guidance"}; others: steps and guidance
     sepen_checkpoint: str | None = None
     checkpoint_cache: Path = Path.home() / ".cache" / "sae" / "checkpoints"
     progress: bool = True
@@ -65,6 +69,21 @@ class RunConfig:
         data = asdict(self)
         return json.loads(json.dumps(data, default=str))
 
+    def sampling_of(self, method: str) -> dict:
+        return {"steps": self.steps, "guidance": self.guidance, **self.sampling.get(method, {})}
+
+
+def method_sampling(methods: list[str], steps: int, guidance: float, release: bool,
+                    overrides: dict | None = None) -> dict:
+    """Each method's {"steps", "guidance"}: a per-method override, else (with `release`) the method's own
+    release settings, else the run's `steps` and `guidance`."""
+    from .methods import METHODS
+
+    result = {}
+    for name in methods:
+        own = dict(METHODS[name].release_sampling) if release and name in METHODS else {}
+        result[name] = {"steps": steps, "guidance": guidance, **own, **(overrides or {}).get(name, {})}
+    return result
 
 def _check_prompts(pipe, prompts: list[SuitePrompt]) -> None:
     """Every prompt fits the text encoder and names its objects: fail before generating anything."""
@@ -83,9 +102,13 @@ def _check_run_folder(out: Path, config: RunConfig, scheduler: str) -> None:
     if not path.exists():
         return
     saved = json.loads(path.read_text())
-    wanted = {**config.to_json(), "scheduler": scheduler}
     # the sampler comes with the model folder, so the same --model can sample differently after an edit
-    keys = IMAGE_SETTINGS + (("scheduler",) if "scheduler" in saved else ())  # older folders did not record it
+    wanted = {**config.to_json(), "scheduler": scheduler}
+    keys = [key for key in IMAGE_SETTINGS if key in saved or key not in LATER_SETTINGS]
+    # a folder can gain methods: the sampling of the methods it already holds must be the same
+    common = set(saved.get("sampling") or {}) & set(wanted["sampling"])
+    saved["sampling"] = {m: v for m, v in (saved.get("sampling") or {}).items() if m in common}
+    wanted["sampling"] = {m: v for m, v in wanted["sampling"].items() if m in common}
     differ = [key for key in keys if saved.get(key) != wanted.get(key)]
     if differ:
         raise RunError(f"{out} holds a run made with other {', '.join(differ)} "
@@ -220,6 +243,7 @@ def run(config: RunConfig) -> Path | None:
     context = GenerationContext(pipe=pipe, base_model=config.model, num_inference_steps=config.steps,
                                 guidance_scale=config.guidance, sepen_config=FinetuneConfig(**config.sepen),
                                 checkpoint_cache=Path(config.checkpoint_cache),
+                                sepen_train_prompt=config.sepen_train_prompt,
                                 sepen_checkpoint=Path(config.sepen_checkpoint) if config.sepen_checkpoint else None,
                                 progress=config.progress and state.is_main_process)
     for method in methods:
@@ -253,6 +277,8 @@ def run(config: RunConfig) -> Path | None:
         work = [(item, todo) for m, item, todo in mine if m is method]
         if not work:
             continue
+        sampling = config.sampling_of(method.name)
+        context.num_inference_steps, context.guidance_scale = sampling["steps"], sampling["guidance"]
         method.prepare(context, [item for item, _ in work])
         _record_finetune_costs(out, method, context, [item for item, _ in work])
         for item, todo in work:

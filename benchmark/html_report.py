@@ -32,7 +32,8 @@ import pandas as pd
 from PIL import Image
 
 from .records import read_jsonl, write_text_atomic
-from .report import ordered_methods, paired_cells, paired_title, set_columns, summary_cells, write_report
+from .report import (method_settings, ordered_methods, paired_cells, paired_title, set_columns, summary_cells,
+                     write_report)
 
 REPORT_DIR = "report"
 THUMB_SIZE = 128
@@ -280,7 +281,9 @@ def write_html_report(run_dir: Path, attention_prompts: int = 2, context=None, d
         attention = write_attention_page(run_dir, report_dir, config, rows, attention_prompts, context, device)
     all_part = summary[summary["category"] == "all"]
     chart = bar_chart(all_part, methods, report_dir / "charts" / "all.png", "all categories")
-    settings = ", ".join(f"{k} {config.get(k)}" for k in ("suite", "model", "steps", "guidance") if k in config)
+    settings = ", ".join(f"{k} {config.get(k)}" for k in ("suite", "model") if k in config)
+    settings += "; " + "; ".join(f"{m}: {', '.join(f'{k} {v}' for k, v in row.items())}"
+                                 for m, row in method_settings(config).items())
     body = (f"<h1>{html.escape(str(config.get('suite')))} on {html.escape(str(config.get('model')))}</h1>"
             f"<p>{html.escape(settings)}; {len(seeds)} seeds; {len(rows)} images; methods "
             f"{html.escape(', '.join(methods))}.</p>"

@@ -21,7 +21,7 @@ from tqdm.auto import tqdm
 
 from sae.attention import cross_attention_layers
 from sae.checkpoint import apply_delta, base_fingerprints, fingerprint_key, load_delta, require_same_base
-from sae.finetune import ConceptPair, FinetuneConfig, finetune, trainable_parameters
+from sae.finetune import ConceptPair, FinetuneConfig, finetune, release_pair_prompt, trainable_parameters
 from sae.sampling import seed_generators
 from sae.tokens import find_token_indices
 
@@ -40,6 +40,7 @@ class GenerationContext:
     sepen_config: FinetuneConfig = field(default_factory=FinetuneConfig)
     checkpoint_cache: Path = Path("runs/checkpoints")
     sepen_checkpoint: Path | None = None  # a large-scale checkpoint used for every prompt
+    sepen_train_prompt: str = "suite"  # per-prompt training on the suite prompt or the release's template
     progress: bool = True
     finetune_seconds: dict = field(default_factory=dict)  # prompt id -> seconds spent training (this run)
     _base_keys: dict | None = None
@@ -81,6 +82,8 @@ class GenerationContext:
 class Method:
     name = ""
     description = ""
+    # Sampling settings of the method's own release, used on natural models unless the run overrides them.
+    release_sampling: dict = {}
 
     def check(self, context: GenerationContext) -> None:
         """Raise ValueError on settings this method cannot run with; called before any work."""
@@ -110,6 +113,7 @@ def get_method(name: str) -> Method:
 class Plain(Method):
     name = "plain"
     description = "the base pipeline"
+    release_sampling = {"steps": 50, "guidance": 7.5}  # Stable Diffusion's and Attend-and-Excite's baseline
 
     def generate(self, context, item, seeds):
         return context.plain_images(item, seeds)
@@ -119,6 +123,7 @@ class Plain(Method):
 class AttendExcite(Method):
     name = "attend_excite"
     description = "Attend-and-Excite: latent updates on max_k(1 - max A_k) in the first 25 of 50 steps"
+    release_sampling = {"steps": 50, "guidance": 7.5}  # Attend-and-Excite's release
 
     def generate(self, context, item, seeds):
         return attend_and_excite(context.num_inference_steps).generate(context.pipe, item.prompt, context.token_groups(item),
@@ -126,10 +131,24 @@ class AttendExcite(Method):
                                             context.guidance_scale)
 
 
-def checkpoint_key(fingerprint: dict, item: SuitePrompt, config: FinetuneConfig) -> str:
-    """Cache key of a per-prompt checkpoint: base weights, prompt, objects and training config."""
-    blob = json.dumps({"base": fingerprint["float16"], "prompt": item.prompt, "objects": item.object_words,
-                       "config": config.to_dict()}, sort_keys=True)
+TRAIN_PROMPTS = ("release", "suite")
+
+
+def training_prompt(item: SuitePrompt, mode: str = "suite") -> str:
+    """What per-prompt SepEn trains on: the suite prompt, or the release's "a photo of {c1} and {c2}" with each
+    object's phrase (attribute and name). Counted objects ("two cats") have no such phrase: their suite prompt."""
+    if mode not in TRAIN_PROMPTS:
+        raise ValueError(f"SepEn training prompt must be one of {TRAIN_PROMPTS}, got {mode!r}")
+    if mode == "suite" or any(o.count != 1 for o in item.objects):
+        return item.prompt
+    return release_pair_prompt([f"{o.attribute} {o.name}" if o.attribute else o.name for o in item.objects])
+
+
+def checkpoint_key(fingerprint: dict, item: SuitePrompt, config: FinetuneConfig, train_prompt: str = "suite") -> str:
+    """Cache key of a per-prompt checkpoint: base weights, training prompt (and its rule), objects, config."""
+    blob = json.dumps({"base": fingerprint["float16"], "prompt": training_prompt(item, train_prompt),
+                       "train_prompt": train_prompt, "objects": item.object_words, "config": config.to_dict()},
+                      sort_keys=True)
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
 
@@ -137,12 +156,13 @@ def checkpoint_key(fingerprint: dict, item: SuitePrompt, config: FinetuneConfig)
 class SepEn(Method):
     name = "sepen"
     description = "the base pipeline with SepEn-finetuned keys (per prompt, trained and cached, or large-scale)"
+    release_sampling = {"steps": 50, "guidance": 6.0}  # the SepEn release's sampling script
     use_attend_excite = False
 
     def _checkpoint(self, context: GenerationContext, item: SuitePrompt) -> Path:
         if context.sepen_checkpoint is not None:
             return context.sepen_checkpoint
-        key = checkpoint_key(context.base_fingerprint(), item, context.sepen_config)
+        key = checkpoint_key(context.base_fingerprint(), item, context.sepen_config, context.sepen_train_prompt)
         return context.checkpoint_cache / key / "sepen.safetensors"
 
     def check(self, context):
@@ -161,10 +181,12 @@ class SepEn(Method):
             out = self._checkpoint(context, item).parent
             context.restore_base()
             started = time.perf_counter()
-            finetune(context.pipe, ConceptPair(item.prompt, item.object_words), context.sepen_config, out_dir=out,
+            prompt = training_prompt(item, context.sepen_train_prompt)
+            finetune(context.pipe, ConceptPair(prompt, item.object_words), context.sepen_config, out_dir=out,
                      base_model=context.base_model, progress=False)
             context.finetune_seconds[item.id] = time.perf_counter() - started
-            (out / "prompt.json").write_text(json.dumps({"prompt": item.prompt, "objects": item.object_words,
+            (out / "prompt.json").write_text(json.dumps({"prompt": prompt, "objects": item.object_words,
+                                                         "train_prompt": context.sepen_train_prompt,
                                                          "seconds": context.finetune_seconds[item.id]}))
         context.restore_base()
 
@@ -189,9 +211,11 @@ class SepEnAttendExcite(SepEn):
 class SepEnTestTime(Method):
     name = "sepen_tt"
     description = "SepEn test-time variant: latent updates on Separate + Enhance in the first 25 of 50 steps"
+    release_sampling = {"steps": 50, "guidance": 6.0}  # sampled as the SepEn release samples
 
     def generate(self, context, item, seeds):
         config = context.sepen_config
-        return sepen_test_time(config.lambda_sep, config.lambda_en, context.num_inference_steps).generate(
+        return sepen_test_time(config.lambda_sep, config.lambda_en, context.num_inference_steps,
+                               smoothing=config.smoothing).generate(
             context.pipe, item.prompt, context.token_groups(item), seed_generators(seeds),
             context.num_inference_steps, context.guidance_scale)

@@ -23,8 +23,9 @@ from pathlib import Path
 
 import pandas as pd
 
-from .domains import NATURAL, RUN_DEFAULTS, SHAPES, SHAPES_MODEL, model_domain, prompts_dir, sepen_settings
-from .generate import RunConfig, run
+from .domains import (NATURAL, RELEASE_SAMPLING, RUN_DEFAULTS, SHAPES, SHAPES_MODEL, model_domain, prompts_dir,
+                      sepen_settings)
+from .generate import RunConfig, method_sampling, run
 
 MAIN_COLUMNS = {"fid": "FID (lower better)", "blip_similarity": "BLIP similarity", "presence_all": "success rate",
                 "clip_full": "CLIP full", "clip_min_object": "CLIP min-object"}
@@ -107,7 +108,9 @@ def paper(model: str | None, num_seeds: int = 64, limit: int | None = None, out:
                      seeds=list(range(num_seeds)), limit=limit, steps=defaults["steps"],
                      guidance=defaults["guidance"], batch_size=4, out=out / "main", device=device,
                      metrics=["presence", "clip", "blip", "fid"], metric_models=metric_models or {},
-                     sepen=sepen_settings(defaults),
+                     sepen=sepen_settings(defaults), sepen_train_prompt=defaults["sepen_train_prompt"],
+                     sampling=method_sampling(list(METHOD_NAMES), defaults["steps"], defaults["guidance"],
+                                              RELEASE_SAMPLING[domain]),
                      progress=progress)
     if checkpoint_cache is not None:
         base = replace(base, checkpoint_cache=Path(checkpoint_cache))

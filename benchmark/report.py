@@ -199,6 +199,30 @@ def conventions_text(described: dict) -> str:
     return "\n".join(["", "Conventions:", ""] + lines) + "\n" if lines else ""
 
 
+def method_settings(config: dict) -> dict:
+    """Each method's sampling settings (and SepEn's training prompt rule) as the run used them."""
+    settings = {}
+    for method in config.get("methods", []):
+        row = {"steps": config.get("steps"), "guidance": config.get("guidance"),
+               **(config.get("sampling") or {}).get(method, {})}
+        if method.startswith("sepen") and method != "sepen_tt":
+            row["sepen_train_prompt"] = ("large-scale checkpoint" if config.get("sepen_checkpoint")
+                                         else config.get("sepen_train_prompt", "suite"))
+        settings[method] = row
+    return settings
+
+
+def settings_markdown(config: dict) -> str:
+    """The per-method settings as a table: what a reader needs to compare with a paper's numbers."""
+    settings = method_settings(config)
+    if not settings:
+        return ""
+    lines = ["", "Settings per method:", "", "| method | steps | guidance | SepEn trains on |", "|---|---|---|---|"]
+    lines += [f"| {m} | {row['steps']} | {row['guidance']} | {row.get('sepen_train_prompt', '-')} |"
+              for m, row in settings.items()]
+    return "\n".join(lines) + "\n"
+
+
 def git_commit() -> str | None:
     try:
         return subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, check=True,
@@ -246,8 +270,10 @@ def write_report(run_dir: Path) -> pd.DataFrame:
     write_text_atomic(run_dir / "paired.csv", paired.to_csv(index=False))
     title = f"# {config.get('suite')} on {config.get('model')} ({config.get('domain', 'natural')} suites)\n\n"
     write_text_atomic(run_dir / "summary.md",
-                      title + markdown_table(summary) + paired_markdown(paired) + conventions_text(described))
-    results = {"config": config, "versions": library_versions(), "git_commit": git_commit(),
+                      title + markdown_table(summary) + paired_markdown(paired) + settings_markdown(config)
+                      + conventions_text(described))
+    results = {"config": config, "settings": method_settings(config), "versions": library_versions(),
+               "git_commit": git_commit(),
                "metrics": described, "timings": timings(rows, run_dir),
                "images": len(rows), "summary": json.loads(summary.to_json(orient="records")),
                "paired": json.loads(paired.to_json(orient="records"))}

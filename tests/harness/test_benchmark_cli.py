@@ -129,3 +129,40 @@ def test_the_issue_command_on_the_tiny_model(tiny_model_dir, tmp_path):
     timings = json.loads((out / "results.json").read_text())["timings"]
     assert {"plain", "attend_excite", "sepen", "sepen_finetune"} <= set(timings)
     assert "| attend_excite | three_objects | 6 |" in done.stdout
+
+
+def test_natural_models_sample_each_method_as_its_release_and_record_it(tiny_model_dir, small_suite, tmp_path):
+    """plain at 7.5 and sepen at 6.0 unless told otherwise; per-method settings reach the images, the records,
+    the tables and the resume check; SepEn trains on the release's template by default."""
+    cache, out = tmp_path / "cache", tmp_path / "run"
+    args = ["run", "--suite", str(small_suite), "--model", str(tiny_model_dir), "--methods", "plain,sepen",
+            "--limit", "1", "--seeds", "0", "--sepen-steps", "1", "--checkpoint-cache", str(cache),
+            "--out", str(out), "--no-progress", "--no-html"]
+    assert main(args + ["--steps", "2,sepen=3"]) == 0
+    records = [json.loads(line) for line in (out / "samples.jsonl").read_text().splitlines()]
+    used = {r["method"]: (r["steps"], r["guidance"]) for r in records}
+    assert used == {"plain": (2, 7.5), "sepen": (3, 6.0)}
+    results = json.loads((out / "results.json").read_text())
+    assert results["settings"]["sepen"] == {"steps": 3, "guidance": 6.0, "sepen_train_prompt": "release"}
+    assert "| sepen | 3 | 6.0 | release |" in (out / "summary.md").read_text()
+    trained = json.loads(next(cache.rglob("prompt.json")).read_text())
+    assert trained["prompt"] == "a photo of a cat and a dog" and trained["train_prompt"] == "release"
+    before = sorted(p.stat().st_mtime_ns for p in (out / "images").rglob("*.png"))
+    assert main(args + ["--steps", "2,sepen=3", "--guidance", "sepen=5"]) == 2  # other images: refused
+    assert main(args + ["--steps", "2,sepen=3", "--sepen-train-prompt", "suite"]) == 2
+    assert sorted(p.stat().st_mtime_ns for p in (out / "images").rglob("*.png")) == before
+    assert main(args + ["--steps", "2,sepen=3", "--guidance", "plain=x"]) == 2
+    assert main(args + ["--steps", "2", "--guidance", "attend_excite=3"]) == 2  # not a method of this run
+
+
+def test_the_release_training_prompt_names_each_object_with_its_attribute():
+    from benchmark.methods import training_prompt
+    from benchmark.suites import SuiteObject, SuitePrompt
+
+    item = SuitePrompt("x", "a cat and a red car", (SuiteObject("cat"), SuiteObject("car", "red")), "two", "s")
+    assert training_prompt(item, "release") == "a photo of a cat and a red car"
+    assert training_prompt(item, "suite") == "a cat and a red car"
+    counted = SuitePrompt("y", "two cats and an owl", (SuiteObject("cats", count=2), SuiteObject("owl")), "c", "s")
+    assert training_prompt(counted, "release") == "two cats and an owl"
+    with pytest.raises(ValueError, match="training prompt"):
+        training_prompt(item, "paper")
