@@ -90,6 +90,9 @@ def build_parser() -> argparse.ArgumentParser:
                      help="what per-prompt finetuning noises: noise (Gaussian latents, the paper) or samples (the "
                           "base model's own samples of the prompt, at the run's steps and guidance); default: "
                           + _defaults("sepen_latents"))
+    run.add_argument("--sepen-latent-scale", default=None, metavar="vae|unit|STD",
+                     help="std of the Gaussian latents per-prompt finetuning noises: the VAE's scaling_factor (the "
+                          "release), 1, or a number; default: " + _defaults("sepen_latent_scale"))
     run.add_argument("--sepen-train-prompt", choices=("release", "suite"), default=None,
                      help="what per-prompt SepEn trains on: the release's 'a photo of {c1} and {c2}' or the suite "
                           "prompt itself; default: " + _defaults("sepen_train_prompt"))

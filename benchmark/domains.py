@@ -24,10 +24,12 @@ SHAPES_MODEL = Path(__file__).resolve().parent / "shapes" / "pretrained"
 RUN_DEFAULTS = {
     NATURAL: {"methods": "plain", "num_seeds": 4, "steps": 50, "guidance": 7.5, "sepen_steps": 200,
               "sepen_lr": 5e-6, "sepen_maps": "probs", "sepen_map_downscale": 4,
-              "sepen_latents": "noise", "sepen_train_prompt": "release", "metrics": ""},
+              "sepen_latents": "noise", "sepen_latent_scale": "vae", "sepen_train_prompt": "release",
+              "metrics": ""},
     SHAPES: {"methods": "plain,attend_excite,sepen", "num_seeds": 2, "steps": 30, "guidance": 3.0,
              "sepen_steps": 100, "sepen_lr": 3e-5, "sepen_maps": "probs",
-             "sepen_map_downscale": 4, "sepen_latents": "noise", "sepen_train_prompt": "suite",
+             "sepen_map_downscale": 4, "sepen_latents": "noise", "sepen_latent_scale": "vae",
+             "sepen_train_prompt": "suite",
              "metrics": "presence,clip,fid"},
 }
 # Natural models sample each method as its own release does (`Method.release_sampling`: SepEn at guidance 6,
@@ -41,7 +43,8 @@ def sepen_settings(settings: dict) -> dict:
     latents="samples" the samples are drawn with the run's steps and guidance; otherwise those stay out, so that a
     run with other sampling settings reuses the cached checkpoints."""
     fields = {"steps": settings["sepen_steps"], "learning_rate": settings["sepen_lr"], "maps": settings["sepen_maps"],
-              "map_downscale": settings["sepen_map_downscale"], "latents": settings["sepen_latents"]}
+              "map_downscale": settings["sepen_map_downscale"], "latents": settings["sepen_latents"],
+              "latent_scale": settings["sepen_latent_scale"]}
     if fields["latents"] == "samples":
         fields.update(sample_steps=settings["steps"], sample_guidance=settings["guidance"])
     return fields

@@ -64,9 +64,9 @@ def build_parser() -> argparse.ArgumentParser:
                        help="which attn2 projection to train (k is the method; q and v are the ablation)")
     train.add_argument("--pair-reduction", choices=["max", "mean"], default=defaults.pair_reduction,
                        help="Separate over object pairs when a prompt has 3+ objects")
-    train.add_argument("--latent-scale", choices=["vae", "unit"], default=defaults.latent_scale,
+    train.add_argument("--latent-scale", default=defaults.latent_scale, metavar="vae|unit|STD",
                        help="std of the Gaussian clean latents: the VAE's scaling_factor (the release; 0.18 on SD "
-                            "1.x) or 1")
+                            "1.x), 1, or a number")
     train.add_argument("--smoothing", choices=["release", "textbook"], default=defaults.smoothing,
                        help="Enhance's Gaussian kernel: the release's [0.212, 0.576, 0.212] or the textbook "
                             "[0.107, 0.787, 0.107]")

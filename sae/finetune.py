@@ -3,9 +3,9 @@
 Each step (no image data, as in the paper and its release): "clean" latents drawn as Gaussian noise times the
 VAE's `scaling_factor` (std 0.18 for SD 1.x) are noised by the DDPM forward process of the model's training betas
 (whatever its sampling scheduler) to a timestep drawn uniformly from [0, 1000), the UNet runs on the concept-pair
-prompts with the 1/4-resolution maps captured, and `lambda_sep * Separate + lambda_en * Enhance` is minimised. The UNet forward stops right after the last
-captured layer (`StopForward`): the rest of the network cannot change the maps, so it is neither run nor
-backpropagated. `latents="samples"` noises the base model's own samples of the pair prompt instead of
+prompts with the 1/4-resolution maps captured, and `lambda_sep * Separate + lambda_en * Enhance` is minimised.
+The UNet forward stops right after the last captured layer (`StopForward`): the rest of the network cannot
+change the maps, so it is neither run nor backpropagated. `latents="samples"` noises the base model's own samples of the pair prompt instead of
 Gaussian latents (a departure from the paper, measured on the shapes model: results/shapes/sepen_lr_sweep.md).
 The optional norm loss compares noise predictions with the frozen base on single-concept prompts; it needs the
 whole UNet, and the frozen base is the same module called with the original projection weights
@@ -73,8 +73,8 @@ class FinetuneConfig:
     maps: str = "probs"  # probs: softmax over all tokens (the method); sharpened: Attend-and-Excite's text maps
     smoothing: str = "release"  # Enhance's Gaussian kernel: release [0.212, 0.576, 0.212] or textbook (sae.losses)
     # Amplitude of the Gaussian "clean" latents: "vae", times the VAE's scaling_factor (the release: std 0.18215
-    # for SD 1.x); "unit", std 1 (the amplitude of real images' latents).
-    latent_scale: str = "vae"
+    # for SD 1.x); "unit", std 1 (the amplitude of real images' latents); or a number, that std.
+    latent_scale: str | float = "vae"
     # With the norm loss: "combined", one optimizer step on the sum (the release's per-pair run); "separate", a
     # second AdamW step on the norm loss alone, with its own backward and clipping (the release's large-scale run).
     norm_step: str = "combined"
@@ -114,7 +114,13 @@ class FinetuneConfig:
             raise ValueError(f"maps must be one of {tuple(MAP_KINDS)}, got {self.maps!r}")
         if self.mixed_precision not in ("no", "bf16", "fp16"):
             raise ValueError(f"mixed_precision must be no, bf16 or fp16, got {self.mixed_precision!r}")
-        choices = {"latents": LATENT_SOURCES, "latent_scale": LATENT_SCALES, "norm_step": NORM_STEPS,
+        if self.latent_scale not in LATENT_SCALES:
+            try:
+                self.latent_scale = float(self.latent_scale)
+            except (TypeError, ValueError):
+                raise ValueError(f"latent_scale must be one of {LATENT_SCALES} or a number, "
+                                 f"got {self.latent_scale!r}") from None
+        choices = {"latents": LATENT_SOURCES, "norm_step": NORM_STEPS,
                    "heads": HEAD_REDUCTIONS, "smoothing": SMOOTHING_KERNELS}
         for name, allowed in choices.items():
             if getattr(self, name) not in allowed:
@@ -253,9 +259,11 @@ def forward_process(pipe):
     return DDPMScheduler.from_config(pipe.scheduler.config)
 
 
-def latent_amplitude(pipe, latent_scale: str) -> float:
-    """Std of the Gaussian "clean" latents: the VAE's scaling_factor (the release) or 1."""
-    return 1.0 if latent_scale == "unit" else float(pipe.vae.config.scaling_factor)
+def latent_amplitude(pipe, latent_scale: str | float) -> float:
+    """Std of the Gaussian "clean" latents: the VAE's scaling_factor (the release), 1, or the number given."""
+    if latent_scale == "vae":
+        return float(pipe.vae.config.scaling_factor)
+    return 1.0 if latent_scale == "unit" else float(latent_scale)
 
 
 def _noisy_batch(pipe, batch_size: int, latent_size: int, generator: torch.Generator, device,

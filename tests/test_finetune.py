@@ -332,6 +332,7 @@ def test_release_quirks_config():
     quirky = FinetuneConfig().with_release_quirks()
     assert (quirky.heads, quirky.conditional_half, quirky.token_positions) == ("max", True, None)
     assert FinetuneConfig.large_scale().with_release_quirks(large_scale=True).token_positions == (6, 9)
+    assert FinetuneConfig(latent_scale="0.18").latent_scale == 0.18  # a std of its own (a probe's amplitude)
     for bad in ({"latent_scale": "half"}, {"smoothing": "box"}, {"norm_step": "twice"}, {"heads": "min"}):
         with pytest.raises(ValueError, match=next(iter(bad))):
             FinetuneConfig(**bad)
