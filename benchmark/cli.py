@@ -7,7 +7,7 @@ import json
 import sys
 from pathlib import Path
 
-from sae.cli import DefaultsHelpFormatter
+from sae.cli import DefaultsHelpFormatter, run_command
 
 SHAPES_DESCRIPTIONS = {
     "single_object": "each of the 18 colour x shape objects alone: the quality bar",
@@ -203,7 +203,9 @@ def cmd_run(args) -> int:
         for name in methods:
             sampling[name].update({k: v for k, v in (("steps", steps), ("guidance", guidance))
                                    if v is not None and k not in overrides[name]})
-    seeds = parse_seeds(args.seeds) if args.seeds else list(range(given("num_seeds")))
+    if args.num_seeds is not None and args.num_seeds < 1:
+        raise ValueError(f"--num-seeds {args.num_seeds}: give N >= 1")
+    seeds = parse_seeds(args.seeds) if args.seeds is not None else list(range(given("num_seeds")))
     config = RunConfig(suite=args.suite, model=model, methods=methods,
                        seeds=seeds, limit=args.limit, steps=given("steps"), guidance=given("guidance"),
                        sampling=sampling, sepen_train_prompt=given("sepen_train_prompt"),
@@ -295,11 +297,8 @@ def main(argv: list[str] | None = None) -> int:
 
     handlers = {"run": cmd_run, "ls": cmd_ls, "report": cmd_report, "score": cmd_score, "compare": cmd_compare,
                 "paper": cmd_paper}
-    try:
-        return handlers[args.command](args)
-    except (ModelNotFoundError, CheckpointError, ValueError, FileNotFoundError, json.JSONDecodeError) as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
+    return run_command(handlers[args.command], args,
+                       (ModelNotFoundError, CheckpointError, ValueError, FileNotFoundError, json.JSONDecodeError))
 
 
 if __name__ == "__main__":

@@ -11,15 +11,16 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import sys
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 import torch
 from tqdm.auto import tqdm
 
-from sae.checkpoint import check_base_model, load_delta
+from sae.checkpoint import check_base_model, check_fits, load_delta
 from sae.finetune import FinetuneConfig
 from sae.models import load_pipeline
 from sae.tokens import encode_prompt_ids
@@ -27,15 +28,17 @@ from sae.tokens import encode_prompt_ids
 from .domains import model_domain, prompts_dir
 from .methods import GenerationContext, get_method
 from .metrics import MetricContext, MetricUnavailable, SetMetric, get_metric, suite_vocabulary
-from .records import (append_jsonl, image_path, read_scores, record_key, scan_records, write_image,
-                      write_text_atomic)
+from .records import (append_jsonl, file_sha256, image_path, quarantine_damaged, read_scores, record_key, scan_records,
+                      write_image, write_text_atomic)
 from .report import write_report
 from .suites import SuitePrompt, load_suite
 
 # settings that change an image: a run folder holds images of one value of each
-IMAGE_SETTINGS = ("model", "steps", "guidance", "sampling", "sepen", "sepen_train_prompt", "scheduler")
+IMAGE_SETTINGS = ("model", "steps", "guidance", "sampling", "sepen", "sepen_train_prompt", "scheduler",
+                  "sepen_checkpoint_sha256")
 # ... of which older run folders did not record these: compared only where the folder has them
-LATER_SETTINGS = ("sampling", "sepen_train_prompt", "scheduler")
+LATER_SETTINGS = ("sampling", "sepen_train_prompt", "scheduler", "sepen_checkpoint_sha256")
+LOCK_NAME = ".lock"
 
 
 class RunError(ValueError):
@@ -60,6 +63,7 @@ class RunConfig:
     sepen_train_prompt: str = "suite"  # per-prompt SepEn trains on the suite prompt or the release's template
     sampling: dict = field(default_factory=dict)  # method -> {"steps", "guidance"}; others: steps and guidance
     sepen_checkpoint: str | None = None
+    sepen_checkpoint_sha256: str | None = None  # its content, filled in by `run`
     checkpoint_cache: Path = Path.home() / ".cache" / "sae" / "checkpoints"
     progress: bool = True
     html: bool = False  # write the HTML report (`report/`) at the end; the CLI's default is on
@@ -71,6 +75,23 @@ class RunConfig:
 
     def sampling_of(self, method: str) -> dict:
         return {"steps": self.steps, "guidance": self.guidance, **self.sampling.get(method, {})}
+
+    def validate(self) -> None:
+        """Refuse numbers no run can use, before anything is loaded or written."""
+        if not self.seeds:
+            raise RunError("no seeds: give --seeds (e.g. 0-3) or --num-seeds N with N >= 1")
+        if any(int(seed) < 0 for seed in self.seeds):
+            raise RunError("seeds must be >= 0")
+        if self.limit is not None and self.limit < 1:
+            raise RunError(f"--limit {self.limit}: give N >= 1 prompts, or leave it out for the whole suite")
+        if self.batch_size < 1:
+            raise RunError(f"--batch-size {self.batch_size}: give N >= 1 images per pipeline call")
+        for method in self.methods:
+            sampling = self.sampling_of(method)
+            if int(sampling["steps"]) < 1:
+                raise RunError(f"--steps {sampling['steps']} for {method}: give N >= 1 denoising steps")
+            if float(sampling["guidance"]) < 0:
+                raise RunError(f"--guidance {sampling['guidance']} for {method}: give a scale >= 0")
 
 
 def method_sampling(methods: list[str], steps: int, guidance: float, release: bool,
@@ -224,6 +245,7 @@ def _append_scores(run_dir: Path, metric, records: list[dict], values: list[dict
 def run(config: RunConfig) -> Path | None:
     """Generate what is missing, score it, and write the tables. Returns the run folder (None on the other
     processes of a distributed run)."""
+    config.validate()
     domain = model_domain(config.model)
     prompts = load_suite(config.suite, prompts_dir(domain))
     if config.limit is not None:
@@ -234,12 +256,15 @@ def run(config: RunConfig) -> Path | None:
     device = str(state.device) if state.num_processes > 1 else config.device
     pipe = load_pipeline(config.model, device=device)
     scheduler = type(pipe.scheduler).__name__
+    if config.sepen_checkpoint:  # shapes, finiteness and base weights, before any image
+        delta = load_delta(config.sepen_checkpoint)
+        check_fits(pipe.unet, delta)
+        check_base_model(pipe.unet, delta)
+        config = replace(config, sepen_checkpoint_sha256=file_sha256(Path(config.sepen_checkpoint)))
     _check_run_folder(out, config, scheduler)
     _check_prompts(pipe, prompts)
     for name in config.metrics:
         get_metric(name)  # an unknown metric is an error before any work
-    if config.sepen_checkpoint:
-        check_base_model(pipe.unet, load_delta(config.sepen_checkpoint))
     context = GenerationContext(pipe=pipe, base_model=config.model, num_inference_steps=config.steps,
                                 guidance_scale=config.guidance, sepen_config=FinetuneConfig(**config.sepen),
                                 checkpoint_cache=Path(config.checkpoint_cache),
@@ -249,14 +274,21 @@ def run(config: RunConfig) -> Path | None:
     for method in methods:
         method.check(context)  # settings a method cannot run with fail here, not after other methods' images
     out.mkdir(parents=True, exist_ok=True)
+    lock = _lock_run_folder(out) if state.is_main_process else None  # noqa: F841 (held until the process ends)
+    if state.is_main_process:
+        quarantine_damaged(out)  # a file that cannot be read is made again below
     metric_context = MetricContext(device=str(pipe.device), model_paths=config.metric_models, domain=domain,
                                    vocabulary=suite_vocabulary(config.suite, domain))  # whole suite, not --limit
     metrics = _setup_metrics(config.metrics, metric_context)
     described = {m.name: m.describe() for m in metrics}
-    if state.is_main_process:
-        (out / "run_config.json").write_text(json.dumps({**config.to_json(), "scheduler": scheduler,
-                                                         "domain": domain, "metrics_described": described},
-                                                        indent=1))
+
+    def write_config() -> None:
+        """Written with the first image (or at the end): a start that fails leaves no settings to refuse a
+        corrected command with."""
+        if state.is_main_process and not (out / "run_config.json").exists():
+            write_text_atomic(out / "run_config.json", json.dumps(
+                {**config.to_json(), "scheduler": scheduler, "domain": domain, "metrics_described": described},
+                indent=1))
 
     # Blocks of `batch_size` consecutive seeds are the unit of generation: batched kernels on the CPU can differ
     # from one image at a time by one 8-bit level, so a resumed run regenerates a block whole (writing only its
@@ -284,8 +316,10 @@ def run(config: RunConfig) -> Path | None:
         for item, todo in work:
             for block in todo:
                 bar.set_postfix_str(f"{method.name} {item.id}")
+                write_config()
                 bar.update(generate_block(out, method, context, item, block, block_metrics))
     bar.close()
+    write_config()
     state.wait_for_everyone()
     if state.is_main_process:
         score_missing(out, metrics, progress=context.progress)
@@ -298,6 +332,27 @@ def run(config: RunConfig) -> Path | None:
     return out if state.is_main_process else None
 
 
+def _lock_run_folder(out: Path):
+    """An exclusive lock on the run folder for this process's life; a second `run` on it is refused, naming the
+    first (its images would race with ours)."""
+    import fcntl
+
+    handle = open(out / LOCK_NAME, "a+")
+    try:
+        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        handle.seek(0)
+        holder = handle.read().strip() or "another process"
+        handle.close()
+        raise RunError(f"{out} is being written by {holder}: wait for it to finish (then rerun to complete "
+                       "anything missing), or pass another --out") from None
+    handle.seek(0)
+    handle.truncate()
+    handle.write(f"process {os.getpid()}")
+    handle.flush()
+    return handle
+
+
 def split_units(units: list, process_index: int, num_processes: int) -> list:
     """This process's share of the (method, prompt) units: every unit goes to exactly one process."""
     return units[process_index::num_processes]
@@ -307,6 +362,7 @@ def generate_block(out: Path, method, context: GenerationContext, item: SuitePro
                    metrics: list = ()) -> int:
     """Generate one block of seeds, write its missing images with their records, score them; returns the count."""
     started = time.perf_counter()
+    checkpoint = method.checkpoint_path(context, item)
     with torch.no_grad():
         images = method.generate(context, item, block)
     seconds = (time.perf_counter() - started) / len(block)
@@ -319,6 +375,8 @@ def generate_block(out: Path, method, context: GenerationContext, item: SuitePro
                   "prompt": item.prompt, "objects": [o.__dict__ for o in item.objects], "seed": seed,
                   "model": context.base_model, "steps": context.num_inference_steps,
                   "guidance": context.guidance_scale, "seconds": seconds, "batch": len(block)}
+        if checkpoint is not None:
+            record["checkpoint_sha256"] = context.checkpoint_sha256(checkpoint)
         write_image(path, image, record)
         records.append({**record, "path": str(path.relative_to(out))})
         written.append(image)
@@ -332,11 +390,14 @@ def generate_block(out: Path, method, context: GenerationContext, item: SuitePro
 
 def _record_finetune_costs(out: Path, method, context: GenerationContext, prompts: list[SuitePrompt]) -> None:
     """The one-off SepEn training cost of each prompt's checkpoint (trained now or found in the cache)."""
-    if not hasattr(method, "_checkpoint") or context.sepen_checkpoint is not None:
+    if context.sepen_checkpoint is not None:
         return
     rows = []
     for item in prompts:
-        info = method._checkpoint(context, item).parent / "prompt.json"
+        checkpoint = method.checkpoint_path(context, item)
+        if checkpoint is None:
+            return
+        info = checkpoint.parent / "prompt.json"
         if info.exists():
             seconds = json.loads(info.read_text())["seconds"]
             rows.append({"method": method.name, "prompt_id": item.id, "seconds": seconds,

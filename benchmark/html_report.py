@@ -348,7 +348,8 @@ def trace_method(context, method_name: str, item, seed: int, pair_reduction: str
     from .methods import get_method
 
     method = get_method(method_name)
-    if hasattr(method, "_checkpoint") and not method._checkpoint(context, item).exists():
+    checkpoint = method.checkpoint_path(context, item)
+    if checkpoint is not None and not checkpoint.exists():
         return None  # no per-prompt checkpoint in the cache: training one is the run's work, not the report's
     with torch.no_grad(), trace_object_maps(context.pipe.unet, context.token_groups(item)) as trace:
         image = method.generate(context, item, [seed])[0]

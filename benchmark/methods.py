@@ -26,6 +26,7 @@ from sae.sampling import seed_generators
 from sae.tokens import find_token_indices
 
 from .guidance import attend_and_excite, sepen_test_time
+from .records import file_sha256
 from .suites import SuitePrompt
 
 
@@ -43,6 +44,7 @@ class GenerationContext:
     sepen_train_prompt: str = "suite"  # per-prompt training on the suite prompt or the release's template
     progress: bool = True
     finetune_seconds: dict = field(default_factory=dict)  # prompt id -> seconds spent training (this run)
+    _hashes: dict = field(default_factory=dict)
     _base_keys: dict | None = None
     _fingerprint: dict | None = None
 
@@ -71,6 +73,12 @@ class GenerationContext:
         require_same_base(delta, self.base_fingerprint()[key], key)
         apply_delta(self.pipe.unet, delta, check_base=False)
 
+    def checkpoint_sha256(self, path: Path) -> str:
+        """Content hash of a checkpoint file (once per path and run), for the image records."""
+        if path not in self._hashes:
+            self._hashes[path] = file_sha256(path)
+        return self._hashes[path]
+
     def restore_base(self) -> None:
         self.base_fingerprint()
         params = dict(self.pipe.unet.named_parameters())
@@ -90,6 +98,10 @@ class Method:
 
     def prepare(self, context: GenerationContext, prompts: list[SuitePrompt]) -> None:
         """One-off work before generating (e.g. training checkpoints)."""
+
+    def checkpoint_path(self, context: GenerationContext, item: SuitePrompt) -> Path | None:
+        """The SepEn checkpoint this method applies for `item`, or None (it applies none)."""
+        return None
 
     def generate(self, context: GenerationContext, item: SuitePrompt, seeds: list[int]) -> list:
         raise NotImplementedError
@@ -159,7 +171,7 @@ class SepEn(Method):
     release_sampling = {"steps": 50, "guidance": 6.0}  # the SepEn release's sampling script
     use_attend_excite = False
 
-    def _checkpoint(self, context: GenerationContext, item: SuitePrompt) -> Path:
+    def checkpoint_path(self, context: GenerationContext, item: SuitePrompt) -> Path:
         if context.sepen_checkpoint is not None:
             return context.sepen_checkpoint
         key = checkpoint_key(context.base_fingerprint(), item, context.sepen_config, context.sepen_train_prompt)
@@ -176,9 +188,9 @@ class SepEn(Method):
         if context.sepen_checkpoint is not None:
             load_delta(context.sepen_checkpoint)  # fail early on an unreadable file
             return
-        missing = [p for p in prompts if not self._checkpoint(context, p).exists()]
+        missing = [p for p in prompts if not self.checkpoint_path(context, p).exists()]
         for item in tqdm(missing, desc="SepEn checkpoints", disable=not context.progress or not missing):
-            out = self._checkpoint(context, item).parent
+            out = self.checkpoint_path(context, item).parent
             context.restore_base()
             started = time.perf_counter()
             prompt = training_prompt(item, context.sepen_train_prompt)
@@ -191,7 +203,7 @@ class SepEn(Method):
         context.restore_base()
 
     def generate(self, context, item, seeds):
-        context.apply_checkpoint(self._checkpoint(context, item))
+        context.apply_checkpoint(self.checkpoint_path(context, item))
         try:
             if self.use_attend_excite:
                 return AttendExcite().generate(context, item, seeds)

@@ -8,8 +8,10 @@ run killed at any point (kill -9 included) loses nothing that was written and ne
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
+import sys
 from pathlib import Path
 
 from PIL import Image, PngImagePlugin
@@ -17,8 +19,13 @@ from PIL import Image, PngImagePlugin
 RECORD_KEY = "sae_record"
 
 
+def id_folder(prompt_id: str) -> str:
+    """A prompt id's folder name. Suites refuse ids whose folder names would collide or escape (`suites.py`)."""
+    return prompt_id.replace("/", "_")
+
+
 def image_path(run_dir: Path, method: str, prompt_id: str, seed: int) -> Path:
-    return run_dir / "images" / method / prompt_id.replace("/", "_") / f"{seed:04d}.png"
+    return run_dir / "images" / method / id_folder(prompt_id) / f"{seed:04d}.png"
 
 
 def record_key(record: dict) -> tuple[str, str, int]:
@@ -44,34 +51,75 @@ def read_record(path: Path) -> dict:
         return json.loads(image.text[RECORD_KEY])
 
 
+DAMAGED_SUFFIX = ".damaged"
+
+
+def image_is_whole(path: Path) -> bool:
+    """The PNG decodes (every chunk's checksum, all its pixel data) and carries its record."""
+    try:
+        with Image.open(path) as image:
+            image.load()
+            return RECORD_KEY in image.text
+    except (OSError, SyntaxError, ValueError):  # PIL's errors for truncated or corrupt files
+        return False
+
+
+def quarantine_damaged(run_dir: Path) -> list[Path]:
+    """Move aside (`<seed>.png.damaged`) every image that cannot be read, naming each on one line, so that `run`
+    generates it again. Returns the damaged paths."""
+    damaged = [p for p in sorted((run_dir / "images").glob("*/*/*.png")) if not image_is_whole(p)]
+    for path in damaged:
+        os.replace(path, path.with_name(path.name + DAMAGED_SUFFIX))
+        print(f"warning: {path} cannot be read (damaged or truncated): moved aside to {path.name}{DAMAGED_SUFFIX}; "
+              "`benchmark run` with the same command makes it again", file=sys.stderr)
+    return damaged
+
+
 def scan_records(run_dir: Path) -> list[dict]:
-    """Every finished image's record, in a stable order (method, prompt id, seed)."""
+    """Every finished image's record, in a stable order (method, prompt id, seed). A file that cannot be read is
+    moved aside first (`quarantine_damaged`), so it is missing, not a crash."""
     records = []
     for path in sorted((run_dir / "images").glob("*/*/*.png")):
-        record = read_record(path)
+        try:
+            record = read_record(path)
+        except (OSError, SyntaxError, ValueError, KeyError):
+            quarantine_damaged(run_dir)
+            return scan_records(run_dir)
         record["path"] = str(path.relative_to(run_dir))
         records.append(record)
     return sorted(records, key=record_key)
 
 
 def append_jsonl(path: Path, rows: list[dict]) -> None:
-    """Append whole lines and fsync: a kill leaves at most one partial last line, which readers skip."""
+    """Append whole lines and fsync: a kill leaves at most one partial last line, which readers skip. The append
+    starts on a fresh line, so a torn last line never swallows the next record."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "a") as handle:
-        handle.write("".join(json.dumps(row) + "\n" for row in rows))
+    with open(path, "a+b") as handle:
+        torn = False
+        if handle.seek(0, os.SEEK_END) > 0:  # appends go to the end whatever was read before
+            handle.seek(-1, os.SEEK_END)
+            torn = handle.read(1) != b"\n"
+        text = ("\n" if torn else "") + "".join(json.dumps(row) + "\n" for row in rows)
+        handle.write(text.encode())
         handle.flush()
         os.fsync(handle.fileno())
 
 
-def read_jsonl(path: Path) -> list[dict]:
+def read_jsonl(path: Path, warn: bool = True) -> list[dict]:
+    """The lines of a JSONL file; a torn line (a kill during a write) is named on one line and skipped: the
+    image it scored has no score then, and the next `run` or `score` scores it again."""
     if not path.exists():
         return []
     rows = []
-    for line in path.read_text().splitlines():
+    for number, line in enumerate(path.read_text().splitlines(), start=1):
+        if not line.strip():
+            continue
         try:
             rows.append(json.loads(line))
         except json.JSONDecodeError:
-            continue  # a line cut by a kill; its image is rescored on resume
+            if warn:
+                print(f"warning: {path}:{number}: skipped a torn line (an interrupted write); its image is scored "
+                      "again by the next run or score", file=sys.stderr)
     return rows
 
 
@@ -82,6 +130,14 @@ def read_scores(run_dir: Path) -> dict[tuple[str, str, int], dict[str, float]]:
         for row in read_jsonl(path):
             scores.setdefault(record_key(row), {}).update(row["values"])
     return scores
+
+
+def file_sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for chunk in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
 
 
 def write_text_atomic(path: Path, text: str) -> None:

@@ -24,7 +24,7 @@ import pandas as pd
 from .records import build_samples, read_jsonl, write_text_atomic
 
 RECORD_FIELDS = {"method", "prompt_id", "suite", "category", "prompt", "objects", "seed", "path", "steps",
-                 "guidance", "seconds", "model", "height", "width", "domain", "batch"}
+                 "guidance", "seconds", "model", "height", "width", "domain", "batch", "checkpoint_sha256"}
 BOOTSTRAP_SAMPLES = 1000
 BASELINE = "plain"
 
@@ -63,7 +63,7 @@ def read_set_scores(run_dir: Path) -> tuple[dict, dict]:
 def set_columns(summary: pd.DataFrame) -> list[str]:
     """The set metrics' columns of a summary (those without a mean and interval)."""
     return [c for c in summary.columns if c not in ("method", "category", "images")
-            and not c.endswith(("_mean", "_ci_low", "_ci_high"))]
+            and not c.endswith(("_mean", "_ci_low", "_ci_high", "_n"))]
 
 
 def ordered_methods(found: list[str], order: list[str] | None) -> list[str]:
@@ -95,6 +95,7 @@ def summarize(rows: list[dict], method_order: list[str] | None = None, sets: dic
                 low, high = bootstrap_interval(values)
                 row[f"{column}_mean"] = float(values.mean()) if len(values) else float("nan")
                 row[f"{column}_ci_low"], row[f"{column}_ci_high"] = low, high
+                row[f"{column}_n"] = len(values)  # the images scored: fewer than `images` while scores are missing
             images, values = (sets or {}).get((method, category), (len(part), {}))
             row.update({k: (v if images == len(part) else float("nan")) for k, v in values.items()})
             out.append(row)
@@ -176,8 +177,10 @@ def summary_cells(summary: pd.DataFrame) -> tuple[list[str], list[list[str]]]:
         cells = [str(row["method"]), str(row["category"]), str(int(row["images"]))]
         for column in means:
             mean = row[f"{column}_mean"]
+            scored = row.get(f"{column}_n", row["images"])
+            count = "" if pd.isna(scored) or int(scored) == int(row["images"]) else f" (n={int(scored)})"
             cells.append("n/a" if pd.isna(mean) else
-                         f"{mean:.3f} [{row[f'{column}_ci_low']:.3f}, {row[f'{column}_ci_high']:.3f}]")
+                         f"{mean:.3f} [{row[f'{column}_ci_low']:.3f}, {row[f'{column}_ci_high']:.3f}]{count}")
         cells += ["n/a" if pd.isna(row[c]) else f"{row[c]:.3f}" for c in sets]
         rows.append(cells)
     return header, rows

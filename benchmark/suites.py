@@ -55,6 +55,39 @@ class SuitePrompt:
         return [o.name for o in self.objects]
 
 
+def _check_types(row: dict) -> str | None:
+    """What is wrong with the field types of a suite line, or None."""
+    if not isinstance(row.get("prompt"), str) or not row["prompt"].strip():
+        return "prompt must be a non-empty string"
+    if not isinstance(row.get("id"), (str, int)) or isinstance(row.get("id"), bool):
+        return "id must be a string"
+    if not isinstance(row.get("objects"), list):
+        return "objects must be a list of {name, ...}"
+    for obj in row["objects"]:
+        if not isinstance(obj, dict) or not isinstance(obj.get("name"), str) or not obj["name"].strip():
+            return "every object needs a name (a non-empty string)"
+        count = obj.get("count", 1)
+        if isinstance(count, bool) or not isinstance(count, int) or count < 1:
+            return f"object {obj['name']!r}: count must be a whole number >= 1, got {count!r}"
+        for key in ("attribute", "query"):
+            if obj.get(key) is not None and not isinstance(obj[key], str):
+                return f"object {obj['name']!r}: {key} must be a string, got {obj[key]!r}"
+    return None
+
+
+def _check_id(prompt_id: str, folders: dict) -> str | None:
+    """What is wrong with a prompt id as a folder of the run (`records.id_folder`), or None."""
+    from .records import id_folder
+
+    folder = id_folder(prompt_id)
+    if folder in ("", ".", "..") or "\\" in prompt_id or "\0" in prompt_id:
+        return f"prompt id {prompt_id!r} cannot name a folder: use letters, digits, '_', '-', '/' and '.'"
+    if folder in folders:
+        return (f"prompt id {prompt_id!r} shares the folder {folder!r} with id {folders[folder][0]!r} (line "
+                f"{folders[folder][1]}): rename one")
+    return None
+
+
 def available_suites(prompts_dir: Path = PROMPTS_DIR) -> list[str]:
     return sorted(p.stem for p in prompts_dir.glob("*.jsonl"))
 
@@ -73,12 +106,17 @@ def suite_path(name: str, prompts_dir: Path = PROMPTS_DIR) -> Path:
 
 def load_suite(name: str, prompts_dir: Path = PROMPTS_DIR) -> list[SuitePrompt]:
     path = suite_path(name, prompts_dir)
-    prompts, ids = [], set()
+    from .records import id_folder
+
+    prompts, ids, folders = [], set(), {}
     for number, line in enumerate(path.read_text().splitlines(), start=1):
         if not line.strip():
             continue
         try:
             row = json.loads(line)
+            problem = _check_types(row) if isinstance(row, dict) else "a line must be a JSON object"
+            if problem:
+                raise SuiteError(f"{path}:{number}: {problem}")
             objects = tuple(SuiteObject(**o) for o in row["objects"])
             item = SuitePrompt(id=str(row["id"]), prompt=row["prompt"], objects=objects,
                                category=row.get("category", "all"), suite=row.get("suite", path.stem),
@@ -91,7 +129,11 @@ def load_suite(name: str, prompts_dir: Path = PROMPTS_DIR) -> list[SuitePrompt]:
             raise SuiteError(f"{path}:{number}: prompt {item.id} lists no objects")
         if item.id in ids:
             raise SuiteError(f"{path}:{number}: duplicate prompt id {item.id}")
+        problem = _check_id(item.id, folders)
+        if problem:
+            raise SuiteError(f"{path}:{number}: {problem}")
         ids.add(item.id)
+        folders[id_folder(item.id)] = (item.id, number)
         prompts.append(item)
     if not prompts:
         raise SuiteError(f"suite file {path} holds no prompts")

@@ -90,6 +90,9 @@ def save_delta(path: str | os.PathLike, tensors: dict[str, torch.Tensor], *, bas
                 "base_fingerprint": json.dumps(base_fingerprint), "concepts": json.dumps(list(concepts)),
                 "config": json.dumps(config or {}, default=str), "versions": json.dumps(library_versions())}
     cpu = {name: t.detach().to("cpu").contiguous() for name, t in tensors.items()}
+    bad = [name for name, t in cpu.items() if not torch.isfinite(t).all()]
+    if bad:
+        raise CheckpointError(f"refusing to save {path}: tensor {bad[0]} holds NaN or infinite values")
     tmp = path.with_name(path.name + ".tmp")
     save_file(cpu, str(tmp), metadata=metadata)
     os.replace(tmp, path)
@@ -98,6 +101,10 @@ def save_delta(path: str | os.PathLike, tensors: dict[str, torch.Tensor], *, bas
 
 def load_delta(path: str | os.PathLike) -> Delta:
     path = Path(path)
+    if path.is_dir():
+        inside = path / "sepen.safetensors"
+        hint = f" (it holds {inside})" if inside.is_file() else ""
+        raise CheckpointError(f"checkpoint {path} is a folder{hint}: pass the .safetensors file")
     if not path.is_file():
         raise CheckpointError(f"checkpoint {path} does not exist")
     try:
@@ -110,10 +117,19 @@ def load_delta(path: str | os.PathLike) -> Delta:
     if metadata.get("format") != FORMAT:
         raise CheckpointError(f"{path} is a safetensors file but not a SepEn checkpoint "
                               f"(format {metadata.get('format')!r}, expected {FORMAT!r})")
-    return Delta(tensors=tensors, base_model=metadata["base_model"],
-                 base_fingerprint=json.loads(metadata["base_fingerprint"]),
-                 concepts=json.loads(metadata["concepts"]), config=json.loads(metadata["config"]),
-                 versions=json.loads(metadata["versions"]))
+    try:
+        delta = Delta(tensors=tensors, base_model=metadata["base_model"],
+                      base_fingerprint=json.loads(metadata["base_fingerprint"]),
+                      concepts=json.loads(metadata["concepts"]), config=json.loads(metadata["config"]),
+                      versions=json.loads(metadata["versions"]))
+    except (KeyError, json.JSONDecodeError) as err:
+        raise CheckpointError(f"{path}: its metadata is incomplete or damaged ({type(err).__name__}: {err}); "
+                              "train it again with `python -m sae train`") from None
+    bad = [name for name, t in tensors.items() if not torch.isfinite(t).all()]
+    if bad:
+        raise CheckpointError(f"{path}: tensor {bad[0]} holds NaN or infinite values (a diverged training); "
+                              "train it again with a lower learning rate")
+    return delta
 
 
 def check_base_model(unet, delta: Delta) -> None:
@@ -133,10 +149,8 @@ def require_same_base(delta: Delta, found: str, key: str = "float16") -> None:
             "base model (and no other checkpoint on top of it)")
 
 
-def apply_delta(unet, delta: Delta | str | os.PathLike, check_base: bool = True) -> Delta:
-    """Copy a checkpoint's tensors into `unet` (in place), after checking that it is the right base."""
-    if not isinstance(delta, Delta):
-        delta = load_delta(delta)
+def check_fits(unet, delta: Delta) -> None:
+    """Raise `CheckpointError` unless every tensor of the checkpoint is a parameter of `unet` of the same shape."""
     params = dict(unet.named_parameters())
     missing = [name for name in delta.tensors if name not in params]
     if missing:
@@ -146,6 +160,14 @@ def apply_delta(unet, delta: Delta | str | os.PathLike, check_base: bool = True)
         if params[name].shape != tensor.shape:
             raise CheckpointError(f"checkpoint tensor {name} has shape {tuple(tensor.shape)}, the UNet's is "
                                   f"{tuple(params[name].shape)}: it was trained on another architecture")
+
+
+def apply_delta(unet, delta: Delta | str | os.PathLike, check_base: bool = True) -> Delta:
+    """Copy a checkpoint's tensors into `unet` (in place), after checking that it is the right base."""
+    if not isinstance(delta, Delta):
+        delta = load_delta(delta)
+    check_fits(unet, delta)
+    params = dict(unet.named_parameters())
     if check_base:
         check_base_model(unet, delta)
     with torch.no_grad():

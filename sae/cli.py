@@ -208,11 +208,25 @@ def main(argv: list[str] | None = None) -> int:
     from .models import ModelNotFoundError
 
     handlers = {"train": cmd_train, "sample": cmd_sample, "tiny-model": cmd_tiny_model}
+    return run_command(handlers[args.command], args,
+                       (ModelNotFoundError, CheckpointError, TrainingDivergedError, ValueError, FileNotFoundError))
+
+
+def run_command(handler, args, refusals: tuple) -> int:
+    """A command's errors as one line each: refusals and OS errors (permissions, a full disk) exit 2, Ctrl-C 130;
+    what was written before stays, and the same command resumes."""
     try:
-        return handlers[args.command](args)
-    except (ModelNotFoundError, CheckpointError, TrainingDivergedError, ValueError, FileNotFoundError) as err:
+        return handler(args)
+    except refusals as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
+    except OSError as err:
+        print(f"error: {err.strerror or err} ({err.filename or 'no file named'}); what was written stays: fix it "
+              "and run the same command again", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted: what was written stays; run the same command again to resume", file=sys.stderr)
+        return 130
 
 
 if __name__ == "__main__":

@@ -44,7 +44,8 @@ RELEASE_TOKEN_POSITIONS = (6, 9)
 # latents="samples" draws its samples from seeds far from the benchmark's (0-63 and the tuning seeds 200-203),
 # so that no finetuning sees the starting noise of an image it is scored on.
 SAMPLE_SEED_BASE = 1_000_000
-CHECKPOINT_NAME = "sepen.safetensors"
+CHECKPOINT_NAME = "sepen.safetensors"  # written once, when training has finished: its presence means "complete"
+PARTIAL_NAME = "sepen.partial.safetensors"  # the intermediate checkpoints a stopped run resumes from
 STATE_NAME = "train_state.pt"
 LOSSES_NAME = "losses.csv"
 
@@ -156,6 +157,9 @@ class ConceptPair:
     def concepts(self) -> list[str]:
         return list(self.objects)
 
+    def identity(self) -> dict:
+        return {"prompt": self.prompt, "objects": list(self.objects)}
+
     def draw(self, step: int, batch_size: int, seed: int) -> list[tuple[str, list[str]]]:
         return [(self.prompt, self.objects)] * batch_size
 
@@ -175,6 +179,9 @@ class ConceptPool:
     @property
     def concepts(self) -> list[str]:
         return list(self.concepts_list)
+
+    def identity(self) -> dict:
+        return {"concepts": list(self.concepts_list), "connectors": list(self.connectors), "template": self.template}
 
     def draw(self, step: int, batch_size: int, seed: int) -> list[tuple[str, list[str]]]:
         rng = random.Random(f"{seed}:{step}")  # per step, so that a resumed run draws the same pairs
@@ -347,8 +354,7 @@ def finetune(pipe, source: ConceptPair | ConceptPool, config: FinetuneConfig | N
         out.mkdir(parents=True, exist_ok=True)
         state_path = out / STATE_NAME
         if resume and state_path.exists():
-            start, history, fingerprint = _resume(state_path, out / CHECKPOINT_NAME, params, optimizer, config,
-                                                  source)
+            start, history = _resume(state_path, params, optimizer, config, source, fingerprint)
     pool = None
     if config.latents == "samples" and start < config.steps:
         if not isinstance(source, ConceptPair):
@@ -366,13 +372,18 @@ def finetune(pipe, source: ConceptPair | ConceptPool, config: FinetuneConfig | N
         return token_cache[key]
 
     def save(step: int) -> Path:
-        path = save_delta(out / CHECKPOINT_NAME, {n: p for n, p in params.items()}, base_model=base_model,
+        """Tensors first (atomic), then the state that points at them: a kill between the two resumes from the
+        previous state. Only the finished run's tensors carry the final name."""
+        name = CHECKPOINT_NAME if step >= config.steps else PARTIAL_NAME
+        path = save_delta(out / name, {n: p for n, p in params.items()}, base_model=base_model,
                           base_fingerprint=fingerprint, concepts=source.concepts, config=config.to_dict())
-        torch.save({"step": step, "optimizer": optimizer.state_dict(), "history": history,
-                    "config": config.to_dict(), "concepts": source.concepts, "base_fingerprint": fingerprint},
-                   out / (STATE_NAME + ".tmp"))
+        torch.save({"step": step, "optimizer": optimizer.state_dict(), "history": history, "checkpoint": name,
+                    "config": config.to_dict(), "concepts": source.concepts, "source": source.identity(),
+                    "base_fingerprint": fingerprint}, out / (STATE_NAME + ".tmp"))
         os.replace(out / (STATE_NAME + ".tmp"), out / STATE_NAME)
         _write_losses(out / LOSSES_NAME, history)
+        if name == CHECKPOINT_NAME:
+            (out / PARTIAL_NAME).unlink(missing_ok=True)
         return path
 
     forward = forward_process(pipe)
@@ -394,8 +405,8 @@ def finetune(pipe, source: ConceptPair | ConceptPool, config: FinetuneConfig | N
 
     def optimizer_step(loss, step, values):
         if not math.isfinite(loss.item()):
-            saved = out is not None and (out / CHECKPOINT_NAME).exists()
-            where = f"; the last good checkpoint is {out / CHECKPOINT_NAME}" if saved else ""
+            where = f"; training resumes from {out} (the last finite state)" if out is not None and \
+                (out / STATE_NAME).exists() else ""
             raise TrainingDivergedError(
                 f"loss became {loss.item()} at step {step} ({values}){where}. Lower --lr, train in fp32 "
                 "(--mixed-precision no), or check the prompt's object words.")
@@ -405,6 +416,9 @@ def finetune(pipe, source: ConceptPair | ConceptPool, config: FinetuneConfig | N
         torch.nn.utils.clip_grad_norm_(params.values(), config.max_grad_norm)
         scaler.step(optimizer)
         scaler.update()
+        if not all(torch.isfinite(p).all() for p in params.values()):  # e.g. an fp16 overflow in the gradients
+            raise TrainingDivergedError(f"the trained weights became non-finite at step {step}; nothing of this "
+                                        "step was saved. Lower --lr or train in fp32 (--mixed-precision no).")
 
     separate_norm_step = config.lambda_norm > 0 and config.norm_step == "separate"
     bar = tqdm(range(start, config.steps), initial=start, total=config.steps, desc="SepEn finetune",
@@ -444,17 +458,23 @@ def finetune(pipe, source: ConceptPair | ConceptPool, config: FinetuneConfig | N
                           checkpoint=checkpoint)
 
 
-def _resume(state_path: Path, checkpoint_path: Path, params, optimizer, config: FinetuneConfig, source):
-    """Restore a run from its out folder; a folder holding another run is an error, not an overwrite."""
+def _resume(state_path: Path, params, optimizer, config: FinetuneConfig, source, fingerprint: dict):
+    """Restore a run from its out folder; a folder holding another run (settings, prompt or concepts, base
+    weights) is an error, not an overwrite."""
     state = torch.load(state_path, map_location="cpu", weights_only=True)
     saved = {k: v for k, v in state["config"].items() if k not in ("steps", "checkpoint_every")}
     wanted = {k: v for k, v in config.to_dict().items() if k not in ("steps", "checkpoint_every")}
-    if json.loads(json.dumps(saved)) != json.loads(json.dumps(wanted)) or state["concepts"] != source.concepts:
-        raise ValueError(f"{state_path.parent} holds a training run with other settings or concepts; "
-                         "pass another --out, or delete that folder to start over")
-    delta = load_delta(checkpoint_path)
+    differ = [what for what, same in (
+        ("settings", json.loads(json.dumps(saved)) == json.loads(json.dumps(wanted))),
+        ("concepts", state["concepts"] == source.concepts),
+        ("prompt", state.get("source", source.identity()) == source.identity()),
+        ("base weights", state["base_fingerprint"] == fingerprint)) if not same]
+    if differ:
+        raise ValueError(f"{state_path.parent} holds a training run with other {', '.join(differ)}; pass "
+                         "another --out, or delete that folder to start over")
+    delta = load_delta(state_path.parent / state.get("checkpoint", CHECKPOINT_NAME))
     with torch.no_grad():
         for name, p in params.items():
             p.copy_(delta.tensors[name].to(p.device, p.dtype))
     optimizer.load_state_dict(state["optimizer"])
-    return state["step"], state["history"], state["base_fingerprint"]
+    return state["step"], state["history"]

@@ -38,6 +38,11 @@ def resolve_dtype(dtype: str | torch.dtype | None) -> torch.dtype:
         raise ValueError(f"unknown dtype {dtype!r}: use one of {sorted(DTYPES)}") from None
 
 
+def looks_like_path(model: str) -> bool:
+    """A local path rather than a hub id ("org/name"): absolute, relative with a dot, home, or deeper than one /."""
+    return model.startswith(("/", ".", "~")) or model.count("/") > 1 or "\\" in model
+
+
 def load_pipeline(model: str | os.PathLike, device: str | torch.device | None = None,
                   dtype: str | torch.dtype | None = None):
     """Load a `StableDiffusionPipeline` from a hub id or a local folder (safety checker off, no code run).
@@ -55,7 +60,15 @@ def load_pipeline(model: str | os.PathLike, device: str | torch.device | None = 
             raise ModelNotFoundError(
                 f"{model}: folder has no model_index.json; pass a diffusers pipeline folder "
                 f"(e.g. one written by `python -m sae tiny-model DIR` or `hf download ID`)")
-        pipe = StableDiffusionPipeline.from_pretrained(str(local), **kwargs)
+        try:
+            pipe = StableDiffusionPipeline.from_pretrained(str(local), **kwargs)
+        except (OSError, ValueError, EnvironmentError) as err:  # a component's weights or config missing
+            reason = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+            raise ModelNotFoundError(f"{model}: the pipeline folder is incomplete or damaged ({reason}); "
+                                     "download the model again (`hf download ID --local-dir DIR`)") from err
+    elif looks_like_path(model):
+        raise ModelNotFoundError(f"{model}: no such folder; pass a diffusers pipeline folder, or a hub id "
+                                 "such as CompVis/stable-diffusion-v1-4")
     else:
         try:
             pipe = StableDiffusionPipeline.from_pretrained(model, **kwargs)

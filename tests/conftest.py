@@ -5,6 +5,8 @@ import os
 os.environ.setdefault("HF_HUB_OFFLINE", "1")  # nothing in the tests may reach for a hub
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 
+import json  # noqa: E402
+
 import pytest  # noqa: E402
 import torch  # noqa: E402
 
@@ -25,3 +27,17 @@ def tiny_pipe(tiny_model_dir):
     from sae.models import load_pipeline
 
     return load_pipeline(tiny_model_dir, device="cpu")
+
+
+SMALL_SUITE = [
+    {"id": "t/0", "category": "two", "prompt": "a cat and a dog", "objects": [{"name": "cat"}, {"name": "dog"}]},
+    {"id": "t/1", "category": "three", "prompt": "a red car and a bowl and a frog",
+     "objects": [{"name": "car", "attribute": "red"}, {"name": "bowl"}, {"name": "frog"}]},
+]
+
+
+@pytest.fixture(scope="session")
+def small_suite(tmp_path_factory):
+    path = tmp_path_factory.mktemp("suites") / "small.jsonl"
+    path.write_text("".join(json.dumps(row) + "\n" for row in SMALL_SUITE))
+    return path

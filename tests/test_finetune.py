@@ -93,7 +93,7 @@ def test_resumed_run_equals_an_uninterrupted_one(tiny_model_dir, tmp_path):
 
 def test_out_folder_of_another_run_is_refused(tiny_pipe, tmp_path):
     finetune(tiny_pipe, PAIR, FinetuneConfig(steps=1, batch_size=1), out_dir=tmp_path, progress=False)
-    with pytest.raises(ValueError, match="other settings or concepts"):
+    with pytest.raises(ValueError, match="run with other concepts, prompt"):
         finetune(tiny_pipe, ConceptPair("a cat and a bowl", ["cat", "bowl"]), FinetuneConfig(steps=2, batch_size=1),
                  out_dir=tmp_path, progress=False)
 

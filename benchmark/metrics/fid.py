@@ -35,6 +35,7 @@ import numpy as np
 import torch
 
 from . import MetricContext, MetricUnavailable, SetMetric, register_metric
+from ..records import file_sha256
 
 INCEPTION_URL = ("https://github.com/toshas/torch-fidelity/releases/download/v0.2.0/"
                  "weights-inception-2015-12-05-6726825d.pth")
@@ -138,7 +139,7 @@ class InceptionFeatures:
         self.model = NoTrainInceptionV3(name="inception-v3-compat", features_list=["2048"],
                                         feature_extractor_weights_path=weights, antialias=True).to(device)
         self.device = device
-        stated = f"sha256 {_file_digest(Path(weights))[:12]}" if weights else Path(INCEPTION_URL).name
+        stated = f"sha256 {file_sha256(Path(weights))[:12]}" if weights else Path(INCEPTION_URL).name
         self.name = f"FID Inception-v3 pool3 2048-d ({stated})"
         self.library = f"torchmetrics {torchmetrics.__version__} NoTrainInceptionV3, torch-fidelity " \
                        f"{torch_fidelity.__version__}"
@@ -214,14 +215,6 @@ def register_fid_domain(domain: str, extractor: Callable[[MetricContext], object
 
 # --- reference statistics -------------------------------------------------------------------------------------
 
-def _file_digest(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for chunk in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
 def image_files(folder: Path) -> list[Path]:
     return sorted(p for p in folder.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
 
@@ -230,7 +223,7 @@ def folder_digest(folder: Path, files: list[Path]) -> str:
     """The folder's content: every image's relative path and bytes."""
     digest = hashlib.sha256()
     for path in files:
-        digest.update(str(path.relative_to(folder)).encode() + b"\0" + _file_digest(path).encode())
+        digest.update(str(path.relative_to(folder)).encode() + b"\0" + file_sha256(path).encode())
     return digest.hexdigest()
 
 

@@ -55,13 +55,19 @@ def test_intended_sense_is_the_query():
     assert presence_of([Detection("computer mouse", 0.9, (0, 0, 1, 1))], mouse, 0.3)["presence_all"] == 1.0
 
 
-def test_owlv2_detector_runs_on_a_tiny_random_model():
+def tiny_owlv2():
+    """A random OWLv2 config (64 px, one layer) and its processor, built offline."""
     torch.manual_seed(0)
     small = dict(hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=2)
     config = Owlv2Config(text_config=small, vision_config={**small, "image_size": 64, "patch_size": 16},
                          projection_dim=32)
     processor = Owlv2Processor(image_processor=Owlv2ImageProcessor(size={"height": 64, "width": 64}),
                                tokenizer=clip_tokenizer(16))
+    return config, processor
+
+
+def test_owlv2_detector_runs_on_a_tiny_random_model():
+    config, processor = tiny_owlv2()
     detector = Owlv2Detector(Owlv2ForObjectDetection(config), processor)
     images = [Image.fromarray(np.full((48, 40, 3), v, np.uint8)) for v in (0, 200)]
     detections = detector.detect(images, [["cat", "dog"], ["bowl"]])
@@ -119,12 +125,7 @@ def test_prompt_objects_outside_the_vocabulary_are_asked_too():
 
 
 def test_owlv2_is_asked_the_whole_vocabulary():
-    torch.manual_seed(0)
-    small = dict(hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=2)
-    config = Owlv2Config(text_config=small, vision_config={**small, "image_size": 64, "patch_size": 16},
-                         projection_dim=32)
-    processor = Owlv2Processor(image_processor=Owlv2ImageProcessor(size={"height": 64, "width": 64}),
-                               tokenizer=clip_tokenizer(16))
+    config, processor = tiny_owlv2()
     texts = []
 
     def recording(text=None, **kwargs):
