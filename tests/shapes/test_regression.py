@@ -1,18 +1,15 @@
 """CI's regression check on the shipped shapes model, through the benchmark itself (`benchmark run`):
 
 - single-object presence stays at or above the bar, and SepEn (per-pair finetuning, the shapes defaults) costs it
-  at most 2 points (issue 5's condition; plain 0.972, SepEn 1.000 here);
-- "SepEn beats plain on all-objects-present" over the `ci` suite's prompts of two to four objects, for per-pair
-  finetuning and for the paper's test-time variant (`sepen_tt`): neither does on the shipped model (plain 0.625,
-  finetuning 0.625, test-time 0.594 here), so both checks are strict expected failures: the day a model or method
-  change makes one pass, CI says so and the README's claim gets updated. Meanwhile guards check that neither
-  falls far below `plain` (a broken finetuner: 0.06-0.08 on the tuning set at too large a learning rate,
-  results/shapes/sepen_lr_sweep.md).
+  at most 2 points;
+- on the `ci` suite's prompts of two to four objects, neither SepEn variant falls far below `plain` (a broken
+  finetuner: 0.06-0.08 on the tuning set at too large a learning rate, results/shapes/sepen_lr_sweep.md).
+  Whether SepEn beats plain is a scientific finding, measured by scripts/sepen_heldout.sh (results/shapes/heldout/),
+  not a verdict of CI: a better SepEn must not turn CI red.
 
 Seeded and run on the CPU, so the numbers are the same on every run of the same code: a failure means the code
 or the model changed, not luck. 32 images are few: the full measurement, 288 images per suite at seeds 0-7 with
-each method paired against plain, is in results/shapes/heldout/ (on two objects finetuning +0.007 [-0.028,
-+0.042], the test-time variant +0.035 [-0.014, +0.080]; Attend-and-Excite +0.115 [+0.049, +0.177])."""
+each method paired against plain, is in results/shapes/heldout/."""
 
 import pandas as pd
 import pytest
@@ -69,29 +66,6 @@ def ci_run(tmp_path_factory):
     """The `ci` suite, seeds 100-103, with plain and both SepEn variants: one run shared by the checks below."""
     return shapes_run(tmp_path_factory.mktemp("regression"), "ci", ["plain", "sepen", "sepen_tt"],
                       [100, 101, 102, 103])
-
-
-def beats_plain(out, method):
-    plain, n = success(out, "plain", MULTI)
-    rate, _ = success(out, method, MULTI)
-    assert n == 32
-    assert rate > plain, f"{method} {rate:.3f} <= plain {plain:.3f} on all-objects-present"
-
-
-@pytest.mark.slow
-@pytest.mark.xfail(reason="on the shipped model SepEn's per-pair finetuning does not beat plain: 0.625 vs 0.625 here, "
-                          "+0.007 [-0.028, +0.042] on two objects over 288 images (results/shapes/heldout/), and no "
-                          "setting helped on the tuning set (results/shapes/sepen_lr_sweep.md)", strict=True)
-def test_sepen_beats_plain_on_all_objects_present(ci_run):
-    beats_plain(ci_run, "sepen")
-
-
-@pytest.mark.slow
-@pytest.mark.xfail(reason="with the DDPM sampler plain finds all objects more often and the test-time variant does not "
-                          "beat it: 0.594 vs 0.625 here, +0.035 [-0.014, +0.080] on two objects over 288 images "
-                          "(results/shapes/heldout/)", strict=True)
-def test_sepen_test_time_variant_beats_plain_on_all_objects_present(ci_run):
-    beats_plain(ci_run, "sepen_tt")
 
 
 @pytest.mark.slow
