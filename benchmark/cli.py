@@ -194,15 +194,11 @@ def cmd_run(args) -> int:
     if unknown:
         raise ValueError(f"--steps/--guidance name {', '.join(unknown)}, not a method of this run "
                          f"({', '.join(methods)})")
-    overrides = {name: {k: v for k, v in (("steps", steps_per.get(name)), ("guidance", guidance_per.get(name)))
-                        if v is not None} for name in methods}
-    # a number for every method replaces the releases' settings; the releases fill only what is not given
-    release = RELEASE_SAMPLING[domain]
-    sampling = method_sampling(methods, given("steps"), given("guidance"), release, overrides)
-    if release:
-        for name in methods:
-            sampling[name].update({k: v for k, v in (("steps", steps), ("guidance", guidance))
-                                   if v is not None and k not in overrides[name]})
+    # a value given on the command line (for one method or all) beats the method's release settings
+    overrides = {name: {k: v for k, v in (("steps", steps_per.get(name, steps)),
+                                          ("guidance", guidance_per.get(name, guidance))) if v is not None}
+                 for name in methods}
+    sampling = method_sampling(methods, given("steps"), given("guidance"), RELEASE_SAMPLING[domain], overrides)
     if args.num_seeds is not None and args.num_seeds < 1:
         raise ValueError(f"--num-seeds {args.num_seeds}: give N >= 1")
     seeds = parse_seeds(args.seeds) if args.seeds is not None else list(range(given("num_seeds")))

@@ -54,37 +54,45 @@ def read_record(path: Path) -> dict:
 DAMAGED_SUFFIX = ".damaged"
 
 
+PNG_END = b"IEND\xaeB`\x82"  # the last chunk of every complete PNG
+
+
 def image_is_whole(path: Path) -> bool:
-    """The PNG decodes (every chunk's checksum, all its pixel data) and carries its record."""
+    """The PNG ends with its IEND chunk: a write cut short never does. Reads 8 bytes, so a run can check every
+    image at its start; other damage surfaces when the image is read (`scan_records`)."""
     try:
-        with Image.open(path) as image:
-            image.load()
-            return RECORD_KEY in image.text
-    except (OSError, SyntaxError, ValueError):  # PIL's errors for truncated or corrupt files
+        with open(path, "rb") as handle:
+            handle.seek(-len(PNG_END), os.SEEK_END)
+            return handle.read() == PNG_END
+    except OSError:  # shorter than 8 bytes, or unreadable
         return False
 
 
+def move_aside(path: Path) -> None:
+    """Rename an unreadable image to `<seed>.png.damaged`, naming it on one line: `run` makes it again."""
+    os.replace(path, path.with_name(path.name + DAMAGED_SUFFIX))
+    print(f"warning: {path} cannot be read (damaged or truncated): moved aside to {path.name}{DAMAGED_SUFFIX}; "
+          "`benchmark run` with the same command makes it again", file=sys.stderr)
+
+
 def quarantine_damaged(run_dir: Path) -> list[Path]:
-    """Move aside (`<seed>.png.damaged`) every image that cannot be read, naming each on one line, so that `run`
-    generates it again. Returns the damaged paths."""
+    """Move aside every image cut short (`image_is_whole`). Returns their paths."""
     damaged = [p for p in sorted((run_dir / "images").glob("*/*/*.png")) if not image_is_whole(p)]
     for path in damaged:
-        os.replace(path, path.with_name(path.name + DAMAGED_SUFFIX))
-        print(f"warning: {path} cannot be read (damaged or truncated): moved aside to {path.name}{DAMAGED_SUFFIX}; "
-              "`benchmark run` with the same command makes it again", file=sys.stderr)
+        move_aside(path)
     return damaged
 
 
 def scan_records(run_dir: Path) -> list[dict]:
     """Every finished image's record, in a stable order (method, prompt id, seed). A file that cannot be read is
-    moved aside first (`quarantine_damaged`), so it is missing, not a crash."""
+    moved aside, so it is missing, not a crash."""
     records = []
     for path in sorted((run_dir / "images").glob("*/*/*.png")):
         try:
             record = read_record(path)
         except (OSError, SyntaxError, ValueError, KeyError):
-            quarantine_damaged(run_dir)
-            return scan_records(run_dir)
+            move_aside(path)
+            continue
         record["path"] = str(path.relative_to(run_dir))
         records.append(record)
     return sorted(records, key=record_key)

@@ -11,7 +11,7 @@ mkdir -p results/shapes/heldout "$out"
 export OMP_NUM_THREADS=1
 run_suite() {
     local suite=$1 methods=plain,sepen,sepen_tt,attend_excite
-    [ "$suite" = single_object ] && methods=plain,sepen,sepen_tt   # the single-object cost is SepEn's (issue 5)
+    [ "$suite" = single_object ] && methods=plain,sepen,sepen_tt   # the single-object cost is SepEn's
     python -m benchmark run --suite "$suite" --seeds 0-7 --methods "$methods" --metrics presence --out "$out/$suite" \
         --checkpoint-cache "$out/checkpoints/$suite" --no-html --no-progress > "$out/$suite.log" 2>&1
     for f in summary.md paired.csv results.json; do cp "$out/$suite/$f" "results/shapes/heldout/${suite}_$f"; done

@@ -17,7 +17,7 @@ python -m benchmark run --suite multi_object --out "$out/multi_object" --checkpo
 python -m benchmark paper --num-seeds 2 --out "$out/paper" --checkpoint-cache "$out/checkpoints" --no-progress \
     > "$out/paper.log" 2>&1 &
 wait
-# SepEn (either variant) must not cost single-object presence (issue 5: at most 2 points below plain)
+# SepEn (either variant) must not cost single-object presence (at most 2 points below plain)
 python -m benchmark run --suite single_object --seeds 0-3 --methods plain,sepen,sepen_tt --metrics presence \
     --out "$out/single_object" --checkpoint-cache "$out/checkpoints" --no-html --no-progress > "$out/single_object.log" 2>&1
 for f in summary.md summary.csv results.json; do cp "$out/single_object/$f" "results/shapes/single_object_$f"; done

@@ -18,8 +18,8 @@ from benchmark.domains import RUN_DEFAULTS, SHAPES, SHAPES_MODEL, sepen_settings
 from benchmark.generate import RunConfig, run
 
 DEFAULTS = RUN_DEFAULTS[SHAPES]
-SINGLE_OBJECT_BAR = 0.90  # issue 5's quality bar
-SINGLE_OBJECT_MAX_DROP = 0.02  # issue 5: SepEn may cost single objects at most 2 points
+SINGLE_OBJECT_BAR = 0.90  # the shipped model's quality bar
+SINGLE_OBJECT_MAX_DROP = 0.02  # SepEn may cost single objects at most 2 points
 HARM_MARGIN = 0.15  # about 5 of 32 images: well past seed-to-seed wobble, well short of a broken finetuner
 MULTI = ["seen_pair", "heldout_pair", "three_objects", "four_objects"]  # the `ci` suite's prompts of 2-4 objects
 
