@@ -1,6 +1,9 @@
 """Regenerate the natural-language prompt suites in `prompts/` (JSONL, one prompt per line).
 
-    python -m benchmark.build_suites --shared-data ../shared/data
+    python -m benchmark.build_suites --published-data DIR
+
+DIR holds the published prompt sets as JSON: `ae_prompts.json` (Attend-and-Excite's prompts) and
+`sepen_large_scale.json` (SepEn's large-scale test prompts and concept lists).
 
 `single_object`, `two_object` and `multi_object` are drawn from the vocabulary below with a fixed seed;
 `ae276` and `sepen_large` are the published sets (Attend-and-Excite's 276 prompts; SepEn's 200 large-scale
@@ -8,7 +11,7 @@ test prompts with their seen/unseen splits, and its concept lists); `polysemy` i
 two prompts of every category of every suite. Rerunning the script rewrites identical files.
 
 The shapes world's suites (`prompts/shapes/`, the same names) come from `benchmark.shapes.suites`; they need no
-shared data and are written too.
+published data and are written too.
 """
 
 from __future__ import annotations
@@ -172,13 +175,13 @@ def write_shapes_suites(out: Path) -> dict:
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--shared-data", type=Path, default=Path("../shared/data"),
+    parser.add_argument("--published-data", type=Path, required=True,
                         help="folder with ae_prompts.json and sepen_large_scale.json")
     parser.add_argument("--out", type=Path, default=Path(__file__).resolve().parents[1] / "prompts")
     args = parser.parse_args(argv)
     rng = random.Random(SEED)
-    ae = json.loads((args.shared_data / "ae_prompts.json").read_text())
-    large = json.loads((args.shared_data / "sepen_large_scale.json").read_text())
+    ae = json.loads((args.published_data / "ae_prompts.json").read_text())
+    large = json.loads((args.published_data / "sepen_large_scale.json").read_text())
     suites = {"single_object": single_object(rng), "two_object": two_object(rng), "multi_object": multi_object(rng),
               "ae276": ae276(ae), "sepen_large": sepen_large(large), "polysemy": polysemy()}
     args.out.mkdir(parents=True, exist_ok=True)

@@ -1,8 +1,12 @@
 import filecmp
+import json
+import os
+import random
 from collections import Counter
 
 import pytest
 
+from benchmark.build_suites import SEED, multi_object, polysemy, single_object, two_object, write_shapes_suites
 from benchmark.build_suites import main as build_suites
 from benchmark.suites import PROMPTS_DIR, SuiteError, available_suites, load_suite
 from sae.models import clip_tokenizer
@@ -43,11 +47,23 @@ def test_ci_subset_covers_every_category_of_every_suite():
         assert {p.category for p in load_suite(name)} <= {p.category for p in ci if p.suite == name}
 
 
+def test_drawn_and_hand_written_suites_regenerate_as_committed(tmp_path):
+    rng = random.Random(SEED)
+    drawn = {"single_object": single_object(rng), "two_object": two_object(rng), "multi_object": multi_object(rng),
+             "polysemy": polysemy()}
+    for name, rows in drawn.items():
+        committed = [json.loads(line) for line in (PROMPTS_DIR / f"{name}.jsonl").read_text().splitlines()]
+        assert rows == committed, name
+    write_shapes_suites(tmp_path)
+    for path in tmp_path.glob("*.jsonl"):
+        assert filecmp.cmp(path, PROMPTS_DIR / "shapes" / path.name, shallow=False), path.name
+
+
 def test_build_script_regenerates_the_committed_files(tmp_path):
-    shared = PROMPTS_DIR.parents[1] / "shared" / "data"
-    if not shared.exists():
-        pytest.skip("../shared/data is not beside this checkout")
-    assert build_suites(["--shared-data", str(shared), "--out", str(tmp_path)]) == 0
+    published = os.environ.get("SAE_PUBLISHED_DATA")
+    if not published:
+        pytest.skip("set SAE_PUBLISHED_DATA to the folder holding ae_prompts.json and sepen_large_scale.json")
+    assert build_suites(["--published-data", published, "--out", str(tmp_path)]) == 0
     written = sorted(p.relative_to(tmp_path) for p in tmp_path.rglob("*") if p.is_file())
     assert written, "the build wrote nothing"
     for relative in written:
