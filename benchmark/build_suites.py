@@ -11,7 +11,9 @@ test prompts with their seen/unseen splits, and its concept lists); `polysemy` i
 two prompts of every category of every suite. Rerunning the script rewrites identical files.
 
 The shapes world's suites (`prompts/shapes/`, the same names) come from `benchmark.shapes.suites`; they need no
-published data and are written too.
+published data and are written too. With `--geneval-metadata FILE` (GenEval's evaluation_metadata.jsonl),
+`geneval` is written as well (`benchmark.geneval.suite`, which can also write it alone); without it, `ci` takes
+its geneval prompts from the committed `prompts/geneval.jsonl`.
 """
 
 from __future__ import annotations
@@ -20,6 +22,9 @@ import argparse
 import json
 import random
 from pathlib import Path
+
+from .domains import domains
+from .suites import PROMPTS_DIR, ci_subset, write_jsonl
 
 SEED = 0
 ANIMALS = ["cat", "dog", "bird", "bear", "lion", "horse", "elephant", "monkey", "frog", "turtle", "rabbit",
@@ -145,39 +150,13 @@ def polysemy():
     return rows
 
 
-def ci_subset(suites, per_category=2):
-    rows = []
-    for name, entries in suites.items():
-        for category in dict.fromkeys(e["category"] for e in entries):
-            rows.extend([e for e in entries if e["category"] == category][:per_category])
-    return rows
-
-
-def write_jsonl(path: Path, rows) -> None:
-    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
-
-
-def write_shapes_suites(out: Path) -> dict:
-    from .shapes.suites import shapes_suites
-
-    from .shapes.suites import large_scale_concepts
-
-    suites = shapes_suites()
-    suites["ci"] = ci_subset({k: v for k, v in suites.items() if k != "sepen_large"})
-    (out / "sepen_large_concepts.json").parent.mkdir(parents=True, exist_ok=True)
-    (out / "sepen_large_concepts.json").write_text(json.dumps(large_scale_concepts(), indent=1) + "\n")
-    out.mkdir(parents=True, exist_ok=True)
-    for name, rows in suites.items():
-        write_jsonl(out / f"{name}.jsonl", rows)
-        print(f"shapes/{name}: {len(rows)} prompts")
-    return suites
-
-
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--published-data", type=Path, required=True,
                         help="folder with ae_prompts.json and sepen_large_scale.json")
     parser.add_argument("--out", type=Path, default=Path(__file__).resolve().parents[1] / "prompts")
+    parser.add_argument("--geneval-metadata", type=Path, default=None,
+                        help="GenEval's evaluation_metadata.jsonl: also write the geneval suite")
     args = parser.parse_args(argv)
     rng = random.Random(SEED)
     ae = json.loads((args.published_data / "ae_prompts.json").read_text())
@@ -187,8 +166,16 @@ def main(argv=None) -> int:
     args.out.mkdir(parents=True, exist_ok=True)
     for name, rows in suites.items():
         write_jsonl(args.out / f"{name}.jsonl", rows)
+    if args.geneval_metadata is not None:
+        from .geneval.suite import write_geneval_suite
+
+        suites["geneval"] = write_geneval_suite(args.geneval_metadata, args.out / "geneval.jsonl")
+    elif (PROMPTS_DIR / "geneval.jsonl").is_file():  # its metadata lives outside: ci takes the committed suite
+        suites["geneval"] = [json.loads(line) for line in (PROMPTS_DIR / "geneval.jsonl").read_text().splitlines()]
     write_jsonl(args.out / "ci.jsonl", ci_subset(suites))
-    write_shapes_suites(args.out / "shapes")
+    for domain in domains():  # a domain that builds its own suites writes them beside ours
+        if domain.write_suites is not None:
+            domain.write_suites(args.out / domain.suites_dir.relative_to(PROMPTS_DIR))
     concepts = large["concepts"]
     (args.out / "sepen_large_concepts.json").write_text(json.dumps(
         {"train": concepts["animal_train"] + concepts["object_train"],

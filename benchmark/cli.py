@@ -9,14 +9,6 @@ from pathlib import Path
 
 from sae.cli import DefaultsHelpFormatter, run_command
 
-SHAPES_DESCRIPTIONS = {
-    "single_object": "each of the 18 colour x shape objects alone: the quality bar",
-    "two_object": "two objects; the held-out pairs (never together in training) in both orders",
-    "multi_object": "three objects (one of each shape) and four objects",
-    "sepen_large": "pairs of seen-seen, seen-unseen, unseen-unseen objects (large-scale SepEn; unseen: orange, purple)",
-    "ci": "two prompts of every category, for regression checks",
-}
-
 EPILOG = """examples:
   python -m benchmark run --suite multi_object   # the shipped shapes model: plain, attend_excite, sepen (CPU)
   python -m benchmark ls suites
@@ -38,10 +30,15 @@ EPILOG = """examples:
 
 
 def _defaults(key: str) -> str:
-    from .domains import RUN_DEFAULTS
+    from .domains import domains
 
-    return ", ".join(f"{value or 'none'} ({domain} models)" for domain, value in
-                     ((d, RUN_DEFAULTS[d][key]) for d in RUN_DEFAULTS))
+    return ", ".join(f"{d.run_defaults[key] or 'none'} ({d.name} models)" for d in domains())
+
+
+def _domains():
+    from .domains import domains
+
+    return domains()
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -66,7 +63,9 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--guidance", default=None, metavar="G|METHOD=G,...",
                      help="classifier-free guidance scale, for every method or per method as --steps; default: "
                           "each method's release on natural models (sepen, sepen+ae, sepen_tt 6.0; plain, "
-                          "attend_excite 7.5), " + _defaults("guidance").split(", ")[-1])
+                          "attend_excite 7.5), " + ", ".join(
+                         f"{d.run_defaults['guidance']} ({d.name} models)"
+                         for d in _domains() if not d.release_sampling))
     run.add_argument("--batch-size", type=int, default=4, help="images per pipeline call")
     run.add_argument("--out", type=Path, default=None,
                      help="run folder, resumed if it exists (default: runs/<suite name>)")
@@ -75,34 +74,21 @@ def build_parser() -> argparse.ArgumentParser:
                      help="comma-separated (`ls metrics`) or module:Class; default: " + _defaults("metrics"))
     run.add_argument("--metric-model", action="append", default=[], metavar="METRIC=PATH",
                      help="weights for a metric: a local path or hub id (repeatable); also blip.itm=, "
-                          "fid.reference=DIR|FILE.npz, fid.cache=DIR (README: metrics)")
-    run.add_argument("--sepen-steps", type=int, default=None,
-                     help="per-prompt finetuning steps; default: " + _defaults("sepen_steps"))
-    run.add_argument("--sepen-lr", type=float, default=None,
-                     help="per-prompt finetuning learning rate; default: " + _defaults("sepen_lr"))
-    run.add_argument("--sepen-maps", choices=("probs", "sharpened"), default=None,
-                     help="maps the SepEn losses read: probs (softmax over all tokens, the paper) or sharpened "
-                          "(Attend-and-Excite's text maps); default: " + _defaults("sepen_maps"))
-    run.add_argument("--sepen-map-downscale", type=int, default=None,
-                     help="maps the SepEn losses read, at 1/N of the latent side (4: SD's 16x16, the paper); "
-                          "default: " + _defaults("sepen_map_downscale"))
-    run.add_argument("--sepen-latents", choices=("noise", "samples"), default=None,
-                     help="what per-prompt finetuning noises: noise (Gaussian latents, the paper) or samples (the "
-                          "base model's own samples of the prompt, at the run's steps and guidance); default: "
-                          + _defaults("sepen_latents"))
-    run.add_argument("--sepen-latent-scale", default=None, metavar="vae|unit|STD",
-                     help="std of the Gaussian latents per-prompt finetuning noises: the VAE's scaling_factor (the "
-                          "release), 1, or a number; default: " + _defaults("sepen_latent_scale"))
-    run.add_argument("--sepen-train-prompt", choices=("release", "suite"), default=None,
-                     help="what per-prompt SepEn trains on: the release's 'a photo of {c1} and {c2}' or the suite "
-                          "prompt itself; default: " + _defaults("sepen_train_prompt"))
-    run.add_argument("--sepen-checkpoint", help="a large-scale SepEn checkpoint used for every prompt")
-    run.add_argument("--checkpoint-cache", type=Path, default=Path.home() / ".cache" / "sae" / "checkpoints",
-                     help="where per-prompt SepEn checkpoints are cached and reused")
+                          "fid.reference=DIR|FILE.npz, fid.cache=DIR (docs/metrics.md)")
+    run.add_argument("--option", action="append", default=[], metavar="METHOD.FIELD=VALUE",
+                     help="a method's option (repeatable; VALUE read as JSON when it parses, else as text), "
+                          "e.g. sepen.steps=50; the flags below set SepEn's")
     run.add_argument("--no-progress", action="store_true")
     run.add_argument("--no-html", action="store_true", help="do not write the HTML report (RUN_DIR/report/)")
     run.add_argument("--attention-prompts", type=int, default=2,
                      help="prompts whose cross-attention maps the HTML report shows (plain beside sepen)")
+    from .methods import METHODS
+
+    added = set()
+    for cls in METHODS.values():  # each method's own flags, once per class that declares them
+        if cls.add_arguments.__func__ not in added:
+            added.add(cls.add_arguments.__func__)
+            cls.add_arguments(run)
 
     ls = commands.add_parser("ls", help="list suites, methods or metrics")
     ls.add_argument("what", choices=["suites", "methods", "metrics"])
@@ -165,31 +151,44 @@ def _metric_models(pairs: list[str]) -> dict:
     return models
 
 
+def _method_options(pairs: list[str]) -> dict:
+    """--option METHOD.FIELD=VALUE pairs as {method: {field: value}}; VALUE is JSON when it parses."""
+    options: dict = {}
+    for pair in pairs:
+        key, sep, text = pair.partition("=")
+        method, dot, name = key.rpartition(".")
+        if not sep or not dot or not method or not name:
+            raise ValueError(f"--option takes METHOD.FIELD=VALUE, got {pair!r}")
+        try:
+            value = json.loads(text)
+        except json.JSONDecodeError:
+            value = text
+        options.setdefault(method, {})[name] = value
+    return options
+
+
 def cmd_run(args) -> int:
     from sae.sampling import parse_seeds
 
     import pandas as pd
 
+    from .domains import default_model, get_domain, model_domain
     from .generate import RunConfig, method_sampling, run
-    from .methods import get_method
+    from .methods import method_class
     from .report import markdown_table
 
-    from .domains import RELEASE_SAMPLING, RUN_DEFAULTS, SHAPES_MODEL, model_domain, sepen_settings
-
-    model = args.model or str(SHAPES_MODEL)
-    domain = model_domain(model)
-    defaults = RUN_DEFAULTS[domain]
+    model = args.model or str(default_model())
+    domain = get_domain(model_domain(model))
+    defaults = domain.run_defaults
     steps, steps_per = per_method(args.steps, int, "--steps")
     guidance, guidance_per = per_method(args.guidance, float, "--guidance")
-    args.steps, args.guidance = steps, guidance
 
     def given(key):
         value = getattr(args, key)
         return defaults[key] if value is None else value
 
     methods = [m.strip() for m in given("methods").split(",") if m.strip()]
-    for name in methods:
-        get_method(name)  # an unknown name fails here, before the per-method settings are read
+    classes = {name: method_class(name) for name in methods}  # an unknown name fails here, before anything else
     unknown = sorted((set(steps_per) | set(guidance_per)) - set(methods))
     if unknown:
         raise ValueError(f"--steps/--guidance name {', '.join(unknown)}, not a method of this run "
@@ -198,19 +197,28 @@ def cmd_run(args) -> int:
     overrides = {name: {k: v for k, v in (("steps", steps_per.get(name, steps)),
                                           ("guidance", guidance_per.get(name, guidance))) if v is not None}
                  for name in methods}
-    sampling = method_sampling(methods, given("steps"), given("guidance"), RELEASE_SAMPLING[domain], overrides)
+    sampling = method_sampling(methods, defaults["steps"] if steps is None else steps,
+                               defaults["guidance"] if guidance is None else guidance, domain.release_sampling,
+                               overrides)
+    given_options = _method_options(args.option)
+    stray = sorted(set(given_options) - set(methods))
+    if stray:
+        raise ValueError(f"--option names {', '.join(stray)}, not a method of this run ({', '.join(methods)})")
+    # each option: the domain's value, then the method's flags, then --option
+    options = {name: {**domain.method_options.get(cls.name, {}),
+                      **(cls.options_from_args(args) if cls.Options is not None else {}),
+                      **given_options.get(name, {})} for name, cls in classes.items()}
     if args.num_seeds is not None and args.num_seeds < 1:
         raise ValueError(f"--num-seeds {args.num_seeds}: give N >= 1")
     seeds = parse_seeds(args.seeds) if args.seeds is not None else list(range(given("num_seeds")))
     config = RunConfig(suite=args.suite, model=model, methods=methods,
-                       seeds=seeds, limit=args.limit, steps=given("steps"), guidance=given("guidance"),
-                       sampling=sampling, sepen_train_prompt=given("sepen_train_prompt"),
+                       seeds=seeds, limit=args.limit, steps=defaults["steps"] if steps is None else steps,
+                       guidance=defaults["guidance"] if guidance is None else guidance,
+                       sampling=sampling, options={n: o for n, o in options.items() if o},
                        batch_size=args.batch_size, out=args.out or Path("runs") / Path(args.suite).stem,
                        device=args.device,
                        metrics=[m.strip() for m in given("metrics").split(",") if m.strip()],
                        metric_models=_metric_models(args.metric_model),
-                       sepen=sepen_settings({key: given(key) for key in defaults}),
-                       sepen_checkpoint=args.sepen_checkpoint, checkpoint_cache=args.checkpoint_cache,
                        progress=not args.no_progress, html=not args.no_html,
                        attention_prompts=args.attention_prompts)
     out = run(config)
@@ -223,16 +231,14 @@ def cmd_run(args) -> int:
 
 def cmd_ls(args) -> int:
     if args.what == "suites":
-        from .domains import NATURAL, SHAPES, prompts_dir
-        from .suites import DESCRIPTIONS, available_suites, load_suite
+        from .suites import available_suites, load_suite
 
-        for domain, title in ((NATURAL, "natural-language suites (Stable-Diffusion-class models)"),
-                              (SHAPES, "shapes-world suites (the shipped shapes model, the default --model)")):
-            print(f"{title}, {prompts_dir(domain)}:")
-            for name in available_suites(prompts_dir(domain)):
-                prompts = load_suite(name, prompts_dir(domain))
+        for domain in sorted(_domains(), key=lambda d: d.default_model is not None):
+            print(f"{domain.title}, {domain.suites_dir}:")
+            for name in available_suites(domain.suites_dir):
+                prompts = load_suite(name, domain.suites_dir)
                 categories = list(dict.fromkeys(p.category for p in prompts))
-                description = DESCRIPTIONS.get(name, "") if domain == NATURAL else SHAPES_DESCRIPTIONS.get(name, "")
+                description = domain.suite_descriptions.get(name, "")
                 print(f"  {name:16s} {len(prompts):4d} prompts  {description}  [{', '.join(categories)}]")
     elif args.what == "methods":
         from .methods import METHODS
@@ -262,7 +268,7 @@ def cmd_report(args) -> int:
 
 
 def cmd_score(args) -> int:
-    from .generate import rescore
+    from .scoring import rescore
     from .report import markdown_table
 
     names = [m.strip() for m in args.metrics.split(",") if m.strip()] if args.metrics else None

@@ -1,53 +1,85 @@
-"""A model's domain: which prompt suites and which metric models fit it.
+"""A model's domain: which prompt suites, run defaults and metric instruments fit it.
 
-- "natural": Stable-Diffusion-class models; the suites in `prompts/`, metrics with hub or local weights.
-- "shapes": models of the shapes world (the shipped `benchmark/shapes/pretrained`, the embedded default);
-  the suites in `prompts/shapes/` (same names), and the world's instruments (exact detector, world CLIP).
+A domain is a `Domain` object in a module of its own, registered here by name and imported only when first
+asked for: the natural domain (Stable-Diffusion-class models) in `benchmark.natural`, the shapes world in
+`benchmark.shapes.domain`. Nothing else in the harness names a domain; it asks `get_domain(name)`.
 
 A model folder declares its domain in `benchmark_domain.json` ({"domain": "shapes"}); without one it is natural.
 """
 
 from __future__ import annotations
 
+import importlib
 import json
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Callable
 
-from .suites import PROMPTS_DIR
-
-NATURAL, SHAPES = "natural", "shapes"
 DOMAIN_FILE = "benchmark_domain.json"
-SHAPES_MODEL = Path(__file__).resolve().parent / "shapes" / "pretrained"
-# What `benchmark run` uses when a flag is not given. Natural: the papers' protocol (50 steps, SepEn's 200 steps at
-# lr 5e-6), no metrics unless asked (their weights must be fetched first). Shapes: the embedded default, sized to
-# finish on 2 CPU cores (README: the full protocol), with the world's instruments; its guidance 3 (with the model's
-# DDPM sampler) was chosen on a validation seed no result uses (results/shapes/sampler.md).
-RUN_DEFAULTS = {
-    NATURAL: {"methods": "plain", "num_seeds": 4, "steps": 50, "guidance": 7.5, "sepen_steps": 200,
-              "sepen_lr": 5e-6, "sepen_maps": "probs", "sepen_map_downscale": 4,
-              "sepen_latents": "noise", "sepen_latent_scale": "vae", "sepen_train_prompt": "release",
-              "metrics": ""},
-    SHAPES: {"methods": "plain,attend_excite,sepen", "num_seeds": 2, "steps": 30, "guidance": 3.0,
-             "sepen_steps": 100, "sepen_lr": 3e-5, "sepen_maps": "probs",
-             "sepen_map_downscale": 4, "sepen_latents": "noise", "sepen_latent_scale": "vae",
-             "sepen_train_prompt": "suite",
-             "metrics": "presence,clip,fid"},
-}
-# Natural models sample each method as its own release does (`Method.release_sampling`: SepEn at guidance 6,
-# Attend-and-Excite and the plain model at 7.5); the shapes world samples every method alike (its model never saw
-# "a photo of ..." captions either, hence its SepEn trains on the suite prompt).
-RELEASE_SAMPLING = {NATURAL: True, SHAPES: False}
+NATURAL = "natural"  # a model folder without a domain file
+# name -> module holding its `DOMAIN`; the default `--model` is the first domain's shipped model that has one
+DOMAIN_MODULES = {"shapes": "benchmark.shapes.domain", NATURAL: "benchmark.natural"}
+_LOADED: dict[str, "Domain"] = {}
 
 
-def sepen_settings(settings: dict) -> dict:
-    """SepEn's per-prompt `FinetuneConfig` fields from run settings named as in RUN_DEFAULTS. With
-    latents="samples" the samples are drawn with the run's steps and guidance; otherwise those stay out, so that a
-    run with other sampling settings reuses the cached checkpoints."""
-    fields = {"steps": settings["sepen_steps"], "learning_rate": settings["sepen_lr"], "maps": settings["sepen_maps"],
-              "map_downscale": settings["sepen_map_downscale"], "latents": settings["sepen_latents"],
-              "latent_scale": settings["sepen_latent_scale"]}
-    if fields["latents"] == "samples":
-        fields.update(sample_steps=settings["steps"], sample_guidance=settings["guidance"])
-    return fields
+@dataclass(frozen=True)
+class PaperRecipe:
+    """How `benchmark paper` runs on a domain's models."""
+
+    main_suite: str
+    published: bool = False  # print the paper's published rows beside the measured ones
+    out_name: str | None = None  # results/paper/<out_name>; None: the model's folder name
+    # trains the large-scale checkpoint when none is given: (model, out_dir, run_defaults, progress) -> file
+    train_large_checkpoint: Callable | None = None
+
+
+@dataclass(frozen=True)
+class Domain:
+    name: str
+    title: str  # one line for `ls suites`
+    suites_dir: Path
+    run_defaults: dict  # what `benchmark run` uses when a flag is not given
+    release_sampling: bool  # sample each method as its own release does (`Method.release_sampling`)
+    paper: PaperRecipe
+    method_options: dict = field(default_factory=dict)  # method -> its options' values in this domain
+    suite_descriptions: dict = field(default_factory=dict)
+    instruments: dict = field(default_factory=dict)  # metric -> factory(MetricContext): the domain's own model
+    unavailable: dict = field(default_factory=dict)  # metric -> why it cannot run in this domain
+    default_model: Path | None = None  # a model shipped with the domain
+    write_suites: Callable | None = None  # (out_dir) -> suites: regenerates its suite files (`build_suites`)
+
+
+def register_domain(domain: "str | Domain", module: str | None = None) -> None:
+    """Add a domain: by name and the module holding its `DOMAIN` (imported when first asked for), or a `Domain`
+    object itself. A name is registered once."""
+    name = domain if isinstance(domain, str) else domain.name
+    if name in DOMAIN_MODULES:
+        raise ValueError(f"a domain named {name!r} is already registered ({DOMAIN_MODULES[name]})")
+    DOMAIN_MODULES[name] = module or "(registered as an object)"
+    if not isinstance(domain, str):
+        _LOADED[name] = domain
+
+
+def unregister_domain(name: str) -> None:
+    DOMAIN_MODULES.pop(name, None)
+    _LOADED.pop(name, None)
+
+
+def get_domain(name: str) -> Domain:
+    if name not in _LOADED:
+        if name not in DOMAIN_MODULES:
+            raise ValueError(f"unknown domain {name!r}: known are {', '.join(DOMAIN_MODULES)}")
+        _LOADED[name] = importlib.import_module(DOMAIN_MODULES[name]).DOMAIN
+    return _LOADED[name]
+
+
+def domains() -> list[Domain]:
+    return [get_domain(name) for name in DOMAIN_MODULES]
+
+
+def default_model() -> Path:
+    """The embedded default `--model`: the first registered domain's shipped model."""
+    return next(d.default_model for d in domains() if d.default_model is not None)
 
 
 def model_domain(model: str | Path) -> str:
@@ -58,13 +90,4 @@ def model_domain(model: str | Path) -> str:
 
 
 def prompts_dir(domain: str) -> Path:
-    return PROMPTS_DIR / SHAPES if domain == SHAPES else PROMPTS_DIR
-
-
-def _register_instruments() -> None:
-    from .shapes.instruments import register
-
-    register()
-
-
-_register_instruments()
+    return get_domain(domain).suites_dir

@@ -204,7 +204,8 @@ def prompt_grid(run_dir: Path, report_dir: Path, prompt_rows: list[dict], method
 def conventions_html(described: dict) -> str:
     items = []
     for name, info in described.items():
-        columns = ", ".join(f"{c} ({'higher' if up else 'lower'} is better)" for c, up in info.get("columns", {}).items())
+        columns = ", ".join(f"{c} ({'higher' if up else 'lower'} is better)"
+                            for c, up in info.get("columns", {}).items())
         items.append(f"<li><code>{html.escape(name)}</code>: {html.escape(columns)}. "
                      f"{html.escape(info.get('convention', ''))}</li>")
     return f"<h2>Conventions</h2><ul>{''.join(items)}</ul>" if items else ""
@@ -228,7 +229,7 @@ def _load(run_dir: Path):
     return config, summary, paired, rows, described or config.get("metrics_described", {})
 
 
-def write_html_report(run_dir: Path, attention_prompts: int = 2, context=None, device: str = "auto",
+def write_html_report(run_dir: Path, attention_prompts: int = 2, context=None, device: str = "auto", run_methods=None,
                       images_per_page: int = IMAGES_PER_PAGE) -> Path:
     """Write `run_dir/report/` and return its `index.html`. `context` (a `GenerationContext`) is the run's own,
     to regenerate the attention prompts without loading the model again; without one the model is loaded
@@ -266,7 +267,8 @@ def write_html_report(run_dir: Path, attention_prompts: int = 2, context=None, d
                 for i, p in enumerate(pages)] if len(pages) > 1 else ['<a href="index.html">overview</a>']
             body = (f"<h1>{html.escape(category)}</h1><nav>{''.join(nav)}</nav>"
                     f"{summary_table_html(part)}{chart_html}"
-                    f'<h2>Images (prompts {number * per_page + 1}-{number * per_page + len(chunk)} of {len(prompt_ids)})</h2>'
+                    f'<h2>Images (prompts {number * per_page + 1}-{number * per_page + len(chunk)} of '
+                    f'{len(prompt_ids)})</h2>'
                     '<p class="note">Rows: methods; columns: seeds. Frame: green when the presence metric found every '
                     'object, red when it missed one, grey when unscored; &#10003; found, &#10007; missed.</p>'
                     '<label><input type="checkbox" id="only-missed"> only images with a missed object</label>'
@@ -278,7 +280,8 @@ def write_html_report(run_dir: Path, attention_prompts: int = 2, context=None, d
 
     attention = ""
     if attention_prompts > 0 and rows:
-        attention = write_attention_page(run_dir, report_dir, config, rows, attention_prompts, context, device)
+        attention = write_attention_page(run_dir, report_dir, config, rows, attention_prompts, context, device,
+                                         run_methods)
     all_part = summary[summary["category"] == "all"]
     chart = bar_chart(all_part, methods, report_dir / "charts" / "all.png", "all categories")
     settings = ", ".join(f"{k} {config.get(k)}" for k in ("suite", "model") if k in config)
@@ -311,9 +314,8 @@ def _local_model(model: str) -> str | None:
 
 
 def _context_from_config(config: dict, device: str):
-    """A `GenerationContext` with the run's settings (what `generate.run` builds), or None when the model is
-    not on local disk."""
-    from sae.finetune import FinetuneConfig
+    """A `GenerationContext` with the run's model (what `generate.run` builds), or None when the model is not on
+    local disk."""
     from sae.models import load_pipeline
 
     from .methods import GenerationContext
@@ -321,12 +323,20 @@ def _context_from_config(config: dict, device: str):
     local = _local_model(str(config["model"]))
     if local is None:
         return None
-    pipe = load_pipeline(local, device=device)
-    return GenerationContext(pipe=pipe, base_model=config["model"], num_inference_steps=config["steps"],
-                             guidance_scale=config["guidance"], sepen_config=FinetuneConfig(**config.get("sepen", {})),
-                             checkpoint_cache=Path(config.get("checkpoint_cache") or "runs/checkpoints"),
-                             sepen_checkpoint=Path(config["sepen_checkpoint"]) if config.get("sepen_checkpoint") else None,
-                             progress=False)
+    return GenerationContext(pipe=load_pipeline(local, device=device), base_model=config["model"], progress=False)
+
+
+def methods_from_config(config: dict, names) -> dict:
+    """The run's methods with the options and sampling it recorded."""
+    from .methods import get_method
+
+    methods = {}
+    for name in names:
+        method = get_method(name, (config.get("options") or {}).get(name))
+        method.sampling = {"steps": config["steps"], "guidance": config["guidance"],
+                           **(config.get("sampling") or {}).get(name, {})}
+        methods[name] = method
+    return methods
 
 
 def attention_prompt_rows(rows: list[dict], count: int) -> list[dict]:
@@ -339,15 +349,13 @@ def attention_prompt_rows(rows: list[dict], count: int) -> list[dict]:
     return ordered[:count]
 
 
-def trace_method(context, method_name: str, item, seed: int, pair_reduction: str = "max") -> dict | None:
-    """One image of `item` by the method's own `generate`, with its traced object maps and their losses at
-    evenly spaced denoising steps; None when `sepen` has no checkpoint to apply."""
+def trace_method(context, method, item, seed: int, pair_reduction: str = "max") -> dict | None:
+    """One image of `item` by the method's own `generate` (at its sampling settings), with its traced object maps
+    and their losses at evenly spaced denoising steps; None when a checkpoint it applies is not on disk."""
     import torch
     from sae.visual import evenly_spaced, map_losses, trace_object_maps
 
-    from .methods import get_method
-
-    method = get_method(method_name)
+    context.num_inference_steps, context.guidance_scale = method.sampling["steps"], method.sampling["guidance"]
     checkpoint = method.checkpoint_path(context, item)
     if checkpoint is not None and not checkpoint.exists():
         return None  # no per-prompt checkpoint in the cache: training one is the run's work, not the report's
@@ -360,16 +368,17 @@ def trace_method(context, method_name: str, item, seed: int, pair_reduction: str
 
 
 def write_attention_page(run_dir: Path, report_dir: Path, config: dict, rows: list[dict], count: int,
-                         context=None, device: str = "auto") -> str:
+                         context=None, device: str = "auto", methods: dict | None = None) -> str:
     """`attention.html` (figures under `attention/`, values in `attention/<prompt>.json`); returns the link text,
     or "" when there is nothing to show."""
     from sae.visual import attention_figure, losses_table_html
 
     from .suites import SuiteObject, SuitePrompt
 
-    methods = [m for m in ATTENTION_METHODS if m in config.get("methods", [])]
-    if not methods:
+    names = [m for m in ATTENTION_METHODS if m in config.get("methods", [])]
+    if not names:
         return ""
+    methods = {**methods_from_config(config, names), **{n: m for n, m in (methods or {}).items() if n in names}}
     if context is None:
         context = _context_from_config(config, device)
         if context is None:
@@ -383,10 +392,10 @@ def write_attention_page(run_dir: Path, report_dir: Path, config: dict, rows: li
         seed = int(record["seed"])
         labels = [o.phrase for o in item.objects]
         figure_rows, values, notes = [], {}, []
-        for name in methods:
-            traced = trace_method(context, name, item, seed, context.sepen_config.pair_reduction)
+        for name, method in methods.items():
+            traced = trace_method(context, method, item, seed)
             if traced is None:
-                notes.append(f"{name}: no SepEn checkpoint for this prompt in {context.checkpoint_cache}")
+                notes.append(f"{name}: no checkpoint for this prompt in the cache")
                 continue
             stored = run_dir / "images" / name / item.id.replace("/", "_") / f"{seed:04d}.png"
             difference = None
@@ -420,4 +429,4 @@ def write_attention_page(run_dir: Path, report_dir: Path, config: dict, rows: li
             "seed regenerated with the run's settings, each scaled to its own peak and drawn over the final image. "
             "S: Separate, E: Enhance of those maps (sae.losses; lower is better).</p>" + "".join(sections))
     write_text_atomic(report_dir / "attention.html", page_html("attention maps", body))
-    return f"{len(sections)} prompts: {', '.join(methods)}"
+    return f"{len(sections)} prompts: {', '.join(names)}"

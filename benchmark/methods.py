@@ -11,16 +11,18 @@
 from __future__ import annotations
 
 import hashlib
+import importlib
 import json
 import time
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 
 import torch
 from tqdm.auto import tqdm
 
 from sae.attention import cross_attention_layers
-from sae.checkpoint import apply_delta, base_fingerprints, fingerprint_key, load_delta, require_same_base
+from sae.checkpoint import (apply_delta, base_fingerprints, check_base_model, check_fits, fingerprint_key, load_delta,
+                            require_same_base)
 from sae.finetune import ConceptPair, FinetuneConfig, finetune, release_pair_prompt, trainable_parameters
 from sae.sampling import seed_generators
 from sae.tokens import find_token_indices
@@ -30,20 +32,19 @@ from .records import file_sha256
 from .suites import SuitePrompt
 
 
+DEFAULT_CHECKPOINT_CACHE = Path.home() / ".cache" / "sae" / "checkpoints"
+
+
 @dataclass
 class GenerationContext:
-    """What every method needs: the pipeline and the run's sampling and SepEn settings."""
+    """What every method needs: the pipeline, the sampling settings of the method being run, and swapping trained
+    key weights in and out of the UNet (methods that apply checkpoints)."""
 
     pipe: object
     base_model: str
     num_inference_steps: int = 50
     guidance_scale: float = 7.5
-    sepen_config: FinetuneConfig = field(default_factory=FinetuneConfig)
-    checkpoint_cache: Path = Path("runs/checkpoints")
-    sepen_checkpoint: Path | None = None  # a large-scale checkpoint used for every prompt
-    sepen_train_prompt: str = "suite"  # per-prompt training on the suite prompt or the release's template
     progress: bool = True
-    finetune_seconds: dict = field(default_factory=dict)  # prompt id -> seconds spent training (this run)
     _hashes: dict = field(default_factory=dict)
     _base_keys: dict | None = None
     _fingerprint: dict | None = None
@@ -60,8 +61,9 @@ class GenerationContext:
     def base_fingerprint(self) -> dict:
         if self._fingerprint is None:
             self._fingerprint = base_fingerprints(self.pipe.unet)
-            self._base_keys = {n: p.detach().clone() for n, p in
-                               trainable_parameters(self.pipe.unet, self.sepen_config.projection).items()}
+            # every cross-attention projection a checkpoint may train (k, q or v)
+            self._base_keys = {n: p.detach().clone() for projection in "kqv"
+                               for n, p in trainable_parameters(self.pipe.unet, projection).items()}
         return self._fingerprint
 
     def apply_checkpoint(self, path: Path) -> None:
@@ -88,19 +90,60 @@ class GenerationContext:
 
 
 class Method:
+    """A way of generating images. A method with settings of its own declares them as a dataclass `Options`
+    (its defaults are the method's defaults); a run records them per method and resumes only with the same
+    `resume_key`."""
+
     name = ""
     description = ""
     # Sampling settings of the method's own release, used on natural models unless the run overrides them.
     release_sampling: dict = {}
+    Options: type | None = None
+
+    def __init__(self, **options):
+        if self.Options is None:
+            if options:
+                raise ValueError(f"method {self.name} takes no options, got {', '.join(sorted(options))}")
+            self.options = None
+            return
+        known = {f.name for f in fields(self.Options)}
+        unknown = sorted(set(options) - known)
+        if unknown:
+            raise ValueError(f"method {self.name} has no option {', '.join(unknown)}: its options are "
+                             f"{', '.join(sorted(known))}")
+        self.options = self.Options(**options)
+
+    @classmethod
+    def add_arguments(cls, parser) -> None:
+        """Command-line flags of this method's options (any option can also be set as --option NAME.FIELD=V)."""
+
+    @classmethod
+    def options_from_args(cls, args) -> dict:
+        """The options given by the flags of `add_arguments` (those left out: not in the dict)."""
+        return {}
+
+    def options_record(self) -> dict:
+        """The options as the run folder records them (JSON)."""
+        return json.loads(json.dumps(asdict(self.options), default=str)) if self.options is not None else {}
+
+    def resume_key(self) -> dict:
+        """What changes this method's images beyond the model and sampling: a run folder holds one value."""
+        return self.options_record()
+
+    def settings_note(self) -> str:
+        """One phrase for the summary's settings table (e.g. what a finetuning method trains on), or ""."""
+        return ""
 
     def check(self, context: GenerationContext) -> None:
         """Raise ValueError on settings this method cannot run with; called before any work."""
 
-    def prepare(self, context: GenerationContext, prompts: list[SuitePrompt]) -> None:
-        """One-off work before generating (e.g. training checkpoints)."""
+    def prepare(self, context: GenerationContext, prompts: list[SuitePrompt]) -> list[dict]:
+        """One-off work before generating (e.g. training checkpoints); returns its cost per prompt as rows
+        {"prompt_id", "seconds", "cached"} (empty: no one-off cost)."""
+        return []
 
     def checkpoint_path(self, context: GenerationContext, item: SuitePrompt) -> Path | None:
-        """The SepEn checkpoint this method applies for `item`, or None (it applies none)."""
+        """The checkpoint this method applies for `item`, or None (it applies none)."""
         return None
 
     def generate(self, context: GenerationContext, item: SuitePrompt, seeds: list[int]) -> list:
@@ -111,14 +154,31 @@ METHODS: dict[str, type[Method]] = {}
 
 
 def register_method(cls: type[Method]) -> type[Method]:
+    if cls.name in METHODS and METHODS[cls.name] is not cls:
+        raise ValueError(f"a method named {cls.name!r} is already registered ({METHODS[cls.name].__module__})")
     METHODS[cls.name] = cls
     return cls
 
 
-def get_method(name: str) -> Method:
-    if name not in METHODS:
-        raise ValueError(f"unknown method {name!r}: choose from {', '.join(METHODS)} (`python -m benchmark ls methods`)")
-    return METHODS[name]()
+def method_class(spec: str) -> type[Method]:
+    """A registered name, or `package.module:ClassName` (a method of your own)."""
+    if spec in METHODS:
+        return METHODS[spec]
+    if ":" in spec:
+        module, _, attr = spec.partition(":")
+        try:
+            cls = getattr(importlib.import_module(module), attr)
+        except (ImportError, AttributeError) as err:
+            raise ValueError(f"cannot import method {spec!r}: {err}") from err
+        if not (isinstance(cls, type) and issubclass(cls, Method) and cls.name):
+            raise ValueError(f"{spec!r} is not a benchmark Method with a name")
+        return cls
+    raise ValueError(f"unknown method {spec!r}: choose from {', '.join(METHODS)} (`python -m benchmark ls methods`) "
+                     "or name one as module:Class")
+
+
+def get_method(spec: str, options: dict | None = None) -> Method:
+    return method_class(spec)(**(options or {}))
 
 
 @register_method
@@ -138,7 +198,8 @@ class AttendExcite(Method):
     release_sampling = {"steps": 50, "guidance": 7.5}  # Attend-and-Excite's release
 
     def generate(self, context, item, seeds):
-        return attend_and_excite(context.num_inference_steps).generate(context.pipe, item.prompt, context.token_groups(item),
+        return attend_and_excite(context.num_inference_steps).generate(
+            context.pipe, item.prompt, context.token_groups(item),
                                             seed_generators(seeds), context.num_inference_steps,
                                             context.guidance_scale)
 
@@ -164,43 +225,147 @@ def checkpoint_key(fingerprint: dict, item: SuitePrompt, config: FinetuneConfig,
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
 
+@dataclass
+class SepEnOptions:
+    """SepEn's settings in a run: the per-prompt finetuning (defaults: `FinetuneConfig`'s, the paper's per-pair
+    run), what it trains on, and where checkpoints live. `checkpoint`: one large-scale checkpoint for every
+    prompt instead of per-prompt finetuning."""
+
+    steps: int = FinetuneConfig.steps
+    learning_rate: float = FinetuneConfig.learning_rate
+    maps: str = FinetuneConfig.maps
+    map_downscale: int = FinetuneConfig.map_downscale
+    latents: str = FinetuneConfig.latents
+    latent_scale: str | float = FinetuneConfig.latent_scale
+    train_prompt: str = "release"  # the release's "a photo of {c1} and {c2}", or "suite": the suite prompt
+    checkpoint: str | None = None
+    cache: str = str(DEFAULT_CHECKPOINT_CACHE)
+    finetune: dict = field(default_factory=dict)  # any other `FinetuneConfig` field, e.g. {"batch_size": 1}
+
+    def __post_init__(self):
+        if self.train_prompt not in TRAIN_PROMPTS:
+            raise ValueError(f"SepEn training prompt must be one of {TRAIN_PROMPTS}, got {self.train_prompt!r}")
+
+
 @register_method
 class SepEn(Method):
     name = "sepen"
     description = "the base pipeline with SepEn-finetuned keys (per prompt, trained and cached, or large-scale)"
     release_sampling = {"steps": 50, "guidance": 6.0}  # the SepEn release's sampling script
     use_attend_excite = False
+    Options = SepEnOptions
+
+    def __init__(self, **options):
+        super().__init__(**options)
+        self.checkpoint_sha256: str | None = None  # of the large-scale checkpoint, once checked
+        self.sampling: dict = {}  # the run's steps and guidance for this method (latents="samples" uses them)
+
+    @classmethod
+    def add_arguments(cls, parser) -> None:
+        # defaults stated here are SepEnOptions'; a domain may set its own (`Domain.method_options`)
+        group = parser.add_argument_group("SepEn (sepen, sepen+ae); defaults: the release's, unless the model's "
+                                          "domain sets its own (docs/protocol.md)")
+        group.add_argument("--sepen-steps", type=int, help=f"per-prompt finetuning steps ({SepEnOptions.steps})")
+        group.add_argument("--sepen-lr", type=float,
+                           help=f"per-prompt finetuning learning rate ({SepEnOptions.learning_rate})")
+        group.add_argument("--sepen-maps", choices=("probs", "sharpened"),
+                           help="maps the SepEn losses read: probs (softmax over all tokens, the paper) or sharpened "
+                                "(Attend-and-Excite's text maps)")
+        group.add_argument("--sepen-map-downscale", type=int,
+                           help="maps the SepEn losses read, at 1/N of the latent side (4: SD's 16x16, the paper)")
+        group.add_argument("--sepen-latents", choices=("noise", "samples"),
+                           help="what per-prompt finetuning noises: noise (Gaussian latents, the paper) or samples "
+                                "(the base model's own samples of the prompt, at the run's steps and guidance)")
+        group.add_argument("--sepen-latent-scale", metavar="vae|unit|STD",
+                           help="std of the Gaussian latents per-prompt finetuning noises: the VAE's scaling_factor "
+                                "(vae, the release), 1 (unit), or a number")
+        group.add_argument("--sepen-train-prompt", choices=TRAIN_PROMPTS,
+                           help="what per-prompt SepEn trains on: the release's 'a photo of {c1} and {c2}' or the "
+                                "suite prompt itself")
+        group.add_argument("--sepen-checkpoint", help="a large-scale SepEn checkpoint used for every prompt")
+        group.add_argument("--checkpoint-cache", type=Path,
+                           help="where per-prompt SepEn checkpoints are cached and reused "
+                                f"({DEFAULT_CHECKPOINT_CACHE})")
+
+    @classmethod
+    def options_from_args(cls, args) -> dict:
+        flags = {"steps": "sepen_steps", "learning_rate": "sepen_lr", "maps": "sepen_maps",
+                 "map_downscale": "sepen_map_downscale", "latents": "sepen_latents",
+                 "latent_scale": "sepen_latent_scale", "train_prompt": "sepen_train_prompt",
+                 "checkpoint": "sepen_checkpoint", "cache": "checkpoint_cache"}
+        given = {field_: getattr(args, flag, None) for field_, flag in flags.items()}
+        if given["latent_scale"] not in (None, "vae", "unit"):
+            try:
+                given["latent_scale"] = float(given["latent_scale"])
+            except ValueError:
+                raise ValueError(f"--sepen-latent-scale takes vae, unit or a number, got "
+                                 f"{given['latent_scale']!r}") from None
+        return {k: v if k != "cache" else str(v) for k, v in given.items() if v is not None}
+
+    def finetune_config(self) -> FinetuneConfig:
+        """Per-prompt finetuning settings. With latents="samples" the samples are drawn with the run's steps and
+        guidance; otherwise those stay out, so that a run with other sampling reuses the cached checkpoints."""
+        o = self.options
+        fields_ = {"steps": o.steps, "learning_rate": o.learning_rate, "maps": o.maps,
+                   "map_downscale": o.map_downscale, "latents": o.latents, "latent_scale": o.latent_scale}
+        if o.latents == "samples":
+            fields_.update(sample_steps=self.sampling.get("steps", 50),
+                           sample_guidance=self.sampling.get("guidance", 7.5))
+        try:
+            return FinetuneConfig(**{**fields_, **o.finetune})
+        except TypeError as err:
+            raise ValueError(f"SepEn option finetune={o.finetune}: {err}") from None
+
+    def resume_key(self) -> dict:
+        if self.options.checkpoint is not None:
+            return {"checkpoint_sha256": self.checkpoint_sha256}
+        return {"finetune": self.finetune_config().to_dict(), "train_prompt": self.options.train_prompt}
+
+    def settings_note(self) -> str:
+        return "large-scale checkpoint" if self.options.checkpoint else self.options.train_prompt
 
     def checkpoint_path(self, context: GenerationContext, item: SuitePrompt) -> Path:
-        if context.sepen_checkpoint is not None:
-            return context.sepen_checkpoint
-        key = checkpoint_key(context.base_fingerprint(), item, context.sepen_config, context.sepen_train_prompt)
-        return context.checkpoint_cache / key / "sepen.safetensors"
+        if self.options.checkpoint is not None:
+            return Path(self.options.checkpoint)
+        key = checkpoint_key(context.base_fingerprint(), item, self.finetune_config(), self.options.train_prompt)
+        return Path(self.options.cache).expanduser() / key / "sepen.safetensors"
 
     def check(self, context):
-        if context.sepen_checkpoint is None:  # per-prompt finetuning reads the maps at this size
-            try:
-                cross_attention_layers(context.pipe.unet, context.sepen_config.map_downscale)
-            except ValueError as err:
-                raise ValueError(f"--sepen-map-downscale {context.sepen_config.map_downscale}: {err}") from None
+        if self.options.checkpoint is not None:  # shapes, finiteness and base weights, before any image
+            path = Path(self.options.checkpoint)
+            delta = load_delta(path)
+            check_fits(context.pipe.unet, delta)
+            check_base_model(context.pipe.unet, delta)
+            self.checkpoint_sha256 = file_sha256(path)
+            return
+        try:  # per-prompt finetuning reads the maps at this size
+            cross_attention_layers(context.pipe.unet, self.options.map_downscale)
+        except ValueError as err:
+            raise ValueError(f"--sepen-map-downscale {self.options.map_downscale}: {err}") from None
 
     def prepare(self, context, prompts):
-        if context.sepen_checkpoint is not None:
-            load_delta(context.sepen_checkpoint)  # fail early on an unreadable file
-            return
+        if self.options.checkpoint is not None:
+            return []
+        config = self.finetune_config()
         missing = [p for p in prompts if not self.checkpoint_path(context, p).exists()]
         for item in tqdm(missing, desc="SepEn checkpoints", disable=not context.progress or not missing):
             out = self.checkpoint_path(context, item).parent
             context.restore_base()
             started = time.perf_counter()
-            prompt = training_prompt(item, context.sepen_train_prompt)
-            finetune(context.pipe, ConceptPair(prompt, item.object_words), context.sepen_config, out_dir=out,
+            prompt = training_prompt(item, self.options.train_prompt)
+            finetune(context.pipe, ConceptPair(prompt, item.object_words), config, out_dir=out,
                      base_model=context.base_model, progress=False)
-            context.finetune_seconds[item.id] = time.perf_counter() - started
             (out / "prompt.json").write_text(json.dumps({"prompt": prompt, "objects": item.object_words,
-                                                         "train_prompt": context.sepen_train_prompt,
-                                                         "seconds": context.finetune_seconds[item.id]}))
+                                                         "train_prompt": self.options.train_prompt,
+                                                         "seconds": time.perf_counter() - started}))
         context.restore_base()
+        costs = []  # every prompt's checkpoint, trained now or found in the cache
+        for item in prompts:
+            info = self.checkpoint_path(context, item).parent / "prompt.json"
+            if info.exists():
+                costs.append({"prompt_id": item.id, "seconds": json.loads(info.read_text())["seconds"],
+                              "cached": item not in missing})
+        return costs
 
     def generate(self, context, item, seeds):
         context.apply_checkpoint(self.checkpoint_path(context, item))
@@ -226,7 +391,7 @@ class SepEnTestTime(Method):
     release_sampling = {"steps": 50, "guidance": 6.0}  # sampled as the SepEn release samples
 
     def generate(self, context, item, seeds):
-        config = context.sepen_config
+        config = FinetuneConfig()  # the losses' weights and kernel, as per-prompt finetuning uses them
         return sepen_test_time(config.lambda_sep, config.lambda_en, context.num_inference_steps,
                                smoothing=config.smoothing).generate(
             context.pipe, item.prompt, context.token_groups(item), seed_generators(seeds),

@@ -23,8 +23,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from .domains import (NATURAL, RELEASE_SAMPLING, RUN_DEFAULTS, SHAPES, SHAPES_MODEL, model_domain, prompts_dir,
-                      sepen_settings)
+from .domains import default_model, get_domain, model_domain
 from .generate import RunConfig, method_sampling, run
 
 MAIN_COLUMNS = {"fid": "FID (lower better)", "blip_similarity": "BLIP similarity", "presence_all": "success rate",
@@ -38,7 +37,6 @@ PUBLISHED_MAIN = {"plain": {"fid": 32.96, "blip_similarity": 0.742, "presence_al
                   "sepen": {"fid": 36.85, "blip_similarity": 0.809, "presence_all": 0.410},
                   "sepen_tt": {"fid": 41.74, "blip_similarity": 0.834, "presence_all": 0.441}}
 PUBLISHED_LARGE = {"plain": {"all": 0.21}, "sepen": {"seen_seen": 0.299, "seen_unseen": 0.305, "unseen_unseen": 0.294}}
-SHAPES_LARGE_STEPS = 300
 
 
 def _value(summary: pd.DataFrame, method: str, category: str, column: str) -> float | None:
@@ -79,49 +77,34 @@ def large_table(run_dir: Path, published: bool) -> str:
     return "\n".join(lines) + "\n"
 
 
-def train_shapes_large_checkpoint(model: str, out: Path, steps: int, learning_rate: float, progress: bool) -> Path:
-    """SepEn's large-scale training on the world's seen objects (resumed or reused if already in `out`)."""
-    from sae.finetune import ConceptPool, FinetuneConfig, finetune
-    from sae.models import load_pipeline
-
-    concepts = json.loads((prompts_dir(SHAPES) / "sepen_large_concepts.json").read_text())
-    checkpoint = out / "sepen.safetensors"
-    config = FinetuneConfig.large_scale(steps=steps, learning_rate=learning_rate)
-    done = out / "done.json"
-    if checkpoint.is_file() and done.is_file() and json.loads(done.read_text()) == config.to_dict():
-        return checkpoint
-    pool = ConceptPool(concepts["train"], connectors=tuple(concepts["connectors"]), template=concepts["template"])
-    finetune(load_pipeline(model, device="cpu"), pool, config, out_dir=out, base_model=model, progress=progress)
-    done.write_text(json.dumps(config.to_dict()))
-    return checkpoint
-
-
 def paper(model: str | None, num_seeds: int = 64, limit: int | None = None, out: Path | None = None,
           large_checkpoint: str | None = None, metric_models: dict | None = None, device: str = "auto",
           progress: bool = True, command: str = "", checkpoint_cache: Path | None = None) -> str:
-    model = str(model or SHAPES_MODEL)
-    domain = model_domain(model)
-    defaults = RUN_DEFAULTS[domain]
-    out = Path(out or Path("results") / "paper" / (domain if domain == SHAPES else Path(model).name))
-    main_suite = "ae276" if domain == NATURAL else "two_object"
+    from .methods import SepEnOptions
+
+    model = str(model or default_model())
+    domain = get_domain(model_domain(model))
+    recipe, defaults = domain.paper, domain.run_defaults
+    out = Path(out or Path("results") / "paper" / (recipe.out_name or Path(model).name))
+    main_suite = recipe.main_suite
+    sepen = {**domain.method_options.get("sepen", {}),
+             **({"cache": str(checkpoint_cache)} if checkpoint_cache is not None else {})}
     base = RunConfig(suite=main_suite, model=model, methods=list(METHOD_NAMES),
                      seeds=list(range(num_seeds)), limit=limit, steps=defaults["steps"],
                      guidance=defaults["guidance"], batch_size=4, out=out / "main", device=device,
                      metrics=["presence", "clip", "blip", "fid"], metric_models=metric_models or {},
-                     sepen=sepen_settings(defaults), sepen_train_prompt=defaults["sepen_train_prompt"],
+                     options={"sepen": sepen},
                      sampling=method_sampling(list(METHOD_NAMES), defaults["steps"], defaults["guidance"],
-                                              RELEASE_SAMPLING[domain]),
+                                              domain.release_sampling),
                      progress=progress)
-    if checkpoint_cache is not None:
-        base = replace(base, checkpoint_cache=Path(checkpoint_cache))
     main_dir = run(base)
-    text = [f"# The paper's tables on {model} ({domain} suites)\n", f"Command: `{command}`\n" if command else "",
+    text = [f"# The paper's tables on {model} ({domain.name} suites)\n", f"Command: `{command}`\n" if command else "",
             f"## Main comparison: `{main_suite}`, {num_seeds} seeds"
             + (f", first {limit} prompts" if limit else "") + f" (run folder `{main_dir}`)\n",
-            main_table(main_dir, published=domain == NATURAL)]
-    if domain == SHAPES and large_checkpoint is None:
-        large_checkpoint = str(train_shapes_large_checkpoint(model, out / "large_checkpoint", SHAPES_LARGE_STEPS,
-                                                             defaults["sepen_lr"], progress))
+            main_table(main_dir, published=recipe.published)]
+    if large_checkpoint is None and recipe.train_large_checkpoint is not None:
+        large_checkpoint = str(recipe.train_large_checkpoint(model, out / "large_checkpoint",
+                                                             {**vars(SepEnOptions()), **sepen}, progress))
     if large_checkpoint is None:
         text.append("\n## Large scale: not run. Pass `--large-checkpoint FILE` (a SepEn large-scale checkpoint of "
                     "this model: `python -m sae train --model MODEL --concepts CONCEPTS --out DIR`).\n")
@@ -130,16 +113,16 @@ def paper(model: str | None, num_seeds: int = 64, limit: int | None = None, out:
         if limit:  # the first `limit` prompts of each split, so that every column has prompts
             from .suites import load_suite, suite_path
 
-            rows = suite_path(suite, prompts_dir(domain)).read_text().splitlines()
+            rows = suite_path(suite, domain.suites_dir).read_text().splitlines()
             keep = {p.id for c in LARGE_CATEGORIES
-                    for p in [p for p in load_suite(suite, prompts_dir(domain)) if p.category == c][:limit]}
+                    for p in [p for p in load_suite(suite, domain.suites_dir) if p.category == c][:limit]}
             (out / "large").mkdir(parents=True, exist_ok=True)
             suite = str(out / "large" / "sepen_large_subset.jsonl")
             Path(suite).write_text("".join(r + "\n" for r in rows if json.loads(r)["id"] in keep))
         large_dir = run(replace(base, suite=suite, limit=None, methods=["plain", "sepen"], out=out / "large",
-                                metrics=["presence"], sepen_checkpoint=large_checkpoint))
+                                metrics=["presence"], options={"sepen": {**sepen, "checkpoint": large_checkpoint}}))
         text += [f"\n## Large scale: success rate (presence), one checkpoint `{large_checkpoint}` "
-                 f"(run folder `{large_dir}`)\n", large_table(large_dir, published=domain == NATURAL)]
+                 f"(run folder `{large_dir}`)\n", large_table(large_dir, published=recipe.published)]
     text.append("\nConventions of every column: `summary.md` and `results.json` in each run folder. FID and "
                 "success rates depend on the detector, reference set and image count: compare within a table.\n")
     report = "\n".join(t for t in text if t)

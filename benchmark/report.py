@@ -39,13 +39,25 @@ def bootstrap_interval(values: np.ndarray, confidence: float = 0.95, seed: int =
     return float(np.percentile(means, tail)), float(np.percentile(means, 100 - tail))
 
 
-def score_columns(rows: list[dict]) -> list[str]:
+def score_columns(rows: list[dict], declared: list[str] | None = None) -> list[str]:
+    """The per-image metric columns of the table, in the order the records carry them: the columns the run's
+    metrics declare (`Metric.columns`); without declarations (a folder written by hand), every numeric field
+    that is not a record field."""
     columns = {}
     for row in rows:
         for key, value in row.items():
-            if key not in RECORD_FIELDS and isinstance(value, (int, float)) and not isinstance(value, bool):
+            if declared is not None:
+                if key in declared:
+                    columns[key] = True
+            elif key not in RECORD_FIELDS and isinstance(value, (int, float)) and not isinstance(value, bool):
                 columns[key] = True
     return list(columns)
+
+
+def declared_columns(described: dict) -> list[str] | None:
+    """Every column the described metrics declare, or None when none is described."""
+    columns = [c for info in described.values() for c in info.get("columns", {})]
+    return columns or None
 
 
 def read_set_scores(run_dir: Path) -> tuple[dict, dict]:
@@ -72,11 +84,13 @@ def ordered_methods(found: list[str], order: list[str] | None) -> list[str]:
     return [m for m in order if m in found] + [m for m in found if m not in order]
 
 
-def summarize(rows: list[dict], method_order: list[str] | None = None, sets: dict | None = None) -> pd.DataFrame:
+def summarize(rows: list[dict], method_order: list[str] | None = None, sets: dict | None = None,
+              declared: list[str] | None = None) -> pd.DataFrame:
     """One row per (method, category) and per (method, "all"), methods in `method_order` (else as found).
     `sets` (from `read_set_scores`) adds the set metrics' columns; a value computed over another number of
-    images than the group now holds (stale: the run grew since it was scored) shows as n/a."""
-    columns = score_columns(rows)
+    images than the group now holds (stale: the run grew since it was scored) shows as n/a. `declared`: the
+    metrics' columns (`declared_columns`)."""
+    columns = score_columns(rows, declared)
     frame = pd.DataFrame(rows)
     out = []
     if frame.empty:
@@ -103,7 +117,7 @@ def summarize(rows: list[dict], method_order: list[str] | None = None, sets: dic
 
 
 def paired_differences(rows: list[dict], method_order: list[str] | None = None,
-                       baseline: str = BASELINE) -> pd.DataFrame:
+                       baseline: str = BASELINE, declared: list[str] | None = None) -> pd.DataFrame:
     """Per (method, category) and (method, "all"): each per-image metric of the method minus the baseline's on the
     same prompt and seed, averaged, with a 95% bootstrap interval over the pairs; for a 0/1 metric also how many
     images the method gained and lost. Empty when the run has no baseline images."""
@@ -111,7 +125,7 @@ def paired_differences(rows: list[dict], method_order: list[str] | None = None,
     empty = pd.DataFrame(columns=["method", "baseline", "category", "pairs"])  # still a CSV header when written
     if frame.empty or baseline not in set(frame["method"]):
         return empty
-    columns = score_columns(rows)
+    columns = score_columns(rows, declared)
     key = ["prompt_id", "seed"]
     base = frame[frame["method"] == baseline].set_index(key)[columns]
     found = [m for m in dict.fromkeys(frame["method"]) if m != baseline]
@@ -197,20 +211,22 @@ def conventions_text(described: dict) -> str:
     """One line per metric: its columns (higher or lower is better) and its convention."""
     lines = []
     for name, info in described.items():
-        columns = ", ".join(f"{c} ({'higher' if up else 'lower'} is better)" for c, up in info.get("columns", {}).items())
+        columns = ", ".join(f"{c} ({'higher' if up else 'lower'} is better)"
+                            for c, up in info.get("columns", {}).items())
         lines.append(f"- `{name}`: {columns}. {info.get('convention', '')}".rstrip())
     return "\n".join(["", "Conventions:", ""] + lines) + "\n" if lines else ""
 
 
 def method_settings(config: dict) -> dict:
-    """Each method's sampling settings (and SepEn's training prompt rule) as the run used them."""
+    """Each method's sampling settings (and its own note, e.g. what a finetuning method trains on) as the run
+    used them."""
     settings = {}
     for method in config.get("methods", []):
         row = {"steps": config.get("steps"), "guidance": config.get("guidance"),
                **(config.get("sampling") or {}).get(method, {})}
-        if method.startswith("sepen") and method != "sepen_tt":
-            row["sepen_train_prompt"] = ("large-scale checkpoint" if config.get("sepen_checkpoint")
-                                         else config.get("sepen_train_prompt", "suite"))
+        note = (config.get("notes") or {}).get(method)
+        if note:
+            row["trains_on"] = note
         settings[method] = row
     return settings
 
@@ -220,8 +236,8 @@ def settings_markdown(config: dict) -> str:
     settings = method_settings(config)
     if not settings:
         return ""
-    lines = ["", "Settings per method:", "", "| method | steps | guidance | SepEn trains on |", "|---|---|---|---|"]
-    lines += [f"| {m} | {row['steps']} | {row['guidance']} | {row.get('sepen_train_prompt', '-')} |"
+    lines = ["", "Settings per method:", "", "| method | steps | guidance | trains on |", "|---|---|---|---|"]
+    lines += [f"| {m} | {row['steps']} | {row['guidance']} | {row.get('trains_on', '-')} |"
               for m, row in settings.items()]
     return "\n".join(lines) + "\n"
 
@@ -243,7 +259,7 @@ def library_versions() -> dict:
 
 
 def timings(rows: list[dict], run_dir: Path) -> dict:
-    """Seconds per image per method, and the one-off SepEn finetuning cost."""
+    """Seconds per image per method, and the one-off finetuning cost (`finetune.jsonl`, from `Method.prepare`)."""
     frame = pd.DataFrame(rows)
     result = {}
     if not frame.empty:
@@ -252,7 +268,7 @@ def timings(rows: list[dict], run_dir: Path) -> dict:
     finetunes = {row["prompt_id"]: row for row in read_jsonl(run_dir / "finetune.jsonl")}
     if finetunes:
         seconds = [row["seconds"] for row in finetunes.values()]
-        result["sepen_finetune"] = {"checkpoints": len(seconds), "seconds_total": float(sum(seconds)),
+        result["finetuning"] = {"checkpoints": len(seconds), "seconds_total": float(sum(seconds)),
                                     "seconds_per_checkpoint": float(np.mean(seconds))}
     return result
 
@@ -266,9 +282,10 @@ def write_report(run_dir: Path) -> pd.DataFrame:
     config = json.loads(config_path.read_text())
     rows = build_samples(run_dir)
     sets, sets_described = read_set_scores(run_dir)
-    summary = summarize(rows, config.get("methods"), sets)
-    paired = paired_differences(rows, config.get("methods"))
     described = {**config.get("metrics_described", {}), **sets_described}
+    declared = declared_columns(described)
+    summary = summarize(rows, config.get("methods"), sets, declared)
+    paired = paired_differences(rows, config.get("methods"), declared=declared)
     write_text_atomic(run_dir / "summary.csv", summary.to_csv(index=False))
     write_text_atomic(run_dir / "paired.csv", paired.to_csv(index=False))
     title = f"# {config.get('suite')} on {config.get('model')} ({config.get('domain', 'natural')} suites)\n\n"

@@ -3,6 +3,8 @@
 A line: `{"id": "two_object/0003", "suite": ..., "category": "animal_object", "prompt": "a cat and a red car",
 "objects": [{"name": "cat", "count": 1}, {"name": "car", "attribute": "red", "count": 1}]}`; an object may
 also carry `query`, what a detector should look for when the word has several senses ("computer mouse").
+A line may carry GenEval's clauses under `geneval` ({tag, include, exclude}; `prompts/geneval.jsonl`): they are
+checked when the suite loads (`benchmark.geneval.rules.spec_problem`) and kept in `SuitePrompt.extra`.
 """
 
 from __future__ import annotations
@@ -12,17 +14,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 PROMPTS_DIR = Path(__file__).resolve().parents[1] / "prompts"
-
-DESCRIPTIONS = {
-    "single_object": "one object (animal, object, coloured object): the base model's floor",
-    "two_object": "two objects: animal-animal, animal-object, object-object, objects sometimes coloured",
-    "multi_object": "three and four objects",
-    "ae276": "Attend-and-Excite's 276 prompts in 3 categories (the paper's main table)",
-    "sepen_large": "SepEn's 200 large-scale test prompts: seen-seen, seen-unseen, unseen-unseen",
-    "polysemy": "pairs where one word has two senses (mouse, bat, crane, seal, ...); presence asks for the sense",
-    "ci": "two prompts of every category of every suite, for regression checks",
-}
-
 
 class SuiteError(ValueError):
     """A suite that cannot be loaded."""
@@ -88,6 +79,15 @@ def _check_id(prompt_id: str, folders: dict) -> str | None:
     return None
 
 
+def _check_geneval(row: dict) -> str | None:
+    """What is wrong with a line's GenEval clauses (classes, counts, colours, position indices), or None."""
+    if "geneval" not in row:
+        return None
+    from .geneval.rules import spec_problem
+
+    return spec_problem(row["geneval"])
+
+
 def available_suites(prompts_dir: Path = PROMPTS_DIR) -> list[str]:
     return sorted(p.stem for p in prompts_dir.glob("*.jsonl"))
 
@@ -129,7 +129,7 @@ def load_suite(name: str, prompts_dir: Path = PROMPTS_DIR) -> list[SuitePrompt]:
             raise SuiteError(f"{path}:{number}: prompt {item.id} lists no objects")
         if item.id in ids:
             raise SuiteError(f"{path}:{number}: duplicate prompt id {item.id}")
-        problem = _check_id(item.id, folders)
+        problem = _check_id(item.id, folders) or _check_geneval(row)
         if problem:
             raise SuiteError(f"{path}:{number}: {problem}")
         ids.add(item.id)
@@ -138,3 +138,16 @@ def load_suite(name: str, prompts_dir: Path = PROMPTS_DIR) -> list[SuitePrompt]:
     if not prompts:
         raise SuiteError(f"suite file {path} holds no prompts")
     return prompts
+
+
+def ci_subset(suites: dict, per_category: int = 2) -> list[dict]:
+    """The `ci` suite: the first `per_category` prompts of every category of every suite (JSON rows)."""
+    rows = []
+    for entries in suites.values():
+        for category in dict.fromkeys(e["category"] for e in entries):
+            rows.extend([e for e in entries if e["category"] == category][:per_category])
+    return rows
+
+
+def write_jsonl(path: Path, rows) -> None:
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))

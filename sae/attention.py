@@ -56,9 +56,9 @@ class AttentionStore:
     """The probability maps of the captured layers during the latest UNet forward.
 
     `maps()` averages them over heads and layers: shape `(batch, H, W, tokens)`, each pixel's row summing to 1
-    over all tokens; with `keep_heads`, over layers only: `(batch, heads, H, W, tokens)`. The batch is the UNet's batch: with classifier-free guidance, the unconditional half
-    comes first and the conditional half second (see `split_guidance`). Gradients are kept when the forward
-    runs with autograd on.
+    over all tokens; with `keep_heads`, over layers only: `(batch, heads, H, W, tokens)`. The batch is the UNet's
+    batch: with classifier-free guidance, the unconditional half comes first and the conditional half second (see
+    `split_guidance`). Gradients are kept when the forward runs with autograd on.
     """
 
     def __init__(self, layer_names: list[str], downscale: int, stop_after_last: bool = False,

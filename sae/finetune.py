@@ -5,8 +5,9 @@ VAE's `scaling_factor` (std 0.18 for SD 1.x) are noised by the DDPM forward proc
 (whatever its sampling scheduler) to a timestep drawn uniformly from [0, 1000), the UNet runs on the concept-pair
 prompts with the 1/4-resolution maps captured, and `lambda_sep * Separate + lambda_en * Enhance` is minimised.
 The UNet forward stops right after the last captured layer (`StopForward`): the rest of the network cannot
-change the maps, so it is neither run nor backpropagated. `latents="samples"` noises the base model's own samples of the pair prompt instead of
-Gaussian latents (a departure from the paper, measured on the shapes model: results/shapes/sepen_lr_sweep.md).
+change the maps, so it is neither run nor backpropagated. `latents="samples"` noises the base model's own samples
+of the pair prompt instead of Gaussian latents (a departure from the paper, measured on the shapes model:
+results/shapes/sepen_lr_sweep.md).
 The optional norm loss compares noise predictions with the frozen base on single-concept prompts; it needs the
 whole UNet, and the frozen base is the same module called with the original projection weights
 (`torch.func.functional_call`), not a second copy of the UNet.

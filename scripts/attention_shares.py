@@ -73,11 +73,10 @@ def main() -> None:
                         help="read the maps at 1/N of the latent side (4: the maps SepEn and A&E read)")
     parser.add_argument("--draws", type=int, default=8, help="noise draws per level")
     args = parser.parse_args()
-    if args.model is None:
-        from benchmark.domains import SHAPES_MODEL
+    from benchmark.domains import default_model, model_domain
 
-        args.model = str(SHAPES_MODEL)
-    from benchmark.domains import SHAPES, model_domain
+    if args.model is None:
+        args.model = str(default_model())
 
     pipe = load_pipeline(args.model, device="cpu")
     ids = encode_prompt_ids(pipe.tokenizer, args.prompt)
@@ -96,7 +95,7 @@ def main() -> None:
         print(f"t={t} noise, maps {tuple(maps.shape[1:3])}: start {share[0]:.3f} | {cells} | end {share[n - 1]:.3f} | "
               f"padding ({len(share) - n} tokens) {share[n:].sum():.3f}")
         print("    peak/mean per word: " + " ".join(f"{w} {c:.2f}" for w, c in zip(words, contrast[1:n - 1].tolist())))
-    if model_domain(args.model) == SHAPES:
+    if model_domain(args.model) == "shapes":  # the world's scenes give a ground truth per object
         scene_report(pipe, args.prompt, words, args.draws, generator, args.downscale)
 
 

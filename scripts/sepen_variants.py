@@ -19,7 +19,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from benchmark.domains import RUN_DEFAULTS, SHAPES_MODEL, model_domain, sepen_settings
+from benchmark.domains import default_model, get_domain, model_domain
 from benchmark.generate import RunConfig, run
 from benchmark.report import markdown_table
 from benchmark.suites import SuitePrompt
@@ -38,7 +38,7 @@ def setting(text: str) -> tuple[str, object]:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--model", default=str(SHAPES_MODEL))
+    parser.add_argument("--model", default=str(default_model()))
     parser.add_argument("--suite", default="two_object")
     parser.add_argument("--limit", type=int, default=12)
     parser.add_argument("--seeds", default="200-203")
@@ -49,16 +49,19 @@ def main() -> None:
     parser.add_argument("--out", type=Path, required=True)
     args = parser.parse_args()
 
-    defaults = RUN_DEFAULTS[model_domain(args.model)]
-    sepen = {**sepen_settings(defaults), **dict(args.set)}
-    if sepen["latents"] == "samples":  # samples drawn as the run draws its images
-        sepen = {"sample_steps": defaults["steps"], "sample_guidance": defaults["guidance"], **sepen}
+    domain = get_domain(model_domain(args.model))
+    defaults = domain.run_defaults
+    # SepEn's own option fields stay options; any other FinetuneConfig field goes into its `finetune` dict
+    own = {"steps", "learning_rate", "maps", "map_downscale", "latents", "latent_scale", "train_prompt"}
+    given = dict(args.set)
+    sepen = {**domain.method_options.get("sepen", {}), **{k: v for k, v in given.items() if k in own},
+             "finetune": {k: v for k, v in given.items() if k not in own}, "cache": str(args.checkpoint_cache)}
     if args.phrases:  # the phrase is what the detector looks for (SuiteObject.phrase)
         SuitePrompt.object_words = property(lambda item: [o.phrase for o in item.objects])
     out = run(RunConfig(suite=args.suite, model=args.model, methods=["plain", "sepen"],
                         seeds=parse_seeds(args.seeds), limit=args.limit, steps=defaults["steps"],
-                        guidance=defaults["guidance"], out=args.out, metrics=["presence"], sepen=sepen,
-                        checkpoint_cache=args.checkpoint_cache, progress=False))
+                        guidance=defaults["guidance"], out=args.out, metrics=["presence"],
+                        options={"sepen": sepen}, progress=False))
     print(f"SepEn settings: {sepen}" + (" with phrase objects" if args.phrases else ""))
     print(markdown_table(pd.read_csv(out / "summary.csv")), end="")
 

@@ -18,7 +18,8 @@ def test_quarter_resolution_layers_are_those_of_sd(tiny_pipe):
     assert blocks == ["down_blocks.2", "up_blocks.1"]
     assert all(".attn2." in n for n in names)
     # at 1/8 only the mid block attends (down_blocks.3 and up_blocks.0 have no attention, as in SD)
-    assert cross_attention_layers(tiny_pipe.unet, downscale=8) == ["mid_block.attentions.0.transformer_blocks.0.attn2.processor"]
+    assert cross_attention_layers(tiny_pipe.unet, downscale=8) == [
+        "mid_block.attentions.0.transformer_blocks.0.attn2.processor"]
     with pytest.raises(ValueError, match="no cross-attention layer at 1/16"):
         cross_attention_layers(tiny_pipe.unet, downscale=16)
 

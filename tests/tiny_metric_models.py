@@ -129,3 +129,41 @@ class CountingExtractor:
         x = np.stack([np.asarray(im.convert("RGB").resize((8, 8), Image.BILINEAR), dtype=np.float64) / 255
                       for im in images])
         return torch.from_numpy(x.reshape(len(images), -1)) @ self.weight
+
+
+# COCO's own spellings of the three classes GenEval renames (its detector's labels)
+COCO_SPELLINGS = {"computer mouse": "mouse", "tv remote": "remote", "computer keyboard": "keyboard"}
+
+
+def tiny_mask2former(dominant=None, seed=0):
+    """(model, processor): a random Mask2Former for 80 COCO labels (COCO's spellings), tiny Swin backbone, 64 px,
+    4 queries. With `dominant` (a GenEval class name) every query predicts that class with a probability near 1,
+    so that the random masks become confident detections."""
+    from transformers import (Mask2FormerConfig, Mask2FormerForUniversalSegmentation, Mask2FormerImageProcessor,
+                              SwinConfig)
+
+    from benchmark.geneval.rules import CLASSES
+
+    torch.manual_seed(seed)
+    labels = [COCO_SPELLINGS.get(name, name) for name in CLASSES]
+    backbone = SwinConfig(image_size=64, patch_size=4, embed_dim=16, depths=[1, 1, 1, 1], num_heads=[1, 1, 1, 1],
+                          window_size=4, out_features=["stage1", "stage2", "stage3", "stage4"])
+    config = Mask2FormerConfig(backbone_config=backbone, hidden_dim=32, feature_size=32, mask_feature_size=32,
+                               num_queries=4, encoder_layers=1, decoder_layers=2, encoder_feedforward_dim=64,
+                               dim_feedforward=64, num_attention_heads=2, use_pretrained_backbone=False,
+                               id2label=dict(enumerate(labels)), label2id={n: i for i, n in enumerate(labels)})
+    model = Mask2FormerForUniversalSegmentation(config).eval()
+    if dominant is not None:
+        with torch.no_grad():
+            model.class_predictor.weight.zero_()
+            model.class_predictor.bias.fill_(-10.0)
+            model.class_predictor.bias[CLASSES.index(dominant)] = 10.0
+    return model, Mask2FormerImageProcessor(size={"height": 64, "width": 64})
+
+
+def save_mask2former(folder: Path, dominant=None) -> Path:
+    """A transformers folder (model + image processor), as `hf download` of a Mask2Former repo gives."""
+    model, processor = tiny_mask2former(dominant)
+    model.save_pretrained(folder)
+    processor.save_pretrained(folder)
+    return folder

@@ -81,20 +81,24 @@ class SetMetric(Metric):
 
 METRICS: dict[str, type[Metric]] = {}
 
-# A domain's own models for a metric (the shapes world's exact detector and CLIP): (metric, domain) -> factory.
-# The metric calls the factory in `setup` unless the user named a model for it on the command line.
-DOMAIN_MODELS: dict[tuple[str, str], object] = {}
-
-
-def register_domain_model(metric: str, domain: str, factory) -> None:
-    DOMAIN_MODELS[(metric, domain)] = factory
-
-
 def domain_model(metric: str, context: MetricContext):
-    """The domain's factory for this metric, or None (then the metric loads its usual model)."""
+    """The domain's own instrument for this metric (its `Domain.instruments` factory), or None: then the metric
+    loads its usual model. A model the user named on the command line wins."""
+    from ..domains import get_domain
+
     if metric in context.model_paths:
         return None
-    return DOMAIN_MODELS.get((metric, context.domain))
+    return get_domain(context.domain).instruments.get(metric)
+
+
+def check_available(metric: str, context: MetricContext) -> None:
+    """Raise `MetricUnavailable` when the domain has no counterpart for this metric."""
+    from ..domains import get_domain
+
+    reason = get_domain(context.domain).unavailable.get(metric)
+    if reason:
+        raise MetricUnavailable(f"not available for this model: {reason} (the column is left out, never "
+                                "reported as zero)")
 
 
 def object_vocabulary(items) -> list[str]:
@@ -120,6 +124,8 @@ def suite_vocabulary(suite: str, domain: str, fallback=tuple) -> list[str]:
 
 
 def register_metric(cls: type[Metric]) -> type[Metric]:
+    if cls.name in METRICS and METRICS[cls.name] is not cls:
+        raise ValueError(f"a metric named {cls.name!r} is already registered ({METRICS[cls.name].__module__})")
     METRICS[cls.name] = cls
     return cls
 
@@ -140,4 +146,4 @@ def get_metric(spec: str) -> Metric:
 
 
 # the metrics register themselves on import
-from . import blip, clip, fid, presence  # noqa: E402,F401
+from . import blip, clip, fid, geneval, presence  # noqa: E402,F401

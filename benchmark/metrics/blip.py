@@ -13,15 +13,15 @@
   (`BlipForImageTextRetrieval`, by default `Salesforce/blip-itm-base-coco`): softmax over the head's two
   logits, class 1. The prompt is truncated at 35 tokens as BLIP's ITM does.
 
-Each record also gets `blip_caption`. The shapes world has no BLIP counterpart: there the metric is reported
-as not available (never as zero).
+Each record also gets `blip_caption`. In a domain without a BLIP counterpart (`Domain.unavailable`) the metric is
+reported as not available (never as zero).
 """
 
 from __future__ import annotations
 
 import torch
 
-from . import Metric, MetricUnavailable, register_metric
+from . import Metric, MetricUnavailable, check_available, register_metric
 from .clip import ClipScore
 
 DEFAULT_CAPTIONER = "Salesforce/blip-image-captioning-base"
@@ -70,9 +70,7 @@ class BlipScore(Metric):
         self.clip, self.device = clip or ClipScore(), device
 
     def setup(self, context) -> None:
-        if context.domain == "shapes":
-            raise MetricUnavailable("not available for this model: BLIP has no counterpart in the shapes world "
-                                    "(the column is left out, never reported as zero)")
+        check_available(self.name, context)
         self.device = context.device
         missing = []  # every missing model on one line
         if self.caption_model is None:

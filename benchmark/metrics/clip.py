@@ -42,14 +42,15 @@ def imagenet_template_texts(prompt: str) -> list[str]:
     return [template(prompt).replace("a a", "a").replace("the a", "a") for template in OPENAI_IMAGENET_TEMPLATES]
 
 
-def create_clip(source: str | None = "openai", device: str = "cpu"):
-    """(model, preprocess, tokenizer): open_clip ViT-B/16 with QuickGELU on every route. `source` is an open_clip
-    tag ("openai"), a weights file for ViT-B-16, an open_clip folder (open_clip_config.json + weights), or None
-    (random weights). Raises what open_clip raises when the weights cannot be had."""
+def create_clip(source: str | None = "openai", device: str = "cpu", model_name: str = MODEL_NAME):
+    """(model, preprocess, tokenizer): open_clip `model_name` (ViT-B/16 unless said) with QuickGELU on every route.
+    `source` is an open_clip tag ("openai"), a weights file for that architecture, an open_clip folder
+    (open_clip_config.json + weights), or None (random weights). Raises what open_clip raises when the weights
+    cannot be had."""
     import open_clip
 
     folder = source is not None and Path(source).is_dir()
-    name = f"local-dir:{source}" if folder else MODEL_NAME
+    name = f"local-dir:{source}" if folder else model_name
     if folder and not any(Path(source).glob(p) for p in ("*.safetensors", "*.bin", "*.pth")):
         raise FileNotFoundError(f"no weights in {source}")  # open_clip would build a random model
     model, _, preprocess = open_clip.create_model_and_transforms(name, pretrained=None if folder else source,

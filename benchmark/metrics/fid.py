@@ -18,7 +18,7 @@ images. Lower is better. A number without its convention is worthless, so the co
 
 The feature extractor is pluggable: any object with a `name` (the network and its weights; part of the cache
 key and of the convention), optionally a `resize` and a `library` (stated in the convention), and
-`features(images) -> (N, D) tensor`. A domain registers its own with `register_fid_domain` (the shapes world:
+`features(images) -> (N, D) tensor`. A domain plugs its own in as a `FidInstrument` (the shapes world:
 a small CLIP image tower and its own reference renders); `OpenClipFeatures` wraps any open_clip model.
 """
 
@@ -197,20 +197,12 @@ def inception_extractor(context: MetricContext) -> InceptionFeatures:
 
 
 @dataclass
-class FidDomain:
-    """What a domain uses for FID: its feature extractor, and its reference set unless one is given."""
+class FidInstrument:
+    """A domain's own FID instrument (its `Domain.instruments["fid"]`): a feature extractor, and its reference
+    set unless the user gives one."""
 
     extractor: Callable[[MetricContext], object]
     reference: Callable[[MetricContext], str | Path] | None = None
-
-
-FID_DOMAINS: dict[str, FidDomain] = {}
-
-
-def register_fid_domain(domain: str, extractor: Callable[[MetricContext], object],
-                        reference: Callable[[MetricContext], str | Path] | None = None) -> None:
-    """Give a domain (`MetricContext.domain`, e.g. "shapes") its own FID extractor and default reference set."""
-    FID_DOMAINS[domain] = FidDomain(extractor, reference)
 
 
 # --- reference statistics -------------------------------------------------------------------------------------
@@ -278,7 +270,8 @@ def reference_stats(source: str | Path, extractor, cache_dir: Path) -> tuple[Fea
 @register_metric
 class Fid(SetMetric):
     name = "fid"
-    description = "FID against a reference set (torchmetrics' Inception unless the domain plugs its own), per method x category"
+    description = ("FID against a reference set (torchmetrics' Inception unless the domain plugs its own), per "
+                   "method x category")
     columns = {"fid": False}
     convention = ("Fréchet distance between feature statistics (mean, unbiased covariance; float64) of each "
                   "method x category's images and of a reference set; default features: torchmetrics' FID "
@@ -290,7 +283,10 @@ class Fid(SetMetric):
         self.reference_info: dict = {}
 
     def setup(self, context) -> None:
-        domain = FID_DOMAINS.get(context.domain)
+        from . import domain_model
+
+        factory = domain_model(self.name, context)
+        domain = factory(context) if factory is not None else None
         reference = self.reference or context.model_paths.get("fid.reference")
         if reference is None and domain is not None and domain.reference is not None:
             reference = domain.reference(context)

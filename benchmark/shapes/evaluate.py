@@ -23,15 +23,15 @@ import time
 import numpy as np
 import torch
 
-from ..domains import RUN_DEFAULTS, SHAPES as SHAPES_DOMAIN
 from .data import HELDOUT_PAIRS
 from .detector import presence
+from .domain import DOMAIN
 from .geometry import SHAPES
 from .world import COLOURS, caption_for, sample_scene
 
 EVAL_STREAM = 3  # data.py's streams 1, 2 and 4 are training's; evaluation scenes come from their own stream
 
-SHAPES_DEFAULTS = RUN_DEFAULTS[SHAPES_DOMAIN]  # the benchmark's sampling settings for this world
+SHAPES_DEFAULTS = DOMAIN.run_defaults  # the benchmark's sampling settings for this world
 # --scheduler: diffusers schedulers to compare, each built from the model's own scheduler config (its betas,
 # prediction type and timestep spacing), as diffusers swaps schedulers
 SAMPLERS = {"ddpm": "DDPMScheduler", "ddim": "DDIMScheduler", "euler_ancestral": "EulerAncestralDiscreteScheduler",

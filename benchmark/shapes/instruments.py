@@ -1,8 +1,6 @@
 """The shapes world's instruments for the benchmark's metrics (domain "shapes"): the exact detector for
 `presence`, the world CLIP for `clip`, and the world CLIP's image tower against rendered scenes for `fid`.
-BLIP has no counterpart here: the `blip` metric reports itself unavailable for this domain.
-
-`register()` plugs them in; `benchmark.domains` calls it.
+BLIP has no counterpart here (`benchmark.shapes.domain` says so). `INSTRUMENTS` is the domain's table.
 """
 
 from __future__ import annotations
@@ -12,7 +10,6 @@ from pathlib import Path
 
 import numpy as np
 
-DOMAIN = "shapes"
 REFERENCE_IMAGES = 1024  # rendered scenes for FID, 1-4 objects, uniform
 REFERENCE_SEED = 7
 
@@ -90,10 +87,11 @@ def _fid_reference(context):
     return reference_folder(Path(cache) / "shapes_reference" if cache else None)
 
 
-def register() -> None:
-    from benchmark.metrics import register_domain_model
-    from benchmark.metrics.fid import register_fid_domain
+def _fid(context):
+    from benchmark.metrics.fid import FidInstrument
 
-    register_domain_model("presence", DOMAIN, _presence)
-    register_domain_model("clip", DOMAIN, _clip)
-    register_fid_domain(DOMAIN, extractor=_fid_extractor, reference=_fid_reference)
+    return FidInstrument(extractor=_fid_extractor, reference=_fid_reference)
+
+
+# metric -> factory(MetricContext): what each metric measures with in this world
+INSTRUMENTS = {"presence": _presence, "clip": _clip, "fid": _fid}

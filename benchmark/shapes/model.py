@@ -59,23 +59,16 @@ def _text(hidden=64, layers=2, heads=4, mlp=4):
                 num_attention_heads=heads, projection_dim=hidden)
 
 
-# name -> (unet config, text config). "small" is the shipped model; the others were timing candidates.
+# name -> (unet config, text config). "small" is the shipped model; the others are probes (what each tests and
+# what it showed: scripts/probes/README.md).
 ARCHITECTURES = {
     "small": (_unet((32, 64, 128, 128)), _text(64)),
     "wide": (_unet((64, 64, 128, 128)), _text(64)),
-    # 4 attention heads of 32 dims instead of 16 of 8 (6.5 s per step instead of 5.0-5.3 on our CPU): a probe of
-    # whether the cross-attention then localises objects; it did not (results/shapes/sepen_lr_sweep.md)
+    # diffusers reads `attention_head_dim` as the number of heads: 32 heads of 4 dims (the shipped model: 8 of 16)
     "small-wideheads": (_unet((32, 64, 128, 128), head_dim=32), _text(64)),
-    # A text encoder without transformer layers: each token's embedding is its word plus its position, so the
-    # padding tokens carry nothing of the caption and the UNet can only read it through the words' own
-    # cross-attention maps (the maps SepEn shapes). With the 2-layer causal encoder the padding summarises the
-    # whole caption and takes ~75% of every pixel's attention. Measured after the shipped run's 1,000 steps: the
-    # colour words localise, the shape words do not, shapes come out blobby (single-object presence 0.694) and
-    # SepEn does not help it either (results/shapes/sepen_lr_sweep.md): a probe, not the shipped model.
+    # a text encoder without transformer layers: each token is its word plus its position, padding carries nothing
     "small-tokens": (_unet((32, 64, 128, 128)), _text(64, layers=0)),
-    # SD's full layout (cross-attention at 32, 16 and 8 px): ~9x slower per step on CPU. Trained on a GPU (1,300
-    # steps, 3.4 min on an H100): its 16x16 maps localise objects as SD's do and it is a better base model, but
-    # SepEn does not help it either (results/shapes/sepen_lr_sweep.md): a probe, not the shipped model.
+    # SD's layout: cross-attention at 32, 16 and 8 px
     "small-sdlayout": (_unet((32, 64, 128, 128), down=("CrossAttnDownBlock2D",) * 3 + ("DownBlock2D",),
                              up=("UpBlock2D",) + ("CrossAttnUpBlock2D",) * 3), _text(64)),
 }

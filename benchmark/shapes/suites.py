@@ -9,6 +9,9 @@ its own category; the other prompts are seeded draws of distinct objects.
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
+
 import numpy as np
 
 from .data import HELDOUT_PAIRS, has_heldout_pair
@@ -73,10 +76,25 @@ def shapes_suites(seen_pairs: int = 24, three: int = 24, four: int = 12) -> dict
     rng = np.random.default_rng(SEED)
     single = [entry("single_object", i, "single", [o]) for i, o in enumerate(OBJECTS)]
     pairs = [("seen_pair", _distinct(rng, 2, set(), allow_heldout=False)) for _ in range(seen_pairs)]
-    pairs += [("heldout_pair", list(p)) for p in HELDOUT_PAIRS] + [("heldout_pair", list(p[::-1])) for p in HELDOUT_PAIRS]
+    pairs += [("heldout_pair", list(p)) for p in HELDOUT_PAIRS]
+    pairs += [("heldout_pair", list(p[::-1])) for p in HELDOUT_PAIRS]
     two = [entry("two_object", i, cat, objs) for i, (cat, objs) in enumerate(pairs)]
     seen: set = set()
     rows = [("three_objects", _distinct(rng, 3, seen, True)) for _ in range(three)]
     rows += [("four_objects", _distinct(rng, 4, seen, True)) for _ in range(four)]
     multi = [entry("multi_object", i, cat, objs) for i, (cat, objs) in enumerate(rows)]
     return {"single_object": single, "two_object": two, "multi_object": multi, "sepen_large": sepen_large()}
+
+
+def write_suites(out: Path) -> dict:
+    """Write the world's suites (and its `ci` subset and large-scale concept lists) into `out`."""
+    from ..suites import ci_subset, write_jsonl
+
+    suites = shapes_suites()
+    suites["ci"] = ci_subset({k: v for k, v in suites.items() if k != "sepen_large"})
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "sepen_large_concepts.json").write_text(json.dumps(large_scale_concepts(), indent=1) + "\n")
+    for name, rows in suites.items():
+        write_jsonl(out / f"{name}.jsonl", rows)
+        print(f"shapes/{name}: {len(rows)} prompts")
+    return suites

@@ -10,7 +10,8 @@ sees the same batches as an uninterrupted one.
 
 Phases:
 1. VAE (`--vae-steps`): L1 + MSE reconstruction of rendered scenes, with latent channels 0-2 pulled towards the
-   2x2-pooled RGB image (an "RGB-like" latent, see TrainConfig.vae_align) and KL weight 0; afterwards the latents are normalised per channel (model.normalize_latent_channels; scaling factor 1).
+   2x2-pooled RGB image (an "RGB-like" latent, see TrainConfig.vae_align) and KL weight 0; afterwards the latents
+   are normalised per channel (model.normalize_latent_channels; scaling factor 1).
 2. Diffusion (`--steps`): DDPM v-prediction loss on SD's scaled_linear betas rescaled to zero terminal SNR
    (model.sd_scheduler_kwargs), x0 weight capped at 6 (as min-SNR-5), AdamW
    with warm-up and cosine decay, the text encoder at `--text-lr-mult` times the UNet's learning rate, 10% of
@@ -119,7 +120,8 @@ def _lr_factor(step: int, cfg: TrainConfig) -> float:
 
 
 def _step_generator(seed: int, stream: int, step: int) -> torch.Generator:
-    return torch.Generator("cpu").manual_seed(int(np.random.SeedSequence([seed, stream, step, 99]).generate_state(1)[0]))
+    state = np.random.SeedSequence([seed, stream, step, 99]).generate_state(1)[0]
+    return torch.Generator("cpu").manual_seed(int(state))
 
 
 class _Log:
@@ -406,9 +408,11 @@ def save_pipeline(path: Path, vae, text_encoder, tokenizer, unet, dtype: torch.d
     tmp = path.with_name(path.name + ".tmp")
     shutil.rmtree(tmp, ignore_errors=True)
     pipe.save_pretrained(tmp, safe_serialization=True)
-    from benchmark.domains import DOMAIN_FILE, SHAPES
+    from benchmark.domains import DOMAIN_FILE
 
-    (tmp / DOMAIN_FILE).write_text(json.dumps({"domain": SHAPES}) + "\n")  # the benchmark picks the world's suites
+    from .domain import NAME
+
+    (tmp / DOMAIN_FILE).write_text(json.dumps({"domain": NAME}) + "\n")  # the benchmark picks the world's suites
     shutil.rmtree(path, ignore_errors=True)
     os.replace(tmp, path)
     return path

@@ -1,13 +1,13 @@
 """Batched metric scoring against a per-image loop on the same images, tiny models (presence, clip, blip, fid).
 
-Goal (issue): batched >= 3x faster; measured about 10x on two shared CPU cores (BLIP's generate dominates: about
+Goal: batched >= 3x faster; measured about 10x on two shared CPU cores (BLIP's generate dominates: about
 12x alone; presence 5.5x, clip 2.8x, fid 3.1x). The speed-up is printed and stored in extra_info; the assertion is
 the goal, well under the measured value (both sides are timed in alternation, so load moves them together).
 Run: `pytest tests/benchmarks/test_scoring_speed.py -s`.
 """
 
 import pytest
-from benchmarks.timing import measure_ratio
+from benchmarks.timing import TIERS, assert_within, measure_ratio
 from tiny_metric_models import random_images, save_owlv2, tiny_blip, tiny_open_clip
 
 from benchmark.metrics import MetricContext
@@ -49,7 +49,8 @@ def score(metrics, images, records):
             metric.score(images, records)
 
 
-def test_batched_scoring_against_a_per_image_loop(benchmark, metrics):
+@pytest.mark.parametrize("strict", TIERS)
+def test_batched_scoring_against_a_per_image_loop(benchmark, metrics, strict):
     images = random_images(IMAGES, (64, 64), seed=3)
     records = [{"method": "plain", "prompt_id": f"p{i % 2}", "seed": i, "category": "c",
                 "prompt": PROMPTS[i % 2][0], "objects": [{"name": n} for n in PROMPTS[i % 2][1]]}
@@ -67,4 +68,4 @@ def test_batched_scoring_against_a_per_image_loop(benchmark, metrics):
     benchmark.extra_info["speedup"] = speedup
     print(f"\nscoring {IMAGES} images with presence, clip, blip and fid: batched {candidate * 1e3:.0f} ms, per-image "
           f"loop {baseline * 1e3:.0f} ms: {speedup:.1f}x (goal >= {GOAL})")
-    assert speedup >= GOAL
+    assert_within(speedup, GOAL, strict, higher_is_better=True)

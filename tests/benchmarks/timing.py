@@ -1,4 +1,9 @@
-"""Ratio benchmarks: candidate and baseline timed in alternation inside one pytest-benchmark run."""
+"""Ratio benchmarks: candidate and baseline timed in alternation inside one pytest-benchmark run.
+
+Each benchmark runs in two tiers (`TIERS`): by default (what CI runs) it guards only against a gross regression,
+a ratio 1.5x past its goal, so that timing noise on a shared machine cannot turn CI red; `pytest -m perf` checks
+the goal itself.
+"""
 
 import gc
 import itertools
@@ -7,6 +12,20 @@ import time
 
 import pytest
 import torch
+
+
+GUARD = 1.5
+TIERS = [pytest.param(False, id="guard"), pytest.param(True, id="goal", marks=pytest.mark.perf)]
+
+
+def assert_within(value: float, goal: float, strict: bool, higher_is_better: bool = False) -> None:
+    """`value` meets the goal (strict) or is no worse than 1.5x past it (the default tier)."""
+    if higher_is_better:
+        bound = goal if strict else goal / GUARD
+        assert value >= bound, f"{value:.3f} < {bound:.3f} ({'goal' if strict else 'gross-regression guard'})"
+    else:
+        bound = goal if strict else goal * GUARD
+        assert value <= bound, f"{value:.3f} > {bound:.3f} ({'goal' if strict else 'gross-regression guard'})"
 
 
 def measure_ratio(benchmark, candidate, baseline, rounds: int,

@@ -29,10 +29,11 @@ class Killed(BaseException):
     """Stands for SIGKILL inside the process: nothing after it runs, no handler catches it."""
 
 
-def config(model, suite, out, **kw):
+def config(model, suite, out, checkpoint_cache=None, sepen_checkpoint=None, **kw):
+    sepen = {"steps": 2, "learning_rate": 1e-3, "train_prompt": "suite", "finetune": {"batch_size": 1},
+             "cache": str(checkpoint_cache or out.parent / "cache"), "checkpoint": sepen_checkpoint}
     base = dict(suite=str(suite), model=str(model), methods=["plain", "sepen"], seeds=[0, 1, 2], steps=3,
-                batch_size=2, out=out, metrics=[FAKE], progress=False, checkpoint_cache=out.parent / "cache",
-                sepen={"steps": 2, "learning_rate": 1e-3, "batch_size": 1})
+                batch_size=2, out=out, metrics=[FAKE], progress=False, options={"sepen": sepen})
     base.update(kw)
     return RunConfig(**base)
 
@@ -210,7 +211,7 @@ def test_another_sepen_checkpoint_in_the_same_folder_is_refused(tiny_model_dir, 
     run(config(tiny_model_dir, small_suite, out, methods=["sepen"], seeds=[0], limit=1, sepen_checkpoint=str(first)))
     record = json.loads((out / "samples.jsonl").read_text().splitlines()[0])
     assert len(record["checkpoint_sha256"]) == 64
-    with pytest.raises(RunError, match="other sepen_checkpoint_sha256"):
+    with pytest.raises(RunError, match="other method_keys"):
         run(config(tiny_model_dir, small_suite, out, methods=["sepen"], seeds=[0], limit=1,
                    sepen_checkpoint=str(second)))
 

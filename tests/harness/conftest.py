@@ -28,8 +28,8 @@ def make_report_run(out, model="not/a-local-model", methods=("plain", "sepen"), 
     out.mkdir(parents=True)
     (out / "run_config.json").write_text(json.dumps({
         "suite": "report_test", "model": str(model), "methods": list(methods), "seeds": list(seeds), "steps": 2,
-        "guidance": 7.5, "sepen": {"steps": 2, "learning_rate": 1e-3, "batch_size": 1},
-        "checkpoint_cache": str(out / "no_checkpoints"), "sepen_checkpoint": None, "domain": "natural",
+        "guidance": 7.5, "options": {"sepen": {"steps": 2, "learning_rate": 1e-3, "finetune": {"batch_size": 1},
+                                               "cache": str(out / "no_checkpoints")}}, "domain": "natural",
         "metrics": ["presence"], "metrics_described": {"presence": {
             "columns": {"presence_all": True, "presence_objects": True}, "convention": "hand-written scores"}}}))
     scores = []

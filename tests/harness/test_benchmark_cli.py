@@ -41,7 +41,8 @@ BAD = {
         {"id": "x", "prompt": "a cat and " * 30 + "a dog", "objects": [{"name": "cat"}]}])],
         "over the text encoder's 77"),
     "empty suite": (lambda tmp: ["--suite", write(tmp, "s.jsonl", [])], "holds no prompts"),
-    "unreadable checkpoint": (lambda tmp: ["--methods", "sepen", "--sepen-checkpoint", str(tmp / "missing.safetensors")],
+    "unreadable checkpoint": (lambda tmp: ["--methods", "sepen", "--sepen-checkpoint",
+                                           str(tmp / "missing.safetensors")],
                               "does not exist"),
     "bad seeds": (lambda tmp: ["--seeds", "5-2"], "bad seed range"),
     "map size the UNet lacks": (lambda tmp: ["--methods", "plain,sepen", "--sepen-map-downscale", "16",
@@ -84,7 +85,8 @@ def test_sepen_map_downscale_reaches_the_finetuning(downscale, tiny_model_dir, s
                  "--limit", "1", "--seeds", "0", "--steps", "2", "--sepen-steps", "3", "--sepen-lr", "1e-2",
                  "--sepen-map-downscale", str(downscale), "--checkpoint-cache", str(cache),
                  "--out", str(tmp_path / "run"), "--no-progress", "--no-html"]) == 0
-    assert json.loads((tmp_path / "run" / "run_config.json").read_text())["sepen"]["map_downscale"] == downscale
+    options = json.loads((tmp_path / "run" / "run_config.json").read_text())["options"]
+    assert options["sepen"]["map_downscale"] == downscale
     delta = load_delta(next(cache.rglob("sepen.safetensors")))
     assert delta.config["map_downscale"] == downscale
     base = dict(load_pipeline(tiny_model_dir).unet.named_parameters())
@@ -127,7 +129,7 @@ def test_the_issue_command_on_the_tiny_model(tiny_model_dir, tmp_path):
         assert (out / name).is_file()
     assert len((out / "samples.jsonl").read_text().splitlines()) == 3 * 3 * 2
     timings = json.loads((out / "results.json").read_text())["timings"]
-    assert {"plain", "attend_excite", "sepen", "sepen_finetune"} <= set(timings)
+    assert {"plain", "attend_excite", "sepen", "finetuning"} <= set(timings)
     assert "| attend_excite | three_objects | 6 |" in done.stdout
 
 
@@ -143,7 +145,7 @@ def test_natural_models_sample_each_method_as_its_release_and_record_it(tiny_mod
     used = {r["method"]: (r["steps"], r["guidance"]) for r in records}
     assert used == {"plain": (2, 7.5), "sepen": (3, 6.0)}
     results = json.loads((out / "results.json").read_text())
-    assert results["settings"]["sepen"] == {"steps": 3, "guidance": 6.0, "sepen_train_prompt": "release"}
+    assert results["settings"]["sepen"] == {"steps": 3, "guidance": 6.0, "trains_on": "release"}
     assert "| sepen | 3 | 6.0 | release |" in (out / "summary.md").read_text()
     trained = json.loads(next(cache.rglob("prompt.json")).read_text())
     assert trained["prompt"] == "a photo of a cat and a dog" and trained["train_prompt"] == "release"

@@ -15,10 +15,11 @@ from benchmark.report import bootstrap_interval, compare, paired_differences, su
 FAKE = "fake_metrics:MeanBrightness"
 
 
-def config(model, suite, out, **kw):
+def config(model, suite, out, checkpoint_cache=None, sepen_checkpoint=None, **kw):
+    sepen = {"steps": 3, "learning_rate": 1e-3, "train_prompt": "suite", "finetune": {"batch_size": 1},
+             "cache": str(checkpoint_cache or out.parent / "ckpt"), "checkpoint": sepen_checkpoint}
     base = dict(suite=str(suite), model=str(model), methods=["plain"], seeds=[0, 1, 2], steps=4, batch_size=2,
-                out=out, metrics=[FAKE], progress=False, checkpoint_cache=out.parent / "ckpt",
-                sepen={"steps": 3, "learning_rate": 1e-3, "batch_size": 1})
+                out=out, metrics=[FAKE], progress=False, options={"sepen": sepen})
     base.update(kw)
     return RunConfig(**base)
 
@@ -54,8 +55,8 @@ def test_run_writes_images_records_and_tables(finished_run):
     results = json.loads((finished_run / "results.json").read_text())
     assert results["config"]["methods"] == ["plain", "sepen"]
     assert results["metrics"]["brightness"]["convention"].startswith("mean over pixels")
-    assert {"plain", "sepen", "sepen_finetune"} <= set(results["timings"])
-    assert results["timings"]["sepen_finetune"]["checkpoints"] == 2
+    assert {"plain", "sepen", "finetuning"} <= set(results["timings"])
+    assert results["timings"]["finetuning"]["checkpoints"] == 2
     assert "torch" in results["versions"]
     # each sepen image minus the plain image of the same prompt and seed, from the records
     paired = pd.read_csv(finished_run / "paired.csv")
@@ -215,7 +216,7 @@ def test_two_processes_split_the_work_and_merge_the_records(tiny_model_dir, smal
     rows = (out / "samples.jsonl").read_text().splitlines()
     assert len(rows) == 6
     # The same images as one process makes. The workers run with one thread and this process may not, and another
-    # thread count can change float reduction order: at most one 8-bit level, as the README states.
+    # thread count can change float reduction order: at most one 8-bit level, as docs/run_folder.md states.
     images = sorted((out / "images").rglob("*.png"))
     assert len(images) == 6
     for path in images:

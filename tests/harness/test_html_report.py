@@ -1,7 +1,6 @@
 """The static HTML report: pages, grids marked from the presence scores, thumbnails, charts, attention maps."""
 
 import json
-import re
 from html.parser import HTMLParser
 from pathlib import Path
 
@@ -127,7 +126,6 @@ def test_report_command_writes_html_and_skips_attention_without_a_local_model(re
 
 @pytest.mark.slow
 def test_run_writes_the_report_with_attention_maps_of_plain_and_sepen(tiny_model_dir, small_suite, tmp_path):
-    import torch
     from benchmark.generate import RunConfig, run
     from sae.models import load_pipeline
     from sae.tokens import find_token_indices
@@ -135,8 +133,9 @@ def test_run_writes_the_report_with_attention_maps_of_plain_and_sepen(tiny_model
 
     out = tmp_path / "run"
     run(RunConfig(suite=str(small_suite), model=str(tiny_model_dir), methods=["plain", "sepen"], seeds=[0, 1],
-                  steps=2, batch_size=2, out=out, metrics=[], progress=False, checkpoint_cache=tmp_path / "ckpt",
-                  sepen={"steps": 2, "learning_rate": 1e-2, "batch_size": 1}, html=True, attention_prompts=1))
+                  steps=2, batch_size=2, out=out, metrics=[], progress=False, html=True, attention_prompts=1,
+                  options={"sepen": {"steps": 2, "learning_rate": 1e-2, "train_prompt": "suite",
+                                     "finetune": {"batch_size": 1}, "cache": str(tmp_path / "ckpt")}}))
     report = out / "report"
     assert len(Page(report / "category-two.html").figures) == 2 * 2
     assert len(Page(report / "category-three.html").figures) == 2 * 2

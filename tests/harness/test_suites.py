@@ -6,7 +6,8 @@ from collections import Counter
 
 import pytest
 
-from benchmark.build_suites import SEED, multi_object, polysemy, single_object, two_object, write_shapes_suites
+from benchmark.build_suites import SEED, multi_object, polysemy, single_object, two_object
+from benchmark.shapes.suites import write_suites as write_shapes_suites
 from benchmark.build_suites import main as build_suites
 from benchmark.suites import PROMPTS_DIR, SuiteError, available_suites, load_suite
 from sae.models import clip_tokenizer

@@ -5,8 +5,9 @@ from scipy import linalg
 from tiny_metric_models import CountingExtractor, random_images, save_inception, tiny_open_clip
 
 from benchmark.metrics import MetricContext, MetricUnavailable, SetMetric, get_metric
-from benchmark.metrics.fid import (FID_DOMAINS, FeatureStats, Fid, InceptionFeatures, OpenClipFeatures,
-                                   fid_of_features, frechet_distance, register_fid_domain)
+from benchmark.domains import Domain, PaperRecipe, register_domain, unregister_domain
+from benchmark.metrics.fid import (FeatureStats, Fid, FidInstrument, InceptionFeatures, OpenClipFeatures,
+                                   fid_of_features, frechet_distance)
 
 
 def spd(rng, d, rank=None):
@@ -170,13 +171,15 @@ def test_default_inception_extractor_matches_torchmetrics_fid(tmp_path):
 def test_a_domain_plugs_its_own_extractor_and_reference(tmp_path):
     model, _, preprocess = tiny_open_clip()
     folder = save_folder(tmp_path / "renders", random_images(4, (32, 32), seed=8))
-    register_fid_domain("test-world", extractor=lambda context: OpenClipFeatures(model, preprocess, "tiny tower"),
-                        reference=lambda context: folder)
+    instrument = FidInstrument(extractor=lambda context: OpenClipFeatures(model, preprocess, "tiny tower"),
+                               reference=lambda context: folder)
+    register_domain(Domain(name="test-world", title="", suites_dir=tmp_path, run_defaults={}, release_sampling=False,
+                           paper=PaperRecipe(main_suite=""), instruments={"fid": lambda context: instrument}))
     try:
         metric = get_metric("fid")
         metric.setup(MetricContext(domain="test-world", model_paths={"fid.cache": str(tmp_path / "cache")}))
     finally:
-        FID_DOMAINS.pop("test-world")
+        unregister_domain("test-world")
     assert metric.describe()["extractor"] == "tiny tower" and "tiny tower" in metric.convention
     assert metric.reference_stats.mu.shape == (16,)
     metric.update(random_images(3, (32, 32), seed=8), records(3))

@@ -6,13 +6,14 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from benchmark.domains import DOMAIN_FILE, NATURAL, SHAPES, model_domain, prompts_dir
+from benchmark.domains import DOMAIN_FILE, NATURAL, model_domain, prompts_dir
 from benchmark.metrics import MetricContext, MetricUnavailable, get_metric
 from benchmark.shapes.data import HELDOUT_PAIRS
 from benchmark.shapes.instruments import reference_folder
 from benchmark.shapes.world import render_pil, scene_from_objects
 from benchmark.suites import load_suite
 
+SHAPES = "shapes"
 SHAPES_CONTEXT = MetricContext(domain=SHAPES)
 
 
@@ -22,7 +23,7 @@ def record(prompt, objects):
 
 
 def test_shapes_suites_are_rebuilt_identically(tmp_path):
-    from benchmark.build_suites import write_shapes_suites
+    from benchmark.shapes.suites import write_suites as write_shapes_suites
 
     write_shapes_suites(tmp_path)
     for path in tmp_path.glob("*.jsonl"):

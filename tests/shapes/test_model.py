@@ -116,7 +116,8 @@ def test_training_resumes_where_it_stopped_and_exports(tmp_path, monkeypatch):
     from benchmark.shapes.data import BatchStream
 
     def args(out, *extra):
-        return ["--out", str(out), "--vae-steps", "2", "--vae-batch", "2", "--decoder-steps", "2", "--steps", "3", "--batch", "2",
+        return ["--out", str(out), "--vae-steps", "2", "--vae-batch", "2", "--decoder-steps", "2", "--steps", "3",
+                "--batch", "2",
                 "--warmup", "1", "--checkpoint-minutes", "0", *extra]
 
     train.main(args(tmp_path / "straight"))

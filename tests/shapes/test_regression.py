@@ -14,10 +14,11 @@ each method paired against plain, is in results/shapes/heldout/."""
 import pandas as pd
 import pytest
 
-from benchmark.domains import RUN_DEFAULTS, SHAPES, SHAPES_MODEL, sepen_settings
+from benchmark.domains import default_model, get_domain
 from benchmark.generate import RunConfig, run
 
-DEFAULTS = RUN_DEFAULTS[SHAPES]
+DOMAIN = get_domain("shapes")
+DEFAULTS = DOMAIN.run_defaults
 SINGLE_OBJECT_BAR = 0.90  # the shipped model's quality bar
 SINGLE_OBJECT_MAX_DROP = 0.02  # SepEn may cost single objects at most 2 points
 HARM_MARGIN = 0.15  # about 5 of 32 images: well past seed-to-seed wobble, well short of a broken finetuner
@@ -25,11 +26,11 @@ MULTI = ["seen_pair", "heldout_pair", "three_objects", "four_objects"]  # the `c
 
 
 def shapes_run(tmp_path, suite, methods, seeds):
-    return run(RunConfig(suite=suite, model=str(SHAPES_MODEL), methods=methods, seeds=seeds,
+    options = {m: {**DOMAIN.method_options[m], "cache": str(tmp_path / "checkpoints")}
+               for m in methods if m in DOMAIN.method_options}
+    return run(RunConfig(suite=suite, model=str(default_model()), methods=methods, seeds=seeds,
                          steps=DEFAULTS["steps"], guidance=DEFAULTS["guidance"], batch_size=4, out=tmp_path / suite,
-                         device="cpu", metrics=["presence"], checkpoint_cache=tmp_path / "checkpoints",
-                         sepen=sepen_settings(DEFAULTS),
-                         progress=False))
+                         device="cpu", metrics=["presence"], options=options, progress=False))
 
 
 def success(out, method, categories=None):

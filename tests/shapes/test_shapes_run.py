@@ -6,7 +6,9 @@ import pandas as pd
 import pytest
 
 from benchmark.cli import main
-from benchmark.domains import DOMAIN_FILE, RUN_DEFAULTS, SHAPES
+from benchmark.domains import DOMAIN_FILE, get_domain
+
+SHAPES = "shapes"
 
 
 @pytest.fixture(scope="module")
@@ -31,7 +33,8 @@ def test_run_takes_the_worlds_suite_defaults_and_instruments(random_shapes_model
                  "--metric-model", f"fid.cache={tmp_path / 'cache'}"]) == 0
     config = json.loads((out / "run_config.json").read_text())
     assert config["domain"] == SHAPES and config["steps"] == 2
-    assert config["metrics"] == RUN_DEFAULTS[SHAPES]["metrics"].split(",")  # the world's instruments by default
+    # the world's instruments by default
+    assert config["metrics"] == get_domain(SHAPES).run_defaults["metrics"].split(",")
     rows = [json.loads(line) for line in (out / "samples.jsonl").read_text().splitlines()]
     assert [r["prompt"] for r in rows] == ["a red circle", "a red square", "a orange triangle and a orange square"]
     summary = pd.read_csv(out / "summary.csv")
