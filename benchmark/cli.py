@@ -17,12 +17,14 @@ EPILOG = """examples:
       --num-seeds 2 --limit 3 --steps 20 --out runs/tiny
   python -m benchmark run --suite ae276 --model CompVis/stable-diffusion-v1-4 --methods plain,attend_excite,sepen \\
       --seeds 0-63 --batch-size 8 --out runs/ae276        # the paper's protocol (GPU)
-  accelerate launch -m benchmark run ...                # the same, split across processes
+  torchrun --nproc_per_node 2 -m benchmark run ...      # the same, split across processes
   python -m benchmark report runs/tiny
   python -m benchmark report runs/tiny --html --attention-prompts 2   # runs/tiny/report/index.html
   python -m benchmark score runs/tiny --metrics presence,clip --metric-model presence=DIR --metric-model clip=FILE
   python -m benchmark score runs/tiny --metrics blip,fid --metric-model blip=DIR --metric-model blip.itm=DIR \
       --metric-model clip=DIR --metric-model fid=inception.pth --metric-model fid.reference=REAL_IMAGES_DIR
+  python -m benchmark score GENEVAL_OUTDIR --layout geneval --metric-model geneval.detector=DIR \\
+      --metric-model geneval.clip=DIR              # GenEval's own image folders -> GENEVAL_OUTDIR_scored
   python -m benchmark compare runs/a runs/b
   python -m benchmark paper --num-seeds 2 --limit 4      # the paper's tables on the shapes world (CPU)
   python -m benchmark paper --model CompVis/stable-diffusion-v1-4 --large-checkpoint large/sepen.safetensors
@@ -104,11 +106,18 @@ def build_parser() -> argparse.ArgumentParser:
 
     score = commands.add_parser("score", help="score a run's images from its records (never regenerates)",
                                 formatter_class=DefaultsHelpFormatter)
-    score.add_argument("run_dir", type=Path)
-    score.add_argument("--metrics", help="comma-separated; default: the run's own")
+    score.add_argument("run_dir", type=Path, help="a run folder, or with --layout geneval GenEval's image folder")
+    score.add_argument("--metrics", help="comma-separated; default: the run's own (geneval for --layout geneval)")
     score.add_argument("--metric-model", action="append", default=[], metavar="METRIC=PATH")
     score.add_argument("--rescore", action="store_true", help="score every image again, not only unscored ones")
     score.add_argument("--device", default="auto")
+    score.add_argument("--layout", choices=["run", "geneval"], default="run",
+                       help="geneval: RUN_DIR is GenEval's own image folder (<index>/metadata.jsonl, "
+                            "<index>/samples/<n>.png), imported into a run folder beside it and scored there")
+    score.add_argument("--out", type=Path, default=None, help="with --layout geneval: the run folder to write "
+                       "(default: RUN_DIR_scored; imported again, only missing images are added)")
+    score.add_argument("--method-name", default=None,
+                       help="with --layout geneval: the method the images are recorded as (default: external)")
 
     compare = commands.add_parser("compare", help="print the per-metric deltas of run B against run A")
     compare.add_argument("run_a", type=Path)
@@ -272,8 +281,16 @@ def cmd_score(args) -> int:
     from .report import markdown_table
 
     names = [m.strip() for m in args.metrics.split(",") if m.strip()] if args.metrics else None
-    summary = rescore(args.run_dir, names, _metric_models(args.metric_model), device=args.device,
-                      again=args.rescore)
+    run_dir = args.run_dir
+    if args.layout == "geneval":
+        from .geneval.layout import import_layout
+
+        names = names or ["geneval"]
+        run_dir, written = import_layout(args.run_dir, args.out, args.method_name or "external")
+        print(f"imported {written} new images of {args.run_dir} into {run_dir}", file=sys.stderr)
+    elif args.out is not None or args.method_name is not None:
+        raise ValueError("--out and --method-name are for --layout geneval (a run folder is scored in place)")
+    summary = rescore(run_dir, names, _metric_models(args.metric_model), device=args.device, again=args.rescore)
     print(markdown_table(summary), end="")
     return 0
 

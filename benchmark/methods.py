@@ -28,7 +28,6 @@ from sae.sampling import seed_generators
 from sae.tokens import find_token_indices
 
 from .guidance import attend_and_excite, sepen_test_time
-from .records import file_sha256
 from .suites import SuitePrompt
 
 
@@ -76,9 +75,9 @@ class GenerationContext:
         apply_delta(self.pipe.unet, delta, check_base=False)
 
     def checkpoint_sha256(self, path: Path) -> str:
-        """Content hash of a checkpoint file (once per path and run), for the image records."""
+        """Content hash of a checkpoint (`Delta.digest`, once per path and run), for the image records."""
         if path not in self._hashes:
-            self._hashes[path] = file_sha256(path)
+            self._hashes[path] = load_delta(path).digest()
         return self._hashes[path]
 
     def restore_base(self) -> None:
@@ -336,7 +335,7 @@ class SepEn(Method):
             delta = load_delta(path)
             check_fits(context.pipe.unet, delta)
             check_base_model(context.pipe.unet, delta)
-            self.checkpoint_sha256 = file_sha256(path)
+            self.checkpoint_sha256 = delta.digest()
             return
         try:  # per-prompt finetuning reads the maps at this size
             cross_attention_layers(context.pipe.unet, self.options.map_downscale)

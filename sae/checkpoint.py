@@ -80,6 +80,19 @@ class Delta:
     def parameter_names(self) -> list[str]:
         return sorted(self.tensors)
 
+    def digest(self) -> str:
+        """sha256 of what the checkpoint means: its tensors (names, dtypes, shapes, bytes), base, concepts and
+        config. Not of the file: safetensors writes the metadata in another order each time, so equal checkpoints
+        can differ in bytes."""
+        h = hashlib.sha256()
+        for name in self.parameter_names:
+            tensor = self.tensors[name].contiguous()
+            h.update(f"{name}|{tensor.dtype}|{tuple(tensor.shape)}|".encode())
+            h.update(tensor.view(torch.uint8).numpy().tobytes() if tensor.numel() else b"")
+        h.update(json.dumps([self.base_model, self.base_fingerprint, self.concepts, self.config], sort_keys=True,
+                            default=str).encode())
+        return h.hexdigest()
+
 
 def save_delta(path: str | os.PathLike, tensors: dict[str, torch.Tensor], *, base_model: str,
                base_fingerprint: dict[str, str], concepts=(), config: dict | None = None) -> Path:

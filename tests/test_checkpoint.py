@@ -91,3 +91,16 @@ def test_tensors_of_another_architecture_are_refused(tmp_path, tiny_model_dir):
     assert load_delta(path).tensors and FORMAT == "sae-delta/1"
     with pytest.raises(CheckpointError, match="another architecture"):
         apply_delta(pipe.unet, path)
+
+
+def test_digest_is_of_the_content_not_of_the_file_bytes(tmp_path):
+    tensors = {"a.weight": torch.arange(6, dtype=torch.float32).reshape(2, 3), "b.weight": torch.ones(2)}
+    metadata = dict(base_model="m", base_fingerprint={"float16": "x"}, concepts=["cat", "dog"], config={"steps": 1})
+    first = load_delta(save_delta(tmp_path / "1.safetensors", tensors, **metadata))
+    # the same content written again: the file may differ (safetensors orders metadata freely), the digest not
+    again = load_delta(save_delta(tmp_path / "2.safetensors", dict(reversed(tensors.items())), **metadata))
+    assert first.digest() == again.digest()
+    changed = {**tensors, "b.weight": torch.tensor([1.0, 1.0 + 2**-20])}
+    assert load_delta(save_delta(tmp_path / "3.safetensors", changed, **metadata)).digest() != first.digest()
+    other_base = {**metadata, "base_fingerprint": {"float16": "y"}}
+    assert load_delta(save_delta(tmp_path / "4.safetensors", tensors, **other_base)).digest() != first.digest()
