@@ -11,7 +11,6 @@
 from __future__ import annotations
 
 import hashlib
-import importlib
 import json
 import time
 from dataclasses import asdict, dataclass, field, fields
@@ -28,6 +27,7 @@ from sae.sampling import seed_generators
 from sae.tokens import find_token_indices
 
 from .guidance import attend_and_excite, sepen_test_time
+from .plugins import load_class
 from .suites import SuitePrompt
 
 
@@ -164,11 +164,7 @@ def method_class(spec: str) -> type[Method]:
     if spec in METHODS:
         return METHODS[spec]
     if ":" in spec:
-        module, _, attr = spec.partition(":")
-        try:
-            cls = getattr(importlib.import_module(module), attr)
-        except (ImportError, AttributeError) as err:
-            raise ValueError(f"cannot import method {spec!r}: {err}") from err
+        cls = load_class(spec, "method")
         if not (isinstance(cls, type) and issubclass(cls, Method) and cls.name):
             raise ValueError(f"{spec!r} is not a benchmark Method with a name")
         return cls

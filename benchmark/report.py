@@ -9,6 +9,9 @@ one column without an interval. Every metric's convention goes into `results.jso
 image: the same prompt and seed start from the same noise, so the mean of the per-image differences, with a
 bootstrap interval over those differences, separates two methods with far fewer images than two independent
 means would.
+
+A run scored by a GenEval metric also gets GenEval's task table (`metric_sections`, `benchmark.geneval.report`) in
+`summary.md` and under "geneval" in `results.json`.
 """
 
 from __future__ import annotations
@@ -264,13 +267,23 @@ def timings(rows: list[dict], run_dir: Path) -> dict:
     result = {}
     if not frame.empty:
         for method, part in frame.groupby("method", sort=False):
-            result[method] = {"seconds_per_image": float(part["seconds"].mean()), "images": len(part)}
+            seconds = part["seconds"].mean() if "seconds" in part else float("nan")  # none: imported images
+            result[method] = {"seconds_per_image": None if pd.isna(seconds) else float(seconds), "images": len(part)}
     finetunes = {row["prompt_id"]: row for row in read_jsonl(run_dir / "finetune.jsonl")}
     if finetunes:
         seconds = [row["seconds"] for row in finetunes.values()]
         result["finetuning"] = {"checkpoints": len(seconds), "seconds_total": float(sum(seconds)),
                                     "seconds_per_checkpoint": float(np.mean(seconds))}
     return result
+
+
+def metric_sections(rows: list[dict], described: dict, method_order: list[str] | None) -> dict:
+    """Tables of a metric family beyond the per-image means: {results.json key: (values, summary.md text)}, only
+    for families the run carries. GenEval's task table (`benchmark.geneval.report`) is the one so far."""
+    from .geneval.report import geneval_markdown, geneval_results
+
+    geneval = geneval_results(rows, described, method_order)
+    return {"geneval": (geneval, geneval_markdown(geneval))} if geneval else {}
 
 
 def write_report(run_dir: Path) -> pd.DataFrame:
@@ -286,17 +299,20 @@ def write_report(run_dir: Path) -> pd.DataFrame:
     declared = declared_columns(described)
     summary = summarize(rows, config.get("methods"), sets, declared)
     paired = paired_differences(rows, config.get("methods"), declared=declared)
+    sections = metric_sections(rows, described, config.get("methods"))
     write_text_atomic(run_dir / "summary.csv", summary.to_csv(index=False))
     write_text_atomic(run_dir / "paired.csv", paired.to_csv(index=False))
     title = f"# {config.get('suite')} on {config.get('model')} ({config.get('domain', 'natural')} suites)\n\n"
     write_text_atomic(run_dir / "summary.md",
-                      title + markdown_table(summary) + paired_markdown(paired) + settings_markdown(config)
+                      title + markdown_table(summary) + paired_markdown(paired)
+                      + "".join(markdown for _, markdown in sections.values()) + settings_markdown(config)
                       + conventions_text(described))
     results = {"config": config, "settings": method_settings(config), "versions": library_versions(),
                "git_commit": git_commit(),
                "metrics": described, "timings": timings(rows, run_dir),
                "images": len(rows), "summary": json.loads(summary.to_json(orient="records")),
-               "paired": json.loads(paired.to_json(orient="records"))}
+               "paired": json.loads(paired.to_json(orient="records")),
+               **{key: values for key, (values, _) in sections.items()}}
     write_text_atomic(run_dir / "results.json", json.dumps(results, indent=1))
     return summary
 

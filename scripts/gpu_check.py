@@ -3,7 +3,14 @@
 Needs no hub access: the model is written by `python -m sae tiny-model DIR --arch sd14`. Prints one JSON
 object with the timings and peak memory (and writes it to --json). Usage on a CUDA machine:
 
-    python scripts/gpu_check.py --json gpu_check.json
+    python scripts/gpu_check.py --json results/gpu_check/<device>-<date>.json
+
+On the CPU, `--arch tiny --steps 2 --generation-steps 2 --rounds 1` dry-runs every part in about a minute
+(CI does, so it cannot rot).
+Besides the timings it measures, in the same run: the finetune in bf16 autocast against fp32 (speed ratio, the
+first steps' loss curves, the final `to_k` deltas' relative difference), and the harness's generation (batch 4)
+against diffusers' default call (batch 1, one image at a time) on the same seeds: images per second, their ratio
+and the largest pixel difference between the two.
 """
 
 from __future__ import annotations
@@ -38,6 +45,34 @@ def timed(fn):
     if CUDA:
         torch.cuda.synchronize()
     return result, time.perf_counter() - start, torch.cuda.max_memory_allocated() / 2**30 if CUDA else 0.0
+
+
+PROMPT = "a photo of a cat and a dog"
+SEEDS = [0, 1, 2, 3]
+
+
+def max_level_difference(images, others) -> int:
+    """The largest difference in 8-bit levels between two lists of images."""
+    import numpy as np
+
+    return int(max(np.abs(np.asarray(a, dtype=int) - np.asarray(b, dtype=int)).max() for a, b in zip(images, others)))
+
+
+def precision_comparison(folder: Path, report: dict) -> dict:
+    """bf16 autocast against fp32: speed, the loss curves of the first steps, the final trained keys."""
+    from sae.checkpoint import load_delta
+
+    fp32, bf16 = (load_delta(folder / p / "sepen.safetensors").tensors for p in ("no", "bf16"))
+    relative = max(float((bf16[n] - fp32[n]).norm() / fp32[n].norm().clamp_min(1e-12)) for n in fp32)
+    curves = {}
+    for precision in ("no", "bf16"):
+        with open(folder / precision / "losses.csv") as handle:
+            rows = [line.strip().split(",") for line in handle][1:51]
+        curves[precision] = [float(r[1]) for r in rows if len(r) > 1 and r[1]]
+    differences = [abs(a - b) for a, b in zip(curves["no"], curves["bf16"])]
+    return {"speed_ratio_bf16_over_fp32": report["finetune_bf16"]["seconds"] / report["finetune_no"]["seconds"],
+            "max_abs_loss_difference_first_50": max(differences) if differences else None,
+            "max_relative_key_difference": relative}
 
 
 def step_ratio(pipe, latent_size, rounds=10):
@@ -79,6 +114,8 @@ def main() -> int:
     parser.add_argument("--model", type=Path, help="existing sd14-architecture folder (default: write one)")
     parser.add_argument("--steps", type=int, default=200)
     parser.add_argument("--arch", default="sd14", help="tiny: a dry run of this script on the CPU")
+    parser.add_argument("--generation-steps", type=int, default=50)
+    parser.add_argument("--rounds", type=int, default=10, help="timed rounds of the step ratio (best of)")
     parser.add_argument("--json", type=Path)
     args = parser.parse_args()
     if not CUDA and args.arch == "sd14":
@@ -93,7 +130,7 @@ def main() -> int:
             _, report["write_model_s"], _ = timed(lambda: write_tiny_model(model, arch=args.arch))
         pipe, report["load_s"], _ = timed(lambda: load_pipeline(model, device=device))
 
-        report.update(step_ratio(pipe, pipe.unet.config.sample_size))
+        report.update(step_ratio(pipe, pipe.unet.config.sample_size, args.rounds))
         print("step ratio:", {k: report[k] for k in ("sepen_step_s", "full_fwd_bwd_s", "ratio")}, flush=True)
         source = ConceptPair("a photo of a cat and a dog", ["cat", "dog"])
         for precision in ("no", "bf16"):
@@ -105,15 +142,25 @@ def main() -> int:
                                                "last_losses": result.history[-1]}
             print(f"finetune_{precision}:", report[f"finetune_{precision}"], flush=True)
             pipe = load_pipeline(model, device=device)  # back to the base weights
+        report["bf16_vs_fp32"] = precision_comparison(Path(tmp), report)
+        print("bf16_vs_fp32:", report["bf16_vs_fp32"], flush=True)
 
+        steps = args.generation_steps
         for dtype in ("float16", "float32") if CUDA else ("float32",):
             pipe = load_pipeline(model, device=device, dtype=dtype)
             _, apply_s, _ = timed(lambda: apply_delta(pipe.unet, Path(tmp) / "no" / "sepen.safetensors"))
-            images, seconds, peak = timed(lambda: generate(pipe, "a photo of a cat and a dog", list(range(4)),
-                                                           num_inference_steps=50, guidance_scale=6.0, batch_size=4))
-            report[f"generate_{dtype}"] = {"images": len(images), "steps": 50, "seconds": seconds,
-                                           "s_per_image": seconds / len(images), "peak_gib": peak,
-                                           "apply_checkpoint_s": apply_s, "size": list(images[0].size)}
+            generate(pipe, PROMPT, [0], num_inference_steps=2, guidance_scale=6.0, batch_size=1)  # warm-up
+            images, seconds, peak = timed(lambda: generate(pipe, PROMPT, SEEDS, num_inference_steps=steps,
+                                                           guidance_scale=6.0, batch_size=4))
+            default, default_s, _ = timed(lambda: [pipe(PROMPT, num_inference_steps=steps, guidance_scale=6.0,
+                                                        generator=torch.Generator("cpu").manual_seed(s)).images[0]
+                                                   for s in SEEDS])
+            report[f"generate_{dtype}"] = {
+                "images": len(images), "steps": steps, "seconds": seconds, "s_per_image": seconds / len(images),
+                "peak_gib": peak, "apply_checkpoint_s": apply_s, "size": list(images[0].size),
+                "diffusers_default_s_per_image": default_s / len(default),
+                "speedup_vs_diffusers_default": default_s / seconds,
+                "max_level_difference_to_default": max_level_difference(images, default)}
             print(f"generate_{dtype}:", report[f"generate_{dtype}"], flush=True)
     text = json.dumps(report, indent=2, default=str)
     print(text, flush=True)

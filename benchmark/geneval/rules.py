@@ -59,12 +59,13 @@ def register_class_list(name: str, classes: Sequence[str]) -> None:
 
 @dataclass(frozen=True)
 class Detected:
-    """One detection of a class: box (x0, y0, x1, y1, pixels), score, and the object's mask ((H, W) booleans) when
-    the judge segments."""
+    """One detection of a class: box (x0, y0, x1, y1, pixels), score, the object's mask ((H, W) booleans) when
+    the judge segments, and its colour when the judge knows it exactly (then no colour classifier is asked)."""
 
     box: tuple[float, float, float, float]
     score: float
     mask: object = field(default=None, compare=False, repr=False)
+    colour: str | None = None
 
 
 class Verdict(NamedTuple):

@@ -7,7 +7,6 @@ A metric can also be named as `module:Class` on the command line (a metric of yo
 
 from __future__ import annotations
 
-import importlib
 from dataclasses import dataclass, field
 
 
@@ -135,12 +134,9 @@ def get_metric(spec: str) -> Metric:
     if spec in METRICS:
         return METRICS[spec]()
     if ":" in spec:
-        module, _, attr = spec.partition(":")
-        try:
-            cls = getattr(importlib.import_module(module), attr)
-        except (ImportError, AttributeError) as err:
-            raise ValueError(f"cannot import metric {spec!r}: {err}") from err
-        return cls()
+        from ..plugins import load_class
+
+        return load_class(spec, "metric")()
     raise ValueError(f"unknown metric {spec!r}: choose from {', '.join(METRICS) or '(none registered)'} "
                      "(`python -m benchmark ls metrics`) or name one as module:Class")
 

@@ -204,7 +204,8 @@ class ClipColours:
 @dataclass
 class Judge:
     """What sees the images for GenEval's rules: `detector.detect(images)` -> per image {class: [Detected]} (every
-    detection the rules may keep), `colours.classify(crops, class names)` -> one colour label per crop."""
+    detection the rules may keep), `colours.classify(crops, class names)` -> one colour label per crop. A detector
+    that gives each `Detected` its colour is never asked for crops' colours (`colours` may then be None)."""
 
     name: str
     detector: object
@@ -236,13 +237,14 @@ class GenEval(Metric):
     version = "1"
     rules = ("GenEval's rules: detections kept above 0.3 (0.9 for counting), best first, at most 16 a class; "
              "include clause = at least count kept; exclude clause fails at count kept; colour = every one of the "
-             "first count objects classified as asked (CLIP zero-shot, 10 colours, 3 templates); position = each "
+             "first count objects labelled as asked by the judge (GenEval's 10 colours); position = each "
              "object against each object of its target clause, centre offsets shrunk by 0.1 (dA + dB), "
              "|component| < 1e-3: no relation, else a component over 0.5 of the offset's length; correct = every "
              "clause holds; task = mean per tag, overall = unweighted mean of the six tasks")
     judge_description = (f"Mask2Former {DEFAULT_DETECTOR} (transformers; boxes from masks) unless --metric-model "
                          f"geneval.detector=...; colour: open_clip {CLIP_MODEL} with QuickGELU (OpenAI weights unless "
-                         f"--metric-model geneval.clip=...) on the mask pasted on {GREY} and cropped to the box")
+                         f"--metric-model geneval.clip=...) zero-shot with GenEval's 3 templates, on the mask pasted "
+                         f"on {GREY} and cropped to the box")
     convention = f"GenEval-compatible (judge=mask2former): {judge_description}; {rules}"
 
     def __init__(self, judge: Judge | None = None):
@@ -337,15 +339,17 @@ class GenEval(Metric):
         detections = dict(zip(judged, self.judge.detector.detect([images[i] for i in judged])))
         kept = {i: keep(detections[i], specs[i][0]["tag"]) for i in judged}
         crops, owners = [], []  # every colour crop of the batch, for one CLIP call
+        colours: dict[int, dict[str, list]] = {i: {} for i in judged}
         for i in judged:
             for name, count in colour_requests(specs[i][0], kept[i]).items():
                 for obj in kept[i][name][:count]:
-                    crops.append(colour_crop(images[i], obj))
-                    owners.append((i, name))
-        labels = self.judge.colours.classify(crops, [name for _, name in owners]) if crops else []
-        colours: dict[int, dict[str, list[str]]] = {i: {} for i in judged}
-        for (i, name), label in zip(owners, labels):
-            colours[i].setdefault(name, []).append(label)
+                    colours[i].setdefault(name, []).append(obj.colour)  # None: asked of the classifier below
+                    if obj.colour is None:
+                        crops.append(colour_crop(images[i], obj))
+                        owners.append((i, name, len(colours[i][name]) - 1))
+        labels = self.judge.colours.classify(crops, [name for _, name, _ in owners]) if crops else []
+        for (i, name, slot), label in zip(owners, labels):
+            colours[i][name][slot] = label
         out = []
         for i, (spec, why) in enumerate(specs):
             if spec is None:
@@ -367,7 +371,7 @@ class GenEvalOwlv2(GenEval):
                          f"the 80 class names, each box its best class, class-wise NMS at IoU {OWLV2_NMS_IOU}, "
                          "boxes only (thresholds not calibrated for OWLv2); colour: open_clip "
                          f"{CLIP_MODEL} with QuickGELU (OpenAI weights unless --metric-model geneval_owlv2.clip=...) "
-                         "on the box crop")
+                         "zero-shot with GenEval's 3 templates, on the box crop")
     convention = f"GenEval-compatible (judge=owlv2): {judge_description}; {GenEval.rules}"
     default_detector = DEFAULT_OWLV2
     detector_kind = "OWLv2 detector"

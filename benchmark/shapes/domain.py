@@ -57,6 +57,7 @@ DOMAIN = Domain(
         "sepen_large": "pairs of seen-seen, seen-unseen, unseen-unseen objects (large-scale SepEn; unseen: orange, "
                        "purple)",
         "ci": "two prompts of every category, for regression checks",
+        "geneval": "GenEval's six tasks in the world's words (score with --metrics geneval: the exact detector)",
     },
     instruments=instruments.INSTRUMENTS,
     unavailable={"blip": "BLIP has no counterpart in the shapes world (a natural-image captioner would judge "

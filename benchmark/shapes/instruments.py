@@ -1,6 +1,7 @@
 """The shapes world's instruments for the benchmark's metrics (domain "shapes"): the exact detector for
-`presence`, the world CLIP for `clip`, and the world CLIP's image tower against rendered scenes for `fid`.
-BLIP has no counterpart here (`benchmark.shapes.domain` says so). `INSTRUMENTS` is the domain's table.
+`presence` and as `geneval`'s judge, the world CLIP for `clip`, and the world CLIP's image tower against rendered
+scenes for `fid`. BLIP has no counterpart here (`benchmark.shapes.domain` says so). `INSTRUMENTS` is the domain's
+table.
 """
 
 from __future__ import annotations
@@ -9,6 +10,12 @@ import functools
 from pathlib import Path
 
 import numpy as np
+
+from ..geneval.rules import register_class_list
+from .geometry import SHAPES
+from .suites import GENEVAL_CLASSES
+
+register_class_list(GENEVAL_CLASSES, SHAPES)  # what the `geneval` suite's clauses name
 
 REFERENCE_IMAGES = 1024  # rendered scenes for FID, 1-4 objects, uniform
 REFERENCE_SEED = 7
@@ -34,6 +41,33 @@ def _presence(context):
     return ExactDetector(), ("the shapes world's exact detector (benchmark/shapes/detector.py: palette colour "
                              "segmentation, shape fit by IoU; >= 99% right on rendered scenes); an object is found "
                              "when a blob of its colour fits its shape; count-aware")
+
+
+class ExactGenEvalDetector:
+    """GenEval's detector interface over the world's exact detector: per image {shape: [Detected]}, each blob's box
+    (pixels, far edge exclusive), score 1.0 and its palette colour, so that no colour classifier is needed."""
+
+    def detect(self, images):
+        from benchmark.geneval.rules import Detected
+
+        from .detector import detect
+
+        found = []
+        for image in images:
+            per_class: dict[str, list] = {}
+            for d in detect(np.asarray(image.convert("RGB"))):  # reading order; blobs that fit no shape are left out
+                per_class.setdefault(d.shape, []).append(Detected(tuple(map(float, d.bbox)), 1.0, colour=d.colour))
+            found.append(per_class)
+        return found
+
+
+def _geneval(context):
+    from benchmark.metrics.geneval import Judge
+
+    return Judge("shapes-exact", ExactGenEvalDetector(), None,
+                 "GenEval's rules with the shapes world's exact detector (benchmark/shapes/detector.py): classes = "
+                 "the three shapes, every blob that fits one a detection of score 1.0 with its box; colour = the "
+                 "blob's palette colour (exact, no CLIP)")
 
 
 @functools.lru_cache(maxsize=None)
@@ -94,4 +128,4 @@ def _fid(context):
 
 
 # metric -> factory(MetricContext): what each metric measures with in this world
-INSTRUMENTS = {"presence": _presence, "clip": _clip, "fid": _fid}
+INSTRUMENTS = {"presence": _presence, "clip": _clip, "fid": _fid, "geneval": _geneval}
