@@ -19,7 +19,8 @@ EPILOG = """examples:
       --seeds 0-63 --batch-size 8 --out runs/ae276        # the paper's protocol (GPU)
   torchrun --nproc_per_node 2 -m benchmark run ...      # the same, split across processes
   python -m benchmark report runs/tiny
-  python -m benchmark report runs/tiny --html --attention-prompts 2   # runs/tiny/report/index.html
+  python -m benchmark report runs/tiny --html                        # runs/tiny/report/index.html
+  python -m benchmark trace runs/tiny --prompts 2   # attention maps of 2 prompts, shown by the HTML report
   python -m benchmark score runs/tiny --metrics presence,clip --metric-model presence=DIR --metric-model clip=FILE
   python -m benchmark score runs/tiny --metrics blip,fid --metric-model blip=DIR --metric-model blip.itm=DIR \
       --metric-model clip=DIR --metric-model fid=inception.pth --metric-model fid.reference=REAL_IMAGES_DIR
@@ -99,10 +100,13 @@ def build_parser() -> argparse.ArgumentParser:
     report.add_argument("run_dir", type=Path)
     report.add_argument("--html", action="store_true",
                         help="also write the static HTML report: RUN_DIR/report/index.html")
-    report.add_argument("--attention-prompts", type=int, default=2,
-                        help="with --html: prompts whose cross-attention maps are regenerated (plain beside sepen; "
-                             "needs the model on local disk; 0 for none)")
-    report.add_argument("--device", default="auto", help="for the attention maps")
+
+    trace = commands.add_parser("trace", help="regenerate a few prompts with their cross-attention maps into "
+                                              "RUN_DIR/attention/ (plain beside sepen; the HTML report shows them)",
+                                formatter_class=DefaultsHelpFormatter)
+    trace.add_argument("run_dir", type=Path)
+    trace.add_argument("--prompts", type=int, default=2, help="prompts to trace (two or more objects first)")
+    trace.add_argument("--device", default="auto")
 
     score = commands.add_parser("score", help="score a run's images from its records (never regenerates)",
                                 formatter_class=DefaultsHelpFormatter)
@@ -272,7 +276,21 @@ def cmd_report(args) -> int:
     if args.html:
         from .html_report import write_html_report
 
-        print(f"wrote {write_html_report(args.run_dir, args.attention_prompts, device=args.device)}")
+        print(f"wrote {write_html_report(args.run_dir)}")
+    return 0
+
+
+def cmd_trace(args) -> int:
+    from .html_report import REPORT_DIR, write_html_report
+    from .trace import TRACE_DIR, write_traces
+
+    if not (args.run_dir / "run_config.json").exists():
+        raise FileNotFoundError(f"{args.run_dir} is not a benchmark run folder (no run_config.json)")
+    traced = write_traces(args.run_dir, args.prompts, device=args.device)
+    print(f"traced {len(traced)} prompts into {args.run_dir / TRACE_DIR}"
+          + (f": {', '.join(traced)}" if traced else ""))
+    if (args.run_dir / REPORT_DIR / "index.html").exists():  # the report shows what the folder now holds
+        print(f"wrote {write_html_report(args.run_dir)}")
     return 0
 
 
@@ -315,7 +333,7 @@ def main(argv: list[str] | None = None) -> int:
     from sae.models import ModelNotFoundError
 
     handlers = {"run": cmd_run, "ls": cmd_ls, "report": cmd_report, "score": cmd_score, "compare": cmd_compare,
-                "paper": cmd_paper}
+                "paper": cmd_paper, "trace": cmd_trace}
     return run_command(handlers[args.command], args,
                        (ModelNotFoundError, CheckpointError, ValueError, FileNotFoundError, json.JSONDecodeError))
 

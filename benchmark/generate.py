@@ -225,9 +225,10 @@ def run(config: RunConfig) -> Path | None:
         write_report(out)
         if config.html:
             from .html_report import write_html_report
+            from .trace import write_traces
 
-            write_html_report(out, config.attention_prompts, context=context,
-                              run_methods={m.name: m for m in methods})
+            write_traces(out, config.attention_prompts, context=context, run_methods={m.name: m for m in methods})
+            write_html_report(out)
     state.wait_for_everyone()  # the other processes return once the tables exist
     return out if state.is_main_process else None
 

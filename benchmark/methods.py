@@ -13,6 +13,7 @@ from __future__ import annotations
 import hashlib
 import json
 import time
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 
@@ -220,6 +221,17 @@ def checkpoint_key(fingerprint: dict, item: SuitePrompt, config: FinetuneConfig,
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
 
+@contextmanager
+def training_lock(folder: Path):
+    """One process trains a cached checkpoint at a time; the others wait, then find it finished."""
+    import fcntl
+
+    folder.mkdir(parents=True, exist_ok=True)
+    with open(folder / ".train.lock", "a") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        yield
+
+
 @dataclass
 class SepEnOptions:
     """SepEn's settings in a run: the per-prompt finetuning (defaults: `FinetuneConfig`'s, the paper's per-pair
@@ -345,14 +357,17 @@ class SepEn(Method):
         missing = [p for p in prompts if not self.checkpoint_path(context, p).exists()]
         for item in tqdm(missing, desc="SepEn checkpoints", disable=not context.progress or not missing):
             out = self.checkpoint_path(context, item).parent
-            context.restore_base()
-            started = time.perf_counter()
-            prompt = training_prompt(item, self.options.train_prompt)
-            finetune(context.pipe, ConceptPair(prompt, item.object_words), config, out_dir=out,
-                     base_model=context.base_model, progress=False)
-            (out / "prompt.json").write_text(json.dumps({"prompt": prompt, "objects": item.object_words,
-                                                         "train_prompt": self.options.train_prompt,
-                                                         "seconds": time.perf_counter() - started}))
+            with training_lock(out):
+                if self.checkpoint_path(context, item).exists():
+                    continue  # trained meanwhile by another process (a rank of the same run, `sepen+ae`)
+                context.restore_base()
+                started = time.perf_counter()
+                prompt = training_prompt(item, self.options.train_prompt)
+                finetune(context.pipe, ConceptPair(prompt, item.object_words), config, out_dir=out,
+                         base_model=context.base_model, progress=False)
+                (out / "prompt.json").write_text(json.dumps({"prompt": prompt, "objects": item.object_words,
+                                                             "train_prompt": self.options.train_prompt,
+                                                             "seconds": time.perf_counter() - started}))
         context.restore_base()
         costs = []  # every prompt's checkpoint, trained now or found in the cache
         for item in prompts:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 import sys
 from pathlib import Path
 
@@ -22,6 +23,11 @@ RECORD_KEY = "sae_record"
 def id_folder(prompt_id: str) -> str:
     """A prompt id's folder name. Suites refuse ids whose folder names would collide or escape (`suites.py`)."""
     return prompt_id.replace("/", "_")
+
+
+def slug(text: str) -> str:
+    """A file name for a prompt id or category (report pages, attention traces)."""
+    return re.sub(r"[^A-Za-z0-9_.-]+", "_", str(text)).strip("_") or "_"
 
 
 def image_path(run_dir: Path, method: str, prompt_id: str, seed: int) -> Path:

@@ -158,7 +158,7 @@ class Captions(HTMLParser):
 
 def test_html_tiles_show_the_geneval_reason_escaped_and_framed_by_the_verdict(tmp_path):
     run = make_geneval_run(tmp_path / "run")
-    write_html_report(run, attention_prompts=0)
+    write_html_report(run)
     page = (run / "report" / "category-two_object.html").read_text()
     assert "<b>cat</b>" not in page and "&lt;b&gt;cat&lt;/b&gt; &amp; dog" in page
     figures = Captions(page).figures

@@ -50,7 +50,7 @@ def check_links(page: Path, parser: Page):
 
 def test_report_pages_grids_and_marks(report_run, tmp_path):
     run = report_run(tmp_path / "run")
-    index = write_html_report(run, attention_prompts=0, images_per_page=4)  # 2 methods x 2 seeds: 1 prompt a page
+    index = write_html_report(run, images_per_page=4)  # 2 methods x 2 seeds: 1 prompt a page
     report = run / "report"
     assert index == report / "index.html"
     pages = sorted(p.name for p in report.glob("*.html"))
@@ -113,13 +113,16 @@ def test_presence_marks_follow_the_metric_names():
     assert presence_marks({"objects": objects}) is None
 
 
-def test_report_command_writes_html_and_skips_attention_without_a_local_model(report_run, tmp_path, capsys):
+def test_report_command_writes_html_and_trace_skips_without_a_local_model(report_run, tmp_path, capsys):
     run = report_run(tmp_path / "run")
-    assert main(["report", str(run), "--html", "--attention-prompts", "1"]) == 0
+    assert main(["report", str(run), "--html"]) == 0
     out, err = capsys.readouterr()
     assert f"wrote {run / 'report' / 'index.html'}" in out
+    assert main(["trace", str(run), "--prompts", "1"]) == 0
+    out, err = capsys.readouterr()
     assert "attention maps skipped: model not/a-local-model is not on local disk" in err
-    assert not (run / "report" / "attention.html").exists()
+    assert "traced 0 prompts" in out and f"wrote {run / 'report' / 'index.html'}" in out
+    assert not (run / "report" / "attention.html").exists() and not list((run / "attention").glob("*"))
     parser = Page(run / "report" / "category-two.html")
     assert len(parser.figures) == 3 * 2 * 2  # one page: 3 prompts x 2 methods x 2 seeds
 
@@ -141,7 +144,7 @@ def test_run_writes_the_report_with_attention_maps_of_plain_and_sepen(tiny_model
     assert len(Page(report / "category-three.html").figures) == 2 * 2
     attention = Page(report / "attention.html")
     check_links(report / "attention.html", attention)
-    values = json.loads((report / "attention" / "t_0.json").read_text())
+    values = json.loads((out / "attention" / "t_0.json").read_text())  # the run folder's trace, rendered
     assert values["objects"] == ["cat", "dog"] and values["seed"] == 0
     plain, sepen = values["methods"]["plain"], values["methods"]["sepen"]
     # the regenerated seed is the run's image, for both methods: the run drew it in a batch of two, the report
@@ -161,3 +164,8 @@ def test_run_writes_the_report_with_attention_maps_of_plain_and_sepen(tiny_model
         assert figure.width > 300
     index_text = "".join(Page(report / "index.html").text)
     assert "1 prompts: plain, sepen" in index_text
+    # the report only renders what the folder holds: without traces there is no attention page, nothing regenerated
+    for path in (out / "attention").glob("*"):
+        path.unlink()
+    write_html_report(out)
+    assert not (report / "attention.html").exists() and not list((report / "attention").glob("*.png"))

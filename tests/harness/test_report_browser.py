@@ -11,6 +11,7 @@ import shutil
 import pytest
 
 from benchmark.html_report import write_html_report
+from benchmark.trace import write_traces
 
 
 def _browser_or_skip():
@@ -61,7 +62,8 @@ def open_page(browser, path):
 
 def test_report_pages_load_without_errors_and_show_every_grid_image(browser, report_run, tiny_model_dir, tmp_path):
     run = report_run(tmp_path / "run", model=tiny_model_dir)
-    index = write_html_report(run, attention_prompts=1, images_per_page=8)  # 2 prompts a page
+    assert write_traces(run, 1) == ["r/0"]  # the report renders the traces the folder holds
+    index = write_html_report(run, images_per_page=8)  # 2 prompts a page
     report = run / "report"
     expected = {"category-two.html": 8, "category-two-2.html": 4, "category-three.html": 4}
     page, problems, broken = open_page(browser, index)
@@ -85,4 +87,4 @@ def test_report_pages_load_without_errors_and_show_every_grid_image(browser, rep
     page, problems, broken = open_page(browser, report / "attention.html")
     assert (problems, broken) == ([], [])
     assert page.locator("img.attention-figure").count() == 1
-    assert "sepen: no SepEn checkpoint for this prompt" in page.inner_text("body")
+    assert "sepen: no checkpoint for this prompt" in page.inner_text("body")
