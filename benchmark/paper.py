@@ -9,8 +9,12 @@
    unseen-unseen pairs (`sepen_large`). A natural model needs `--large-checkpoint` (train it with
    `python -m sae train --concepts ...`, GPU hours); the shapes world trains its own (seen objects only, seconds).
 
-Both runs are ordinary benchmark run folders under --out (resumable; their tables and conventions are there too);
-`paper.md` holds the two tables and the command that made them.
+3. GenEval's six tasks (`geneval` suite, 4 seeds a prompt, the `geneval` metric) for the same four methods, each
+   paired against plain; on a natural model beside GenEval's published rows (its own judge: not comparable, and
+   marked so). `--no-geneval` leaves it out.
+
+Every run is an ordinary benchmark run folder under --out (resumable; its tables and conventions are there too);
+`paper.md` holds the tables and the command that made them.
 """
 
 from __future__ import annotations
@@ -25,6 +29,7 @@ import pandas as pd
 
 from .domains import default_model, get_domain, model_domain
 from .generate import RunConfig, method_sampling, run
+from .geneval.report import geneval_markdown
 
 MAIN_COLUMNS = {"fid": "FID (lower better)", "blip_similarity": "BLIP similarity", "presence_all": "success rate",
                 "clip_full": "CLIP full", "clip_min_object": "CLIP min-object"}
@@ -36,6 +41,11 @@ PUBLISHED_MAIN = {"plain": {"fid": 32.96, "blip_similarity": 0.742, "presence_al
                   "attend_excite": {"fid": 45.65, "blip_similarity": 0.793, "presence_all": 0.383},
                   "sepen": {"fid": 36.85, "blip_similarity": 0.809, "presence_all": 0.410},
                   "sepen_tt": {"fid": 41.74, "blip_similarity": 0.834, "presence_all": 0.441}}
+GENEVAL_SEEDS = 4  # GenEval generates 4 images a prompt
+GENEVAL_COLUMNS = ("overall", "single object", "two objects", "counting", "colors", "position", "color attribution")
+# GenEval's README, with its own judge (mmdetection Mask2Former): not comparable with another judge's numbers
+PUBLISHED_GENEVAL = {"Stable Diffusion v1.5": (0.43, 0.97, 0.38, 0.35, 0.76, 0.04, 0.06),
+                     "Stable Diffusion v2.1": (0.50, 0.98, 0.51, 0.44, 0.85, 0.07, 0.17)}
 PUBLISHED_LARGE = {"plain": {"all": 0.21}, "sepen": {"seen_seen": 0.299, "seen_unseen": 0.305, "unseen_unseen": 0.294}}
 
 
@@ -77,9 +87,35 @@ def large_table(run_dir: Path, published: bool) -> str:
     return "\n".join(lines) + "\n"
 
 
+def per_category_subset(suite: str, suites_dir: Path, limit: int | None, folder: Path) -> str:
+    """The suite, or with `limit` a file of the first `limit` prompts of each of its categories (so that every
+    column has prompts)."""
+    if not limit:
+        return suite
+    from .suites import load_suite, suite_path
+
+    rows = suite_path(suite, suites_dir).read_text().splitlines()
+    prompts = load_suite(suite, suites_dir)
+    keep = {p.id for c in dict.fromkeys(p.category for p in prompts)
+            for p in [p for p in prompts if p.category == c][:limit]}
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / f"{suite}_subset.jsonl"
+    path.write_text("".join(r + "\n" for r in rows if json.loads(r)["id"] in keep))
+    return str(path)
+
+
+def published_geneval_table() -> str:
+    lines = ["| published, other judge (GenEval's paper) | " + " | ".join(GENEVAL_COLUMNS) + " |",
+             "|---" * (len(GENEVAL_COLUMNS) + 1) + "|"]
+    lines += [f"| {model} | " + " | ".join(f"{v:.2f}" for v in values) + " |"
+              for model, values in PUBLISHED_GENEVAL.items()]
+    return "\n" + "\n".join(lines) + "\n"
+
+
 def paper(model: str | None, num_seeds: int = 64, limit: int | None = None, out: Path | None = None,
           large_checkpoint: str | None = None, metric_models: dict | None = None, device: str = "auto",
-          progress: bool = True, command: str = "", checkpoint_cache: Path | None = None) -> str:
+          progress: bool = True, command: str = "", checkpoint_cache: Path | None = None,
+          geneval: bool = True) -> str:
     from .methods import SepEnOptions
 
     model = str(model or default_model())
@@ -109,20 +145,23 @@ def paper(model: str | None, num_seeds: int = 64, limit: int | None = None, out:
         text.append("\n## Large scale: not run. Pass `--large-checkpoint FILE` (a SepEn large-scale checkpoint of "
                     "this model: `python -m sae train --model MODEL --concepts CONCEPTS --out DIR`).\n")
     else:
-        suite = "sepen_large"
-        if limit:  # the first `limit` prompts of each split, so that every column has prompts
-            from .suites import load_suite, suite_path
-
-            rows = suite_path(suite, domain.suites_dir).read_text().splitlines()
-            keep = {p.id for c in LARGE_CATEGORIES
-                    for p in [p for p in load_suite(suite, domain.suites_dir) if p.category == c][:limit]}
-            (out / "large").mkdir(parents=True, exist_ok=True)
-            suite = str(out / "large" / "sepen_large_subset.jsonl")
-            Path(suite).write_text("".join(r + "\n" for r in rows if json.loads(r)["id"] in keep))
+        suite = per_category_subset("sepen_large", domain.suites_dir, limit, out / "large")
         large_dir = run(replace(base, suite=suite, limit=None, methods=["plain", "sepen"], out=out / "large",
                                 metrics=["presence"], options={"sepen": {**sepen, "checkpoint": large_checkpoint}}))
         text += [f"\n## Large scale: success rate (presence), one checkpoint `{large_checkpoint}` "
                  f"(run folder `{large_dir}`)\n", large_table(large_dir, published=recipe.published)]
+    if geneval:
+        suite = per_category_subset("geneval", domain.suites_dir, limit, out / "geneval")
+        seeds = list(range(min(num_seeds, GENEVAL_SEEDS)))
+        geneval_dir = run(replace(base, suite=suite, limit=None, seeds=seeds, out=out / "geneval",
+                                  metrics=["geneval"]))
+        results = json.loads((geneval_dir / "results.json").read_text())
+        text += [f"\n## GenEval's six tasks: {len(seeds)} seeds" + (f", first {limit} prompts of each task" if limit
+                                                                      else "") + f" (run folder `{geneval_dir}`)\n",
+                 geneval_markdown(results.get("geneval", {}))
+                 or "The `geneval` metric did not run (its judge's weights: docs/geneval.md).\n"]
+        if recipe.published:
+            text.append(published_geneval_table())
     text.append("\nConventions of every column: `summary.md` and `results.json` in each run folder. FID and "
                 "success rates depend on the detector, reference set and image count: compare within a table.\n")
     report = "\n".join(t for t in text if t)
@@ -140,11 +179,13 @@ def add_arguments(parser) -> None:
     parser.add_argument("--checkpoint-cache", type=Path, help="where per-prompt SepEn checkpoints are cached "
                                                                  "(default: the run command's)")
     parser.add_argument("--device", default="auto")
+    parser.add_argument("--no-geneval", action="store_true", help="leave out the GenEval table (its six tasks, "
+                                                                  "4 seeds a prompt, the `geneval` metric)")
     parser.add_argument("--no-progress", action="store_true")
 
 
 def cmd_paper(args, metric_models: dict) -> int:
     command = "python -m benchmark paper " + " ".join(shlex.quote(a) for a in sys.argv[2:])
     print(paper(args.model, args.num_seeds, args.limit, args.out, args.large_checkpoint, metric_models,
-                args.device, not args.no_progress, command, args.checkpoint_cache), end="")
+                args.device, not args.no_progress, command, args.checkpoint_cache, not args.no_geneval), end="")
     return 0

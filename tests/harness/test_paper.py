@@ -59,3 +59,9 @@ def test_paper_on_a_shapes_model_prints_both_tables(tmp_path, capsys):
     large = pd.read_csv(out / "large" / "summary.csv")
     assert set(large["category"]) == {"seen_seen", "seen_unseen", "unseen_unseen", "all"}
     assert (out / "large_checkpoint" / "sepen.safetensors").is_file()
+    # GenEval's six tasks, one prompt each, judged exactly by the world's detector
+    assert "## GenEval's six tasks: 1 seeds, first 1 prompts of each task" in printed
+    geneval = pd.read_csv(out / "geneval" / "summary.csv")
+    assert set(geneval["category"]) == {"single_object", "two_object", "counting", "colors", "position",
+                                        "color_attr", "all"}
+    assert "GenEval-compatible (judge=shapes-exact)" in printed
