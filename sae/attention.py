@@ -203,7 +203,9 @@ def object_maps(maps: torch.Tensor, token_groups) -> torch.Tensor:
     """
     per_item = bool(token_groups) and isinstance(token_groups[0][0], (list, tuple))
     if not per_item:
-        return torch.stack([maps[..., list(group)].mean(-1) for group in token_groups], dim=1)
+        # one view per token rather than indexing with a list, which copies the list to the device (not
+        # allowed while a CUDA graph is being captured); the same numbers
+        return torch.stack([torch.stack([maps[..., i] for i in group], -1).mean(-1) for group in token_groups], 1)
     if len(token_groups) != maps.shape[0]:
         raise ValueError(f"{len(token_groups)} token-group lists for a batch of {maps.shape[0]}")
     return torch.stack([object_maps(maps[i:i + 1], groups)[0] for i, groups in enumerate(token_groups)])

@@ -32,6 +32,7 @@ from .attention import MAP_KINDS, StopForward, capture_cross_attention, object_m
 from .checkpoint import base_fingerprints, load_delta, save_delta
 from .losses import SMOOTHING_KERNELS, enhance_peaks, norm_loss, separate_loss
 from .sampling import generate
+from .speed import frozen_weights_in
 from .tokens import find_token_indices
 
 PROJECTIONS = ("k", "q", "v")
@@ -45,6 +46,9 @@ RELEASE_TOKEN_POSITIONS = (6, 9)
 # latents="samples" draws its samples from seeds far from the benchmark's (0-63 and the tuning seeds 200-203),
 # so that no finetuning sees the starting noise of an image it is scored on.
 SAMPLE_SEED_BASE = 1_000_000
+# Devices where the steps run ahead of the host and losses are fetched in blocks (finetune's `log_every`).
+DEFERRED_DEVICES = ("cuda",)
+GRAPH_WARM_UP_STEPS = 3  # eager steps before a step is captured as a CUDA graph (lazy setup happens in them)
 CHECKPOINT_NAME = "sepen.safetensors"  # written once, when training has finished: its presence means "complete"
 PARTIAL_NAME = "sepen.partial.safetensors"  # the intermediate checkpoints a stopped run resumes from
 STATE_NAME = "train_state.pt"
@@ -294,9 +298,10 @@ def _noisy_batch(pipe, batch_size: int, latent_size: int, generator: torch.Gener
         raise ValueError(f"timesteps {timestep_range} leave no timestep below the scheduler's "
                          f"{forward.config.num_train_timesteps}")
     timesteps = torch.randint(low, high, (batch_size,), generator=generator)
-    noisy = forward.add_noise(latents, noise, timesteps)
-    dtype = pipe.unet.dtype
-    return noisy.to(device, dtype), timesteps.to(device)
+    noisy = forward.add_noise(latents, noise, timesteps).to(pipe.unet.dtype)
+    if torch.device(device).type == "cuda":  # a copy from pageable memory would wait for the GPU every step
+        noisy, timesteps = noisy.pin_memory(), timesteps.pin_memory()
+    return noisy.to(device, non_blocking=True), timesteps.to(device, non_blocking=True)
 
 
 def norm_prompts(source, batch: list[tuple[str, list[str]]]) -> list[str]:
@@ -326,11 +331,19 @@ def _write_losses(path: Path, history: list[dict]) -> None:
 
 def finetune(pipe, source: ConceptPair | ConceptPool, config: FinetuneConfig | None = None,
              out_dir: str | os.PathLike | None = None, base_model: str = "", progress: bool = True,
-             resume: bool = True) -> FinetuneResult:
+             resume: bool = True, log_every: int = 10, cuda_graph: bool = True) -> FinetuneResult:
     """Train the selected projections of `pipe.unet` in place; returns the trained tensors and loss history.
 
     With `out_dir`, the checkpoint (`sepen.safetensors`), the optimizer state and `losses.csv` are written
     every `checkpoint_every` steps and at the end, and a run found there is resumed where it stopped.
+
+    On a GPU the steps run without waiting for it: the losses are fetched every `log_every` steps (and before
+    each checkpoint), a step whose gradients are not finite changes nothing (fused AdamW skips it on the
+    device), and the first non-finite loss stops the run at that fetch, before anything after it is saved. On
+    the CPU every step is checked as it ends (waiting costs nothing there). With mixed precision the frozen
+    weights are cast once for the run; the trained weights stay fp32. With `cuda_graph` (per-pair runs without
+    the norm loss, fp32 or bf16), the step is captured once as a CUDA graph after a few eager steps and
+    replayed: the same kernels without the host's cost of launching two thousand of them every step.
     """
     config = config or FinetuneConfig()
     unet = pipe.unet
@@ -343,11 +356,15 @@ def finetune(pipe, source: ConceptPair | ConceptPool, config: FinetuneConfig | N
         p.requires_grad_(True)
     base_values = {name: p.detach().clone() for name, p in params.items()}
     fingerprint = base_fingerprints(unet)
-    optimizer = torch.optim.AdamW(params.values(), lr=config.learning_rate, betas=config.adam_betas,
-                                  weight_decay=config.weight_decay, eps=config.adam_eps)
+    deferred = device.type in DEFERRED_DEVICES
     autocast_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(config.mixed_precision)
     use_autocast = autocast_dtype is not None and device.type == "cuda"
     scaler = torch.amp.GradScaler("cuda", enabled=use_autocast and autocast_dtype == torch.float16)
+    graphed = (cuda_graph and device.type == "cuda" and isinstance(source, ConceptPair) and config.lambda_norm == 0
+               and not scaler.is_enabled())
+    implementation = dict(fused=deferred or None, capturable=graphed)
+    optimizer = torch.optim.AdamW(params.values(), lr=config.learning_rate, betas=config.adam_betas,
+                                  weight_decay=config.weight_decay, eps=config.adam_eps, **implementation)
 
     out = Path(out_dir) if out_dir is not None else None
     start, history = 0, []
@@ -356,6 +373,11 @@ def finetune(pipe, source: ConceptPair | ConceptPool, config: FinetuneConfig | N
         state_path = out / STATE_NAME
         if resume and state_path.exists():
             start, history = _resume(state_path, params, optimizer, config, source, fingerprint)
+            for group in optimizer.param_groups:  # the saved groups carry the implementation they were saved with
+                group.update(foreach=None, **implementation)
+            if deferred:  # fused and capturable AdamW keep their step counts on the device
+                for state in optimizer.state.values():
+                    state["step"] = state["step"].to(device, torch.float32)
     pool = None
     if config.latents == "samples" and start < config.steps:
         if not isinstance(source, ConceptPair):
@@ -389,6 +411,17 @@ def finetune(pipe, source: ConceptPair | ConceptPool, config: FinetuneConfig | N
 
     forward = forward_process(pipe)
     amplitude = latent_amplitude(pipe, config.latent_scale)
+    embeddings_cache: dict[tuple[str, ...], torch.Tensor] = {}
+
+    def text_embeddings(prompts: list[str]) -> torch.Tensor:
+        """The frozen text encoder's output, computed once per batch of prompts (a pair repeats its batch every
+        step); fp32 whatever the training precision."""
+        key = tuple(prompts)
+        if key not in embeddings_cache:
+            if len(embeddings_cache) >= 8:  # a pool draws new prompts every step: keep few
+                embeddings_cache.clear()
+            embeddings_cache[key] = encode_prompts(pipe, prompts)
+        return embeddings_cache[key]
 
     def noisy_batch(generator):
         return _noisy_batch(pipe, config.batch_size, latent_size, generator, device, pool, config.timesteps,
@@ -397,66 +430,137 @@ def finetune(pipe, source: ConceptPair | ConceptPool, config: FinetuneConfig | N
     def norm_term(batch, generator):
         """The norm loss on fresh latents and timesteps, against the frozen base (its original projections)."""
         noisy, timesteps = noisy_batch(generator)
-        embeddings = encode_prompts(pipe, norm_prompts(source, batch))
+        embeddings = text_embeddings(norm_prompts(source, batch))
         prediction = unet(noisy, timesteps, encoder_hidden_states=embeddings).sample
         with torch.no_grad():
             frozen = functional_call(unet, base_values, (noisy, timesteps),
                                      {"encoder_hidden_states": embeddings}).sample
         return norm_loss(prediction, frozen)
 
-    def optimizer_step(loss, step, values):
-        if not math.isfinite(loss.item()):
-            where = f"; training resumes from {out} (the last finite state)" if out is not None and \
-                (out / STATE_NAME).exists() else ""
-            raise TrainingDivergedError(
-                f"loss became {loss.item()} at step {step} ({values}){where}. Lower --lr, train in fp32 "
-                "(--mixed-precision no), or check the prompt's object words.")
-        optimizer.zero_grad(set_to_none=True)
-        scaler.scale(loss).backward()
-        scaler.unscale_(optimizer)
-        torch.nn.utils.clip_grad_norm_(params.values(), config.max_grad_norm)
-        scaler.step(optimizer)
-        scaler.update()
-        if not all(torch.isfinite(p).all() for p in params.values()):  # e.g. an fp16 overflow in the gradients
+    def diverged(step, value, values) -> TrainingDivergedError:
+        where = f"; training resumes from {out} (the last finite state)" if out is not None and \
+            (out / STATE_NAME).exists() else ""
+        return TrainingDivergedError(
+            f"loss became {value} at step {step} ({values}){where}. Lower --lr, train in fp32 "
+            "(--mixed-precision no), or check the prompt's object words.")
+
+    def check_weights(step):
+        if not bool(torch.stack([torch.isfinite(p).all() for p in params.values()]).all()):
             raise TrainingDivergedError(f"the trained weights became non-finite at step {step}; nothing of this "
                                         "step was saved. Lower --lr or train in fp32 (--mixed-precision no).")
 
+    def optimizer_step(loss, step, values):
+        if not deferred and not math.isfinite(loss.item()):
+            raise diverged(step, loss.item(), {name: value.item() for name, value in values.items()})
+        optimizer.zero_grad(set_to_none=not graphed)  # a captured step needs its gradients where they are
+        scaler.scale(loss).backward()
+        scaler.unscale_(optimizer)
+        grad_norm = torch.nn.utils.clip_grad_norm_(params.values(), config.max_grad_norm)
+        if deferred and not scaler.is_enabled():  # (the fp16 scaler sets its own)
+            optimizer.found_inf = (~torch.isfinite(grad_norm)).float()
+        scaler.step(optimizer)
+        scaler.update()
+        if not deferred:  # e.g. an fp16 overflow in the gradients
+            check_weights(step)
+
+    pending: list[tuple[int, list[str], torch.Tensor]] = []  # steps whose losses are still on the device
+
+    def fetch_losses():
+        """Move the pending steps' losses to the history in one transfer; stop at the first non-finite one."""
+        if not pending:
+            return
+        rows = torch.stack([values for _, _, values in pending]).tolist()
+        for (step, names, _), row in zip(pending, rows):
+            named = dict(zip(names, row))
+            total = named.pop("total")
+            if not all(math.isfinite(v) for v in (total, *named.values())):
+                raise diverged(step, total if not math.isfinite(total) else
+                               next(v for v in named.values() if not math.isfinite(v)), named)
+            history.append({"step": step, "total": total, "sep": named.get("sep", ""), "en": named["en"],
+                            "norm": named.get("norm", "")})
+        check_weights(pending[-1][0])
+        pending.clear()
+        bar.set_postfix({k: f"{v:.4f}" for k, v in history[-1].items() if k != "step" and v != ""})
+
     separate_norm_step = config.lambda_norm > 0 and config.norm_step == "separate"
-    bar = tqdm(range(start, config.steps), initial=start, total=config.steps, desc="SepEn finetune",
-               disable=not progress)
-    checkpoint = None
-    for step in bar:
-        generator = torch.Generator().manual_seed(config.seed * 1_000_003 + step)
-        batch = source.draw(step, config.batch_size, config.seed)
-        prompts = [prompt for prompt, _ in batch]
+
+    def autocast():  # (a CUDA graph cannot keep autocast's cache of cast weights between replays)
+        return torch.autocast(device.type, dtype=autocast_dtype or torch.float32, enabled=use_autocast,
+                              cache_enabled=not graphed)
+
+    def train_step(step, batch, noisy, timesteps) -> tuple[list[str], torch.Tensor]:
+        """One optimisation step; returns the names of its losses and their values (on the device)."""
         groups = [token_groups(prompt, objects) for prompt, objects in batch]
-        noisy, timesteps = noisy_batch(generator)
-        with torch.autocast(device.type, dtype=autocast_dtype or torch.float32, enabled=use_autocast):
-            losses = sepen_losses(unet, noisy, timesteps, encode_prompts(pipe, prompts), groups,
+        embeddings = text_embeddings([prompt for prompt, _ in batch])
+        with autocast():
+            losses = sepen_losses(unet, noisy, timesteps, embeddings, groups,
                                   config.pair_reduction, config.map_downscale, config.maps, config.smoothing,
                                   config.heads, config.conditional_half)
             total = config.lambda_en * losses["en"] + config.lambda_sep * losses.get("sep", 0.0)
             if config.lambda_norm > 0 and not separate_norm_step:
                 losses["norm"] = norm_term(batch, generator)
                 total = total + config.lambda_norm * losses["norm"]
-        optimizer_step(total, step, {name: value.item() for name, value in losses.items()})
+        optimizer_step(total, step, losses)
         if separate_norm_step:  # the release's large-scale run: a second step on the norm loss alone
-            with torch.autocast(device.type, dtype=autocast_dtype or torch.float32, enabled=use_autocast):
+            with autocast():
                 losses["norm"] = norm_term(batch, generator)
-            optimizer_step(config.lambda_norm * losses["norm"], step, {"norm": losses["norm"].item()})
+            optimizer_step(config.lambda_norm * losses["norm"], step, {"norm": losses["norm"]})
             total = total.detach() + config.lambda_norm * losses["norm"].detach()
-        values = {name: value.item() for name, value in losses.items()}
-        history.append({"step": step, "total": total.item(), "sep": values.get("sep", ""),
-                        "en": values["en"], "norm": values.get("norm", "")})
-        bar.set_postfix({k: f"{v:.4f}" for k, v in values.items()})
-        if out is not None and ((step + 1) % config.checkpoint_every == 0 or step + 1 == config.steps):
-            checkpoint = save(step + 1)
+        names = list(losses)
+        return ["total", *names], torch.stack([total.detach().float(), *(losses[n].detach().float() for n in names)])
+
+    every = max(1, log_every) if deferred else 1
+    bar = tqdm(range(start, config.steps), initial=start, total=config.steps, desc="SepEn finetune",
+               disable=not progress)
+    checkpoint, graph, names = None, None, None
+    warm_up = torch.cuda.Stream(device) if graphed else None
+    with frozen_weights_in(unet, autocast_dtype if use_autocast else None, keep=params.values()):
+        for step in bar:
+            generator = torch.Generator().manual_seed(config.seed * 1_000_003 + step)
+            batch = source.draw(step, config.batch_size, config.seed)
+            noisy, timesteps = noisy_batch(generator)
+            if graphed and graph is None and step - start >= GRAPH_WARM_UP_STEPS:
+                torch.cuda.current_stream(device).wait_stream(warm_up)
+                graph = _StepGraph(lambda n, t: train_step(step, batch, n, t)[1], noisy, timesteps)
+            if graph is not None:
+                values = graph(noisy, timesteps)
+            elif graphed:  # the eager steps before the capture run on a side stream, as CUDA graphs require
+                warm_up.wait_stream(torch.cuda.current_stream(device))
+                with torch.cuda.stream(warm_up):
+                    names, values = train_step(step, batch, noisy, timesteps)
+                torch.cuda.current_stream(device).wait_stream(warm_up)
+            else:
+                names, values = train_step(step, batch, noisy, timesteps)
+            pending.append((step, names, values))
+            last = step + 1 == config.steps
+            if out is not None and (step + 1) % config.checkpoint_every == 0 or last or len(pending) >= every:
+                fetch_losses()
+            if out is not None and ((step + 1) % config.checkpoint_every == 0 or last):
+                checkpoint = save(step + 1)
     if out is not None and checkpoint is None and start >= config.steps:
         checkpoint = out / CHECKPOINT_NAME  # a finished run found on disk
     for p in params.values():
         p.requires_grad_(False)
     return FinetuneResult(tensors={n: p.detach().clone() for n, p in params.items()}, history=history,
                           checkpoint=checkpoint)
+
+
+class _StepGraph:
+    """A training step captured once as a CUDA graph: its inputs are copied into fixed buffers and the graph
+    replayed; returns a copy of the step's loss values. Capturing runs nothing, so the step of the capture is
+    trained by its first replay."""
+
+    def __init__(self, step, noisy: torch.Tensor, timesteps: torch.Tensor):
+        self.noisy, self.timesteps = noisy.clone(), timesteps.clone()
+        self.graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(self.graph):
+            self.values = step(self.noisy, self.timesteps)
+
+    def __call__(self, noisy: torch.Tensor, timesteps: torch.Tensor) -> torch.Tensor:
+        self.noisy.copy_(noisy, non_blocking=True)
+        self.timesteps.copy_(timesteps, non_blocking=True)
+        self.graph.replay()
+        return self.values.clone()
 
 
 def _resume(state_path: Path, params, optimizer, config: FinetuneConfig, source, fingerprint: dict):

@@ -1,16 +1,24 @@
 """GPU check: time a real-size SepEn finetune and generation on SD 1.4's architecture with random weights.
 
-Needs no hub access: the model is written by `python -m sae tiny-model DIR --arch sd14`. Prints one JSON
-object with the timings and peak memory (and writes it to --json). Usage on a CUDA machine:
+Needs no hub access: the model is written by `sae.models.write_tiny_model(DIR, arch="sd14")`. Usage on a CUDA
+machine (about 6 minutes on one H200):
 
     python scripts/gpu_check.py --json results/gpu_check/<device>-<date>.json
 
-On the CPU, `--arch tiny --steps 2 --generation-steps 2 --rounds 1` dry-runs every part in about a minute
-(CI does, so it cannot rot).
-Besides the timings it measures, in the same run: the finetune in bf16 autocast against fp32 (speed ratio, the
-first steps' loss curves, the final `to_k` deltas' relative difference), and the harness's generation (batch 4)
-against diffusers' default call (batch 1, one image at a time) on the same seeds: images per second, their ratio
-and the largest pixel difference between the two.
+On the CPU, `--arch tiny --steps 2 --generation-steps 2 --rounds 1 --compile aot_eager` dry-runs every part
+in a minute or two (CI does, so it cannot rot).
+
+What it measures, every ratio within this one run:
+- the SepEn step (UNet truncated after the last captured layer, keys only) against a full forward+backward;
+  a profile of one step in fp32 and in bf16 (host time against the GPU's kernel time, kernel count);
+- the 200-step per-pair finetune at batch 4 in fp32 (the reference), TF32, bf16 autocast, and bf16 with
+  compiled blocks (`sae.speed.compile_blocks`; its compilation timed apart): seconds, each against fp32's
+  loss curve (first 50 steps) and trained `to_k` delta (relative difference), checked against tolerances;
+- fp16 generation, 50 steps: diffusers' default call (batch 1, one image at a time) against the harness
+  (`sae.sampling.generate`, batch 1, then `sae.speed.for_inference` at batch 4 and 8, then compiled), on the
+  same seeds: images per second, their ratio, and the largest pixel difference to the harness's batch-1
+  images; Attend-and-Excite and SepEn's test-time variant timed beside them.
+The report is written to --json after every part, so a run stopped early keeps what it measured.
 """
 
 from __future__ import annotations
@@ -26,29 +34,34 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from sae.checkpoint import apply_delta  # noqa: E402
-from sae.finetune import ConceptPair, FinetuneConfig, encode_prompts, finetune, sepen_losses  # noqa: E402
+from benchmark.guidance import attend_and_excite, sepen_test_time  # noqa: E402
+from sae.finetune import (ConceptPair, FinetuneConfig, encode_prompts, finetune, sepen_losses,  # noqa: E402
+                          trainable_parameters)
 from sae.models import load_pipeline, write_tiny_model  # noqa: E402
-from sae.sampling import generate  # noqa: E402
-
+from sae.sampling import generate, seed_generators  # noqa: E402
+from sae.speed import compile_blocks, for_inference  # noqa: E402
+from sae.tokens import find_token_indices  # noqa: E402
 
 CUDA = torch.cuda.is_available()
+PROMPT = "a photo of a cat and a dog"
+OBJECTS = ["cat", "dog"]
+SEEDS = list(range(8))
+
+
+def sync():
+    if CUDA:
+        torch.cuda.synchronize()
 
 
 def timed(fn):
     """(result, seconds, peak GPU memory in GiB) of one call."""
+    sync()
     if CUDA:
-        torch.cuda.synchronize()
         torch.cuda.reset_peak_memory_stats()
     start = time.perf_counter()
     result = fn()
-    if CUDA:
-        torch.cuda.synchronize()
+    sync()
     return result, time.perf_counter() - start, torch.cuda.max_memory_allocated() / 2**30 if CUDA else 0.0
-
-
-PROMPT = "a photo of a cat and a dog"
-SEEDS = [0, 1, 2, 3]
 
 
 def max_level_difference(images, others) -> int:
@@ -58,31 +71,19 @@ def max_level_difference(images, others) -> int:
     return int(max(np.abs(np.asarray(a, dtype=int) - np.asarray(b, dtype=int)).max() for a, b in zip(images, others)))
 
 
-def precision_comparison(folder: Path, report: dict) -> dict:
-    """bf16 autocast against fp32: speed, the loss curves of the first steps, the final trained keys."""
-    from sae.checkpoint import load_delta
-
-    fp32, bf16 = (load_delta(folder / p / "sepen.safetensors").tensors for p in ("no", "bf16"))
-    relative = max(float((bf16[n] - fp32[n]).norm() / fp32[n].norm().clamp_min(1e-12)) for n in fp32)
-    curves = {}
-    for precision in ("no", "bf16"):
-        with open(folder / precision / "losses.csv") as handle:
-            rows = [line.strip().split(",") for line in handle][1:51]
-        curves[precision] = [float(r[1]) for r in rows if len(r) > 1 and r[1]]
-    differences = [abs(a - b) for a, b in zip(curves["no"], curves["bf16"])]
-    return {"speed_ratio_bf16_over_fp32": report["finetune_bf16"]["seconds"] / report["finetune_no"]["seconds"],
-            "max_abs_loss_difference_first_50": max(differences) if differences else None,
-            "max_relative_key_difference": relative}
+def step_inputs(pipe, batch: int = 4):
+    g = torch.Generator().manual_seed(0)
+    size = pipe.unet.config.sample_size
+    latents = torch.randn(batch, 4, size, size, generator=g).to(pipe.unet.device)
+    timesteps = torch.randint(0, 1000, (batch,), generator=g).to(pipe.unet.device)
+    return latents, timesteps, encode_prompts(pipe, [PROMPT] * batch)
 
 
-def step_ratio(pipe, latent_size, rounds=10):
+def step_ratio(pipe, rounds: int) -> dict:
     """One SepEn step (truncated UNet, keys only) against a full forward+backward into every weight."""
     unet = pipe.unet
-    g = torch.Generator().manual_seed(0)
-    latents = torch.randn(4, 4, latent_size, latent_size, generator=g).to(unet.device)
-    timesteps = torch.randint(0, 1000, (4,), generator=g).to(unet.device)
-    text = encode_prompts(pipe, ["a photo of a cat and a dog"] * 4)
-    keys = [p for n, p in unet.named_parameters() if ".attn2.to_k." in n]
+    latents, timesteps, text = step_inputs(pipe)
+    keys = list(trainable_parameters(unet).values())
 
     def sepen():
         unet.requires_grad_(False)
@@ -99,14 +100,174 @@ def step_ratio(pipe, latent_size, rounds=10):
     times = {}
     for name, fn in (("sepen_step_s", sepen), ("full_fwd_bwd_s", full)):
         fn()
-        best = float("inf")
-        for _ in range(rounds):
-            best = min(best, timed(fn)[1])
-        times[name] = best
+        times[name] = min(timed(fn)[1] for _ in range(rounds))
         unet.zero_grad(set_to_none=True)
     unet.requires_grad_(False)
     times["ratio"] = times["sepen_step_s"] / times["full_fwd_bwd_s"]
     return times
+
+
+def step_profile(pipe, dtype) -> dict:
+    """One SepEn step under the profiler: wall time, the GPU's kernel time and the number of kernels (a step
+    whose kernels take far less than its wall time is bound by the host launching them)."""
+    from sae.speed import frozen_weights_in
+
+    unet = pipe.unet
+    latents, timesteps, text = step_inputs(pipe)
+    keys = list(trainable_parameters(unet).values())
+    unet.requires_grad_(False)
+    for k in keys:
+        k.requires_grad_(True)
+
+    def step():
+        with torch.autocast(unet.device.type, dtype=dtype or torch.float32, enabled=dtype is not None):
+            losses = sepen_losses(unet, latents, timesteps, text, [[5], [8]])
+        (losses["sep"] + 0.5 * losses["en"]).backward()
+        unet.zero_grad(set_to_none=True)
+
+    with frozen_weights_in(unet, dtype, keep=keys):
+        step()
+        wall = min(timed(step)[1] for _ in range(3))
+        activities = [torch.profiler.ProfilerActivity.CPU] + ([torch.profiler.ProfilerActivity.CUDA] if CUDA else [])
+        with torch.profiler.profile(activities=activities) as prof:
+            step()
+            sync()
+    unet.requires_grad_(False)
+    kernels = [e for e in prof.events() if e.device_type == torch.autograd.DeviceType.CUDA]
+    kernel_us = sum(getattr(e, "device_time", None) or getattr(e, "cuda_time", 0) for e in kernels)
+    return {"wall_s": wall, "kernel_s": kernel_us / 1e6, "kernels": len(kernels),
+            "ops": sum(1 for e in prof.events() if e.device_type == torch.autograd.DeviceType.CPU)}
+
+
+class Check:
+    """The report, written to --json after every part."""
+
+    def __init__(self, path: Path | None):
+        self.path = path
+        self.report = {"device": torch.cuda.get_device_name() if CUDA else "cpu", "torch": torch.__version__}
+        import diffusers
+        import transformers
+
+        self.report.update(diffusers=diffusers.__version__, transformers=transformers.__version__,
+                           started=time.strftime("%Y-%m-%d %H:%M:%S"))
+
+    def put(self, key: str, value, part: str | None = None) -> None:
+        """Set `key` (printing only its `part` when given) and write the report."""
+        self.report[key] = value
+        shown = value if part is None else {part: value[part]}
+        print(f"{key}: {json.dumps(shown, default=str)}", flush=True)
+        if self.path:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            self.path.write_text(json.dumps(self.report, indent=2, default=str))
+
+
+# The finetune's variants: FinetuneConfig settings, TF32 matmuls, CUDA-graph replay, compiled blocks.
+VARIANTS = {
+    "fp32": dict(settings=dict(mixed_precision="no")),
+    "fp32_repeat": dict(settings=dict(mixed_precision="no")),  # run-to-run noise of the reference itself
+    "tf32": dict(settings=dict(mixed_precision="no"), tf32=True),
+    "bf16": dict(settings=dict(mixed_precision="bf16")),
+    "bf16_graph": dict(settings=dict(mixed_precision="bf16"), graph=True),
+    "tf32_graph": dict(settings=dict(mixed_precision="no"), tf32=True, graph=True),
+    "bf16_compiled": dict(settings=dict(mixed_precision="bf16"), compiled=True),
+}
+
+
+def compare(result_history, delta, other) -> dict:
+    """Loss curve (first 50 steps) and trained delta of one run against another's."""
+    curve = [row["total"] for row in result_history[:50]]
+    loss_difference = max(abs(a - b) for a, b in zip(curve, other["curve"]))
+    difference = torch.cat([(delta[n] - other["delta"][n]).flatten() for n in delta])
+    norm = torch.cat([other["delta"][n].flatten() for n in delta])
+    return {"max_abs_loss_difference_first_50": loss_difference,
+            "relative_delta_difference": float(difference.norm() / norm.norm().clamp_min(1e-20))}
+
+
+def finetune_variants(check: Check, names: list[str], model: Path, device: str, steps: int, compile_backend: str,
+                      tmp: Path, runs: dict):
+    """The per-pair finetune in fp32 (the reference, first) and faster settings, each against it."""
+    source = ConceptPair(PROMPT, OBJECTS)
+    for name in names:
+        variant = VARIANTS[name]
+        pipe = load_pipeline(model, device=device)
+        base = {n: p.detach().clone() for n, p in trainable_parameters(pipe.unet).items()}
+        torch.backends.cuda.matmul.allow_tf32 = variant.get("tf32", False)
+        figures = {}
+        if variant.get("compiled"):
+            figures["blocks_compiled"] = compile_blocks(pipe.unet, backend=compile_backend)
+            warm = FinetuneConfig(steps=2, checkpoint_every=1000, **variant["settings"])
+            _, figures["compile_s"], _ = timed(lambda: finetune(pipe, source, warm, progress=False, cuda_graph=False))
+            with torch.no_grad():  # back to the base keys after the warm-up
+                for n, p in trainable_parameters(pipe.unet).items():
+                    p.copy_(base[n])
+        config = FinetuneConfig(steps=steps, **variant["settings"])
+        result, seconds, peak = timed(lambda: finetune(pipe, source, config, out_dir=tmp / name, progress=False,
+                                                       cuda_graph=variant.get("graph", False)))
+        torch.backends.cuda.matmul.allow_tf32 = False
+        delta = {n: result.tensors[n].float() - base[n].float() for n in base}
+        figures.update(steps=steps, batch=config.batch_size, seconds=seconds, s_per_step=seconds / steps,
+                       peak_gib=peak, last_losses=result.history[-1])
+        runs[name] = {"seconds": seconds, "curve": [row["total"] for row in result.history[:50]], "delta": delta}
+        if name != "fp32" and "fp32" in runs:
+            figures["speedup_vs_fp32"] = runs["fp32"]["seconds"] / seconds
+            figures.update(compare(result.history, delta, runs["fp32"]))
+        eager = name.rsplit("_", 1)[0]
+        if name.endswith(("_graph", "_compiled")) and eager in runs:  # the same arithmetic, other launching
+            figures[f"against_{eager}"] = compare(result.history, delta, runs[eager])
+        check.put(f"finetune_{name}", figures)
+
+
+def generation(check: Check, model: Path, device: str, steps: int, compile_backend: str, delta_path: Path | None):
+    """fp16 generation: diffusers' default call against the harness, same seeds; guided methods beside."""
+    dtype = "float16" if CUDA else "float32"
+    pipe = load_pipeline(model, device=device, dtype=dtype)
+    guidance = 7.5  # diffusers' default, and the release's
+    generate(pipe, PROMPT, [0], num_inference_steps=2, guidance_scale=guidance, batch_size=1)  # warm-up
+
+    def default_call():
+        return [pipe(PROMPT, num_inference_steps=steps, generator=torch.Generator("cpu").manual_seed(s)).images[0]
+                for s in SEEDS]
+
+    default, default_s, default_peak = timed(default_call)
+    reference, reference_s, _ = timed(lambda: generate(pipe, PROMPT, SEEDS, steps, guidance, batch_size=1))
+    figures = {"dtype": dtype, "steps": steps, "images": len(SEEDS), "size": list(default[0].size),
+               "diffusers_default_s_per_image": default_s / len(SEEDS), "diffusers_default_peak_gib": default_peak,
+               "harness_batch1_s_per_image": reference_s / len(SEEDS),
+               "harness_batch1_max_level_difference_to_default": max_level_difference(reference, default)}
+    check.put("generate", figures)
+    _, again_s, _ = timed(default_call)  # the same call again: how much the host's speed varies
+    figures["diffusers_default_again_s_per_image"] = again_s / len(SEEDS)
+    check.put("generate", figures, "diffusers_default_again_s_per_image")
+
+    def variant(name, batch_size):
+        generate(pipe, PROMPT, SEEDS[:batch_size], 2, guidance, batch_size=batch_size)  # warm-up at this shape
+        images, seconds, peak = timed(lambda: generate(pipe, PROMPT, SEEDS, steps, guidance, batch_size=batch_size))
+        figures[name] = {"batch": batch_size, "s_per_image": seconds / len(SEEDS), "peak_gib": peak,
+                         "speedup_vs_diffusers_default": default_s / seconds,
+                         "max_level_difference_to_harness_batch1": max_level_difference(images, reference)}
+        check.put("generate", figures, name)
+
+    for_inference(pipe, channels_last=True)
+    variant("harness_channels_last_batch4", 4)
+    variant("harness_channels_last_batch8", 8)
+
+    groups = find_token_indices(pipe.tokenizer, PROMPT, OBJECTS)
+    for name, guide in (("attend_excite", attend_and_excite(steps)),
+                        ("sepen_tt", sepen_test_time(num_inference_steps=steps))):
+        _, seconds, _ = timed(lambda: guide.generate(pipe, PROMPT, groups, seed_generators(SEEDS[:4]), steps,
+                                                     guidance))
+        figures[f"{name}_batch4_s_per_image"] = seconds / 4
+        check.put("generate", figures, f"{name}_batch4_s_per_image")
+    if compile_backend != "none":
+        compile_blocks(pipe.unet, backend=compile_backend)
+        _, figures["compile_s"], _ = timed(lambda: generate(pipe, PROMPT, SEEDS[:4], 2, guidance, batch_size=4))
+        check.put("generate", figures, "compile_s")
+        variant("harness_compiled_batch4", 4)
+    if delta_path is not None and delta_path.exists():
+        from sae.checkpoint import apply_delta
+
+        _, figures["apply_checkpoint_s"], _ = timed(lambda: apply_delta(pipe.unet, delta_path))
+        check.put("generate", figures, "apply_checkpoint_s")
 
 
 def main() -> int:
@@ -115,57 +276,46 @@ def main() -> int:
     parser.add_argument("--steps", type=int, default=200)
     parser.add_argument("--arch", default="sd14", help="tiny: a dry run of this script on the CPU")
     parser.add_argument("--generation-steps", type=int, default=50)
-    parser.add_argument("--rounds", type=int, default=10, help="timed rounds of the step ratio (best of)")
+    parser.add_argument("--rounds", type=int, default=5, help="timed rounds of the step ratio (best of)")
+    parser.add_argument("--compile", default="none",
+                        help="torch.compile backend of the compiled variants: none (skip them: on one H200 they "
+                             "were slower, results/gpu_check/), inductor, or aot_eager (a CPU dry run)")
+    parser.add_argument("--parts", default="steps,finetune,generate,graphs",
+                        help="which parts to run, in this order (graphs: the CUDA-graph finetunes)")
     parser.add_argument("--json", type=Path)
     args = parser.parse_args()
     if not CUDA and args.arch == "sd14":
         print("no CUDA device: this check is for GPU machines (--arch tiny dry-runs it on the CPU)", file=sys.stderr)
         return 1
     device = "cuda" if CUDA else "cpu"
-    report = {"device": torch.cuda.get_device_name() if CUDA else "cpu", "torch": torch.__version__}
+    parts = set(args.parts.split(","))
+    check = Check(args.json)
     with tempfile.TemporaryDirectory() as tmp:
+        tmp = Path(tmp)
         model = args.model
         if model is None:
-            model = Path(tmp) / args.arch
-            _, report["write_model_s"], _ = timed(lambda: write_tiny_model(model, arch=args.arch))
-        pipe, report["load_s"], _ = timed(lambda: load_pipeline(model, device=device))
-
-        report.update(step_ratio(pipe, pipe.unet.config.sample_size, args.rounds))
-        print("step ratio:", {k: report[k] for k in ("sepen_step_s", "full_fwd_bwd_s", "ratio")}, flush=True)
-        source = ConceptPair("a photo of a cat and a dog", ["cat", "dog"])
-        for precision in ("no", "bf16"):
-            config = FinetuneConfig(steps=args.steps, mixed_precision=precision)
-            result, seconds, peak = timed(lambda: finetune(pipe, source, config, out_dir=Path(tmp) / precision,
-                                                           base_model=str(model), progress=False))
-            report[f"finetune_{precision}"] = {"steps": args.steps, "batch": config.batch_size, "seconds": seconds,
-                                               "s_per_step": seconds / args.steps, "peak_gib": peak,
-                                               "last_losses": result.history[-1]}
-            print(f"finetune_{precision}:", report[f"finetune_{precision}"], flush=True)
-            pipe = load_pipeline(model, device=device)  # back to the base weights
-        report["bf16_vs_fp32"] = precision_comparison(Path(tmp), report)
-        print("bf16_vs_fp32:", report["bf16_vs_fp32"], flush=True)
-
-        steps = args.generation_steps
-        for dtype in ("float16", "float32") if CUDA else ("float32",):
-            pipe = load_pipeline(model, device=device, dtype=dtype)
-            _, apply_s, _ = timed(lambda: apply_delta(pipe.unet, Path(tmp) / "no" / "sepen.safetensors"))
-            generate(pipe, PROMPT, [0], num_inference_steps=2, guidance_scale=6.0, batch_size=1)  # warm-up
-            images, seconds, peak = timed(lambda: generate(pipe, PROMPT, SEEDS, num_inference_steps=steps,
-                                                           guidance_scale=6.0, batch_size=4))
-            default, default_s, _ = timed(lambda: [pipe(PROMPT, num_inference_steps=steps, guidance_scale=6.0,
-                                                        generator=torch.Generator("cpu").manual_seed(s)).images[0]
-                                                   for s in SEEDS])
-            report[f"generate_{dtype}"] = {
-                "images": len(images), "steps": steps, "seconds": seconds, "s_per_image": seconds / len(images),
-                "peak_gib": peak, "apply_checkpoint_s": apply_s, "size": list(images[0].size),
-                "diffusers_default_s_per_image": default_s / len(default),
-                "speedup_vs_diffusers_default": default_s / seconds,
-                "max_level_difference_to_default": max_level_difference(images, default)}
-            print(f"generate_{dtype}:", report[f"generate_{dtype}"], flush=True)
-    text = json.dumps(report, indent=2, default=str)
-    print(text, flush=True)
-    if args.json:
-        args.json.write_text(text)
+            model = tmp / args.arch
+            _, seconds, _ = timed(lambda: write_tiny_model(model, arch=args.arch))
+            check.put("write_model_s", seconds)
+        if "steps" in parts:
+            pipe = load_pipeline(model, device=device)
+            check.put("step_ratio", step_ratio(pipe, args.rounds))
+            try:  # a profiler that fails must not cost the timings after it
+                check.put("step_profile", {"fp32": step_profile(pipe, None),
+                                           "bf16": step_profile(pipe, torch.bfloat16 if CUDA else None)})
+            except Exception as err:  # noqa: BLE001
+                check.put("step_profile", {"error": repr(err)})
+            del pipe
+        runs = {}
+        if "finetune" in parts:
+            names = ["fp32", "fp32_repeat", "tf32", "bf16"] + (["bf16_compiled"] if args.compile != "none" else [])
+            finetune_variants(check, names, model, device, args.steps, args.compile, tmp, runs)
+        if "generate" in parts:
+            generation(check, model, device, args.generation_steps, args.compile, tmp / "fp32" / "sepen.safetensors")
+        if "graphs" in parts:  # last: a capture that fails must not cost the other figures
+            finetune_variants(check, ["bf16_graph", "tf32_graph"], model, device, args.steps, args.compile, tmp,
+                              runs)
+    check.put("finished", time.strftime("%Y-%m-%d %H:%M:%S"))
     return 0
 
 

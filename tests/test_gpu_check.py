@@ -14,16 +14,23 @@ ROOT = Path(__file__).resolve().parents[1]
 @pytest.mark.slow
 def test_gpu_check_dry_runs_on_the_cpu(tmp_path):
     out = tmp_path / "check.json"
-    done = subprocess.run([sys.executable, str(ROOT / "scripts" / "gpu_check.py"), "--arch", "tiny", "--steps", "2",
-                           "--generation-steps", "2", "--rounds", "1", "--json", str(out)],
-                          capture_output=True, text=True, timeout=900)
+    done = subprocess.run([sys.executable, str(ROOT / "scripts" / "gpu_check.py"), "--arch", "tiny", "--steps", "4",
+                           "--generation-steps", "2", "--rounds", "1", "--compile", "aot_eager",
+                           "--json", str(out)], capture_output=True, text=True, timeout=900)
     assert done.returncode == 0, done.stderr[-2000:]
     report = json.loads(out.read_text())
-    assert report["device"] == "cpu" and report["ratio"] > 0
-    assert report["finetune_no"]["steps"] == 2 and report["finetune_bf16"]["steps"] == 2
-    comparison = report["bf16_vs_fp32"]
-    assert comparison["speed_ratio_bf16_over_fp32"] > 0 and comparison["max_relative_key_difference"] >= 0
-    generation = report["generate_float32"]
-    assert generation["images"] == 4 and generation["speedup_vs_diffusers_default"] > 0
-    # the harness's batched images against diffusers' one-at-a-time call: the same images up to batch rounding
-    assert generation["max_level_difference_to_default"] <= 1
+    assert report["device"] == "cpu" and report["step_ratio"]["ratio"] > 0 and "finished" in report
+    assert report["step_profile"]["fp32"]["ops"] > 0
+    for name in ("fp32", "fp32_repeat", "tf32", "bf16", "bf16_compiled", "bf16_graph", "tf32_graph"):
+        assert report[f"finetune_{name}"]["steps"] == 4, name
+    # on the CPU every variant is the fp32 run (no autocast, TF32 or CUDA graph there)
+    assert report["finetune_fp32_repeat"]["relative_delta_difference"] == 0
+    assert report["finetune_bf16"]["max_abs_loss_difference_first_50"] == 0
+    assert report["finetune_bf16_compiled"]["against_bf16"]["max_abs_loss_difference_first_50"] < 1e-5
+    generation = report["generate"]
+    assert generation["images"] == 8 and generation["harness_batch1_max_level_difference_to_default"] == 0
+    for name in ("harness_channels_last_batch4", "harness_channels_last_batch8", "harness_compiled_batch4"):
+        assert generation[name]["speedup_vs_diffusers_default"] > 0
+        # batched images against one at a time: the same images up to a batch's rounding
+        assert generation[name]["max_level_difference_to_harness_batch1"] <= 1
+    assert generation["attend_excite_batch4_s_per_image"] > 0 and generation["sepen_tt_batch4_s_per_image"] > 0
