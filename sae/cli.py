@@ -81,7 +81,11 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--checkpoint-every", type=int, default=defaults.checkpoint_every,
                        help="steps between checkpoints (a rerun resumes from the last)")
     train.add_argument("--mixed-precision", choices=["no", "bf16", "fp16"], default="no",
-                       help="CUDA autocast (weights stay fp32)")
+                       help="CUDA autocast: the trained keys stay fp32, the frozen weights are cast once; with "
+                            "the CUDA graph, bf16 trains 200 steps in 5.3 s on one H200 (fp32 without "
+                            "the graph: 16.6 s; docs/speed.md)")
+    train.add_argument("--no-cuda-graph", action="store_true",
+                       help="run every step eagerly instead of replaying a CUDA graph of it (GPU, per pair)")
     train.add_argument("--no-progress", action="store_true", help="hide the progress bar")
     train.add_argument("--report", action="store_true",
                        help="write OUT/report/index.html: loss curves, and the training prompt's object maps "
@@ -161,7 +165,7 @@ def cmd_train(args) -> int:
         image, maps, _ = sample_with_maps(pipe, prompt, groups, args.seed, args.report_steps, REPORT_GUIDANCE)
     started = time.perf_counter()
     result = finetune(pipe, source, config, out_dir=args.out, base_model=args.model,
-                      progress=not args.no_progress)
+                      progress=not args.no_progress, cuda_graph=not args.no_cuda_graph)
     last = result.history[-1] if result.history else {}
     print(f"wrote {result.checkpoint} ({config.steps} steps, {time.perf_counter() - started:.1f} s; "
           f"last losses: {', '.join(f'{k}={v:.4f}' for k, v in last.items() if k != 'step' and v != '')})")
