@@ -21,6 +21,7 @@ import json
 import math
 import os
 import random
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -521,7 +522,12 @@ def finetune(pipe, source: ConceptPair | ConceptPool, config: FinetuneConfig | N
             noisy, timesteps = noisy_batch(generator)
             if graphed and graph is None and step - start >= GRAPH_WARM_UP_STEPS:
                 torch.cuda.current_stream(device).wait_stream(warm_up)
-                graph = _StepGraph(lambda n, t: train_step(step, batch, n, t)[1], noisy, timesteps)
+                try:
+                    graph = _StepGraph(lambda n, t: train_step(step, batch, n, t)[1], noisy, timesteps)
+                except RuntimeError as err:  # e.g. a model whose forward waits for the host: train on eagerly
+                    warnings.warn(f"the training step could not be captured as a CUDA graph ({err}); training "
+                                  "on without it (cuda_graph=False skips the attempt)", RuntimeWarning)
+                    graphed = False
             if graph is not None:
                 values = graph(noisy, timesteps)
             elif graphed:  # the eager steps before the capture run on a side stream, as CUDA graphs require
