@@ -131,3 +131,16 @@ def test_object_maps_equal_list_indexing():
     groups = [[5], [7, 8], [2, 9, 11]]
     expected = torch.stack([maps[..., group].mean(-1) for group in groups], dim=1)
     assert torch.equal(object_maps(maps, groups), expected)
+
+
+def test_every_layer_but_the_captured_ones_keeps_sdpa(tiny_pipe):
+    """Capture swaps only the maps' layers to explicit softmax: the rest keep PyTorch's fused attention."""
+    from diffusers.models.attention_processor import AttnProcessor2_0
+
+    from sae.attention import CaptureAttnProcessor, capture_cross_attention
+
+    with capture_cross_attention(tiny_pipe.unet) as store:
+        processors = tiny_pipe.unet.attn_processors
+    captured = {name for name, p in processors.items() if isinstance(p, CaptureAttnProcessor)}
+    assert captured == set(store.layer_names) and len(captured) < len(processors)
+    assert all(isinstance(p, AttnProcessor2_0) for name, p in processors.items() if name not in captured)
