@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from .captions import mixed_scene
 from .geometry import coverage
 from .world import render, sample_scene
 
@@ -51,18 +52,24 @@ def object_masks(scene, side: int, size: int = 64) -> np.ndarray:
 
 
 def training_batch(step: int, seed: int = 0, stream: int = DIFFUSION_STREAM, batch_size: int = 32,
-                   count_probs=(0.25, 0.25, 0.25, 0.25), caption_dropout: float = 0.0, mask_side: int = 0):
+                   count_probs=(0.25, 0.25, 0.25, 0.25), caption_dropout: float = 0.0, mask_side: int = 0,
+                   caption_mix: dict[str, float] | None = None):
     """(images uint8 (B, 64, 64, 3), captions) of one training step; a dropped caption is "".
 
     With `mask_side`, a third item: each scene's `object_masks` at that side, in caption order (the same scenes and
-    captions either way).
+    captions either way). With `caption_mix` ({kind: weight}, `captions.CAPTION_KINDS`), each image's caption kind
+    is drawn by weight (`captions.mixed_scene`); without it every caption is the full one.
     """
     rng = np.random.default_rng([seed, stream, step])
     images, captions, masks = [], [], []
     for _ in range(batch_size):
-        scene = training_scene(rng, count_probs)
+        if caption_mix:
+            scene, caption = mixed_scene(rng, caption_mix, count_probs, training_scene)
+        else:
+            scene = training_scene(rng, count_probs)
+            caption = scene.caption
         images.append(render(scene))
-        captions.append("" if rng.random() < caption_dropout else scene.caption)
+        captions.append("" if rng.random() < caption_dropout else caption)
         if mask_side:
             masks.append(object_masks(scene, mask_side))
     return (np.stack(images), captions, masks) if mask_side else (np.stack(images), captions)

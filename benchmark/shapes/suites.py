@@ -15,6 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
+from .captions import NUMBER_WORDS, count_caption
 from .data import HELDOUT_PAIRS, has_heldout_pair
 from .geometry import SHAPES
 from .world import COLOURS, caption_for
@@ -92,7 +93,6 @@ def shapes_suites(seen_pairs: int = 24, three: int = 24, four: int = 12) -> dict
 # every prompt but three single-object ones names a colour (the world's captions always do).
 GENEVAL_TAGS = ("single_object", "two_object", "counting", "colors", "position", "color_attr")
 GENEVAL_CLASSES = "shapes"
-NUMBERS = {2: "two", 3: "three", 4: "four"}
 RELATIONS = ("left of", "right of", "above", "below")
 
 
@@ -130,10 +130,10 @@ def geneval_tasks(per_task: int = 24) -> dict[str, list[tuple[str, list, dict]]]
     for a, b in (_two_apart(rng, seen) for _ in range(per_task)):
         tasks["two_object"].append((caption_for([a, b]), [_geneval_object(*a), _geneval_object(*b)],
                                     {"include": [_clause(a[1]), _clause(b[1])]}))
-    for count in NUMBERS:
-        for index in rng.choice(len(OBJECTS), per_task // len(NUMBERS), replace=False):
+    for count in NUMBER_WORDS:
+        for index in rng.choice(len(OBJECTS), per_task // len(NUMBER_WORDS), replace=False):
             colour, shape = OBJECTS[index]
-            tasks["counting"].append((f"{NUMBERS[count]} {colour} {shape}s", [_geneval_object(colour, shape, count)],
+            tasks["counting"].append((count_caption(colour, shape, count), [_geneval_object(colour, shape, count)],
                                       {"include": [_clause(shape, count)], "exclude": [_clause(shape, count + 1)]}))
     for colour, shape in OBJECTS:
         tasks["colors"].append((f"a {colour} {shape}", [_geneval_object(colour, shape)],

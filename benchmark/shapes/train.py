@@ -47,6 +47,7 @@ from tqdm.auto import tqdm
 from sae.attention import capture_cross_attention
 
 from . import model as M
+from .captions import parse_mix
 from .grounding import CaptionTokens, grounding_loss
 from .data import DECODER_STREAM, DIFFUSION_STREAM, VAE_STREAM, BatchStream
 
@@ -96,6 +97,9 @@ class TrainConfig:
     grounding: float = 0.0
     grounding_downscale: int = 4
     grounding_pixel: float = 1.0  # weight of the pixel term within it (0: the token term alone)
+    # caption kinds by weight (captions.py), e.g. "full=0.55,colourless=0.15,count=0.15,relation=0.15";
+    # empty: full captions only (the shipped model)
+    caption_mix: str = ""
 
     def to_dict(self):
         return dataclasses.asdict(self)
@@ -326,7 +330,8 @@ def train_diffusion(cfg: TrainConfig, out: Path, vae, device, workers: int = 0, 
     mask_side = M.LATENT_SIZE // cfg.grounding_downscale if cfg.grounding else 0
     stream = BatchStream(start, cfg.steps, workers, seed=cfg.seed, stream=DIFFUSION_STREAM,
                          batch_size=cfg.batch, count_probs=tuple(cfg.count_probs),
-                         caption_dropout=cfg.caption_dropout, mask_side=mask_side)
+                         caption_dropout=cfg.caption_dropout, mask_side=mask_side,
+                         caption_mix=parse_mix(cfg.caption_mix) if cfg.caption_mix else None)
     caption_tokens = CaptionTokens(tokenizer)
 
     def checkpoint(next_step: int):
@@ -444,6 +449,11 @@ def _check_settings(cfg: TrainConfig, out: Path) -> None:
 
 def run(cfg: TrainConfig, out: Path, device: str = "cpu", threads: int = 1, workers: int = 0,
         checkpoint_minutes: float = 5.0, export: Path | None = None, export_dtype: str = "float16") -> Path:
+    if cfg.caption_mix:  # a bad mix fails before any work
+        parse_mix(cfg.caption_mix)
+        if cfg.grounding:
+            raise SystemExit("--grounding reads each object's colour and shape word from full captions: train a "
+                             "--caption-mix without it")
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     torch.set_num_threads(threads)
@@ -472,6 +482,11 @@ def main(argv=None):
         if f.name == "count_probs":
             p.add_argument(name, type=float, nargs=4, default=list(defaults.count_probs),
                            help="probabilities of 1, 2, 3, 4 objects per training scene")
+        elif f.name == "caption_mix":
+            p.add_argument(name, default=defaults.caption_mix, metavar="KIND=W,...",
+                           help="caption kinds by weight: full, colourless, count, relation (GenEval's grammar; "
+                                "captions.py), e.g. full=0.55,colourless=0.15,count=0.15,relation=0.15; default: "
+                                "full captions only, as the shipped model")
         else:
             p.add_argument(name, type=type(getattr(defaults, f.name)), default=getattr(defaults, f.name))
     p.add_argument("--device", default="cpu")
