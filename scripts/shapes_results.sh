@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# The shapes world's committed results (results/shapes/, results/paper/shapes/), CPU only, 26 minutes on our 2-core
-# CPU while scripts/sepen_heldout.sh shared it (14 minutes on an idle one with the earlier DDIM sampler). Seeds 0-1
+# The shapes world's committed results (results/shapes/, results/paper/shapes/), CPU only, 74 minutes on our 2-core
+# CPU while a test run shared it (the paper's GenEval tables take most of it: 135 prompts x 2 seeds x 4 methods and
+# 135 SepEn checkpoints; the main table is ready after 13 minutes). Seeds 0-1
 # and 3000 played no part in choosing settings: SepEn's learning rate for this world was picked on seeds 200-203
 # of the first 12 two-object prompts (results/shapes/sepen_lr_sweep.md), the sampler and guidance on seed 5000
 # (results/shapes/sampler.md).
@@ -22,6 +23,6 @@ python -m benchmark run --suite single_object --seeds 0-3 --methods plain,sepen,
     --out "$out/single_object" --checkpoint-cache "$out/checkpoints" --no-html --no-progress > "$out/single_object.log" 2>&1
 for f in summary.md summary.csv results.json; do cp "$out/single_object/$f" "results/shapes/single_object_$f"; done
 cp "$out/paper/paper.md" results/paper/shapes/paper.md
-for part in main large; do for f in summary.md results.json; do cp "$out/paper/$part/$f" "results/paper/shapes/${part}_$f"; done; done
+for part in main large geneval; do for f in summary.md results.json; do cp "$out/paper/$part/$f" "results/paper/shapes/${part}_$f"; done; done
 for f in summary.md summary.csv results.json; do cp "$out/multi_object/$f" "results/shapes/multi_object_$f"; done
 cat results/paper/shapes/paper.md results/shapes/multi_object_summary.md
