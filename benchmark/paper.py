@@ -158,7 +158,7 @@ def paper(model: str | None, num_seeds: int = 64, limit: int | None = None, out:
         results = json.loads((geneval_dir / "results.json").read_text())
         text += [f"\n## GenEval's six tasks: {len(seeds)} seeds" + (f", first {limit} prompts of each task" if limit
                                                                       else "") + f" (run folder `{geneval_dir}`)\n",
-                 geneval_markdown(results.get("geneval", {}))
+                 geneval_markdown(results.get("geneval", {}), level=3)
                  or "The `geneval` metric did not run (its judge's weights: docs/geneval.md).\n"]
         if recipe.published:
             text.append(published_geneval_table())

@@ -173,9 +173,11 @@ def geneval_tables(results: dict) -> list[tuple[str, str, list[str], list[list[s
     return tables
 
 
-def geneval_markdown(results: dict) -> str:
+def geneval_markdown(results: dict, level: int = 2) -> str:
+    """The task tables as markdown, each under a heading of `level` (3 inside another document's section)."""
     lines = []
     for title, note, header, rows in geneval_tables(results):
-        lines += ["", f"## {title}", "", note, "", "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+        lines += ["", f"{'#' * level} {title}", "", note, "", "| " + " | ".join(header) + " |",
+                  "|" + "---|" * len(header)]
         lines += ["| " + " | ".join(cells) + " |" for cells in rows]
     return "\n".join(lines) + "\n" if lines else ""

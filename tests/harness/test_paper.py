@@ -61,6 +61,7 @@ def test_paper_on_a_shapes_model_prints_both_tables(tmp_path, capsys):
     assert (out / "large_checkpoint" / "sepen.safetensors").is_file()
     # GenEval's six tasks, one prompt each, judged exactly by the world's detector
     assert "## GenEval's six tasks: 1 seeds, first 1 prompts of each task" in printed
+    assert "\n### GenEval tasks\n" in printed and "\n## GenEval tasks" not in printed  # subsections of it
     geneval = pd.read_csv(out / "geneval" / "summary.csv")
     assert set(geneval["category"]) == {"single_object", "two_object", "counting", "colors", "position",
                                         "color_attr", "all"}
