@@ -539,9 +539,10 @@ def finetune(pipe, source: ConceptPair | ConceptPool, config: FinetuneConfig | N
                 names, values = train_step(step, batch, noisy, timesteps)
             pending.append((step, names, values))
             last = step + 1 == config.steps
-            if out is not None and (step + 1) % config.checkpoint_every == 0 or last or len(pending) >= every:
+            save_now = out is not None and ((step + 1) % config.checkpoint_every == 0 or last)
+            if save_now or last or len(pending) >= every:  # nothing is saved before its losses are checked
                 fetch_losses()
-            if out is not None and ((step + 1) % config.checkpoint_every == 0 or last):
+            if save_now:
                 checkpoint = save(step + 1)
     if out is not None and checkpoint is None and start >= config.steps:
         checkpoint = out / CHECKPOINT_NAME  # a finished run found on disk

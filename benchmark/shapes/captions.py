@@ -23,7 +23,7 @@ import numpy as np
 from benchmark.geneval.rules import relation
 
 from .geometry import SHAPES
-from .world import COLOURS, Scene, scene_from_objects
+from .world import COLOURS, Scene, caption_for, scene_from_objects
 
 CAPTION_KINDS = ("full", "colourless", "count", "relation")
 NUMBER_WORDS = {2: "two", 3: "three", 4: "four"}
@@ -55,12 +55,17 @@ def colourless_caption(scene: Scene) -> str:
     return " and ".join(f"a {o.shape}" for o in scene.objects)
 
 
+def relation_text(first: tuple[str, str], where: str, second: tuple[str, str]) -> str:
+    """("red", "circle"), "left of", ("blue", "square") -> "a red circle left of a blue square"."""
+    return f"{caption_for([first])} {where} {caption_for([second])}"
+
+
 def relation_caption(scene: Scene) -> str | None:
-    """"a red circle left of a blue square" for a two-object scene, when GenEval's rule finds exactly one relation
-    of the first object to the second; else None."""
+    """`relation_text` of a two-object scene, when GenEval's rule finds exactly one relation of the first object
+    to the second; else None."""
     first, second = scene.objects
     found = relation(first.bbox(), second.bbox())
-    return f"{first.phrase} {found.pop()} {second.phrase}" if len(found) == 1 else None
+    return relation_text(first.label, found.pop(), second.label) if len(found) == 1 else None
 
 
 def mixed_scene(rng: np.random.Generator, mix: dict[str, float], count_probs, training_scene) -> tuple[Scene, str]:

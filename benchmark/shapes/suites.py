@@ -15,7 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .captions import NUMBER_WORDS, count_caption
+from .captions import NUMBER_WORDS, count_caption, relation_text
 from .data import HELDOUT_PAIRS, has_heldout_pair
 from .geometry import SHAPES
 from .world import COLOURS, caption_for
@@ -141,7 +141,7 @@ def geneval_tasks(per_task: int = 24) -> dict[str, list[tuple[str, list, dict]]]
     placed: set = set()
     for relation in RELATIONS:  # "a red circle left of a blue square": the square is the target (clause 0)
         for a, b in (_two_apart(rng, placed) for _ in range(per_task // len(RELATIONS))):
-            tasks["position"].append((f"{caption_for([a])} {relation} {caption_for([b])}",
+            tasks["position"].append((relation_text(a, relation, b),
                                       [_geneval_object(*b), _geneval_object(*a)],
                                       {"include": [_clause(b[1]), _clause(a[1], position=[relation, 0])]}))
     for a, b in (_two_apart(rng, seen) for _ in range(per_task)):
