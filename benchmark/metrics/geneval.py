@@ -102,30 +102,62 @@ class Mask2FormerDetector:
 
     @torch.no_grad()
     def detect(self, images) -> list[dict[str, list[Detected]]]:
-        from torchvision.ops import masks_to_boxes
-
         if not images:
             return []
         inputs = self.processor(images=images, return_tensors="pt").to(self.device)
         outputs = self.model(**inputs)
-        results = self.processor.post_process_instance_segmentation(
-            outputs, threshold=self.floor, target_sizes=[(im.height, im.width) for im in images],
-            return_binary_maps=True)
-        found = []
-        for result in results:
-            per_class: dict[str, list[Detected]] = {}
-            segments = result["segments_info"]
-            if segments:
-                masks = result["segmentation"].to(torch.bool)
-                boxes = masks_to_boxes(masks)
-                boxes[:, 2:] += 1  # the last pixel's far edge: a one-pixel object is one pixel wide
-                masks = masks.cpu().numpy()
-                for segment, box, mask in zip(segments, boxes.tolist(), masks):
-                    name = self.classes.get(int(segment["label_id"]))
-                    if name is not None:
-                        per_class.setdefault(name, []).append(Detected(tuple(box), float(segment["score"]), mask))
-            found.append(per_class)
-        return found
+        return [self._per_class(*instances) for instances in
+                instance_segments(outputs.class_queries_logits, outputs.masks_queries_logits, self.floor,
+                                  [(im.height, im.width) for im in images])]
+
+    def _per_class(self, labels, scores, masks) -> dict[str, list[Detected]]:
+        from torchvision.ops import masks_to_boxes
+
+        per_class: dict[str, list[Detected]] = {}
+        if not len(labels):
+            return per_class
+        boxes = masks_to_boxes(masks)
+        boxes[:, 2:] += 1  # the last pixel's far edge: a one-pixel object is one pixel wide
+        for label, score, box, mask in zip(labels.tolist(), scores.tolist(), boxes.tolist(), masks.cpu().numpy()):
+            name = self.classes.get(int(label))
+            if name is not None:
+                per_class.setdefault(name, []).append(Detected(tuple(box), round(score, 6), mask))  # as transformers
+        return per_class
+
+
+# Written by hand because transformers' `post_process_instance_segmentation` (which this reproduces, kept equal by
+# tests/metrics/test_geneval.py) turns every query's full-size mask into a Python-level check, image by image: it
+# was most of a batched GenEval scoring call. A query's final score is its class score times its mean mask
+# probability (at most 1), so queries whose class score is under `threshold` are dropped before any mask work.
+MASK2FORMER_SIZE = (384, 384)  # transformers scales the mask logits back to its processor's input size first
+
+
+def nearest_source(size: int, target: int) -> torch.Tensor:
+    """The source index of each target pixel under `interpolate(mode="nearest")` (asked of it, so exactly its own)."""
+    ramp = torch.arange(size, dtype=torch.float32).view(1, 1, size)
+    return F.interpolate(ramp, size=target, mode="nearest").view(target).long()
+
+
+def instance_segments(class_logits, mask_logits, threshold: float, target_sizes) -> list[tuple]:
+    """Per image (labels, scores, boolean masks at its target size) of the instances scored >= `threshold`, in
+    the order transformers lists them (its top-k of query-class pairs, one per query on average)."""
+    queries, classes = class_logits.shape[1], class_logits.shape[2] - 1
+    pair_scores = class_logits.softmax(dim=-1)[..., :-1].flatten(1)  # (batch, queries * classes)
+    top_scores, top_pairs = pair_scores.topk(queries, dim=-1, sorted=False)
+    results = []
+    for i, size in enumerate(target_sizes):  # image by image: a whole batch of 384 x 384 masks leaves the cache
+        candidate = top_scores[i] >= threshold
+        scores, pairs = top_scores[i][candidate], top_pairs[i][candidate]
+        logits = F.interpolate(mask_logits[i, torch.div(pairs, classes, rounding_mode="floor")][None],
+                               size=MASK2FORMER_SIZE, mode="bilinear", align_corners=False)[0].flatten(1)
+        positive = logits > 0
+        area = positive.sum(1)
+        scores = scores * (torch.where(positive, logits.sigmoid(), 0.0).sum(1) / (area + 1e-6))
+        rows, cols = (nearest_source(n, m) for n, m in zip(MASK2FORMER_SIZE, size))
+        masks = positive.view(-1, *MASK2FORMER_SIZE)[:, rows][:, :, cols]
+        kept = (scores >= threshold) & masks.flatten(1).any(dim=1)
+        results.append((pairs[kept] % classes, scores[kept], masks[kept]))
+    return results
 
 
 class Owlv2BoxDetector:

@@ -335,6 +335,42 @@ def test_tiny_mask2former_and_clip_end_to_end(tiny_geneval):
     assert tiny_geneval.convention.startswith("GenEval-compatible (judge=mask2former)")
 
 
+def test_instance_segments_equal_transformers_post_processing():
+    """The hand-written post-processing against transformers' own, on logits made to hit every branch: a confident
+    query, one whose class score passes 0.3 but not once times its mask score, one with an empty mask, one query
+    with two classes over 0.3, and images of other sizes than the 384-pixel input."""
+    from types import SimpleNamespace
+
+    from transformers import Mask2FormerImageProcessor
+
+    from benchmark.metrics.geneval import instance_segments
+
+    torch.manual_seed(3)
+    batch, queries, classes = 3, 6, 80
+    class_logits = torch.randn(batch, queries, classes + 1)
+    class_logits[:, 0, 5] += 12.0  # confident
+    class_logits[:, 1, :] = -10.0
+    class_logits[:, 1, 7] = math.log(0.35 / 0.65) + math.log(classes) - 10.0  # ~0.35: passes before its mask score
+    class_logits[:, 2, 9] += 12.0  # confident, but its mask will be empty
+    class_logits[:, 3, :] = -10.0
+    class_logits[:, 3, 11] = class_logits[:, 3, 12] = 2.0  # two classes of one query over 0.3
+    mask_logits = torch.randn(batch, queries, 24, 24)
+    mask_logits[:, 2] = -5.0
+    sizes = [(48, 64), (100, 75), (512, 512)]
+    reference = Mask2FormerImageProcessor().post_process_instance_segmentation(
+        SimpleNamespace(class_queries_logits=class_logits, masks_queries_logits=mask_logits), threshold=0.3,
+        target_sizes=sizes, return_binary_maps=True)
+    ours = instance_segments(class_logits, mask_logits, 0.3, sizes)
+    assert sum(len(r["segments_info"]) for r in reference) >= 9  # enough instances to compare
+    for (labels, scores, masks), expected, size in zip(ours, reference, sizes):
+        segments = expected["segments_info"]
+        assert labels.tolist() == [s["label_id"] for s in segments]
+        assert [round(score, 6) for score in scores.tolist()] == [s["score"] for s in segments]
+        assert 9 not in labels.tolist() and 7 not in labels.tolist()  # empty mask; 0.35 times its mask score
+        assert masks.shape == (len(segments), *size) and masks.dtype == torch.bool
+        assert torch.equal(masks, expected["segmentation"].to(torch.bool))
+
+
 def test_tiny_mask2former_detections_carry_boxes_from_their_masks():
     model, processor = tiny_mask2former(dominant="car")
     found = Mask2FormerDetector(model, processor).detect(random_images(2, size=(64, 48)))
