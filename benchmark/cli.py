@@ -35,7 +35,12 @@ EPILOG = """examples:
 def _defaults(key: str) -> str:
     from .domains import domains
 
-    return ", ".join(f"{d.run_defaults[key] or 'none'} ({d.name} models)" for d in domains())
+    def one(domain):
+        own = "".join(f"; {values[key] or 'none'} for --suite {suite}"
+                      for suite, values in domain.suite_defaults.items() if key in values)
+        return f"{domain.run_defaults[key] or 'none'} ({domain.name} models{own})"
+
+    return ", ".join(one(d) for d in domains())
 
 
 def _domains():
@@ -192,7 +197,7 @@ def cmd_run(args) -> int:
 
     model = args.model or str(default_model())
     domain = get_domain(model_domain(model))
-    defaults = domain.run_defaults
+    defaults = domain.defaults_for(args.suite)
     steps, steps_per = per_method(args.steps, int, "--steps")
     guidance, guidance_per = per_method(args.guidance, float, "--guidance")
 
@@ -237,6 +242,11 @@ def cmd_run(args) -> int:
     out = run(config)
     if out is not None:  # the main process
         print(markdown_table(pd.read_csv(out / "summary.csv")), end="")
+        geneval = json.loads((out / "results.json").read_text()).get("geneval")
+        if geneval:  # GenEval's six tasks and overall score, as the field quotes them
+            from .geneval.report import geneval_markdown
+
+            print(geneval_markdown(geneval), end="")
         print(f"wrote {out}/samples.jsonl, summary.csv, summary.md, results.json"
               + ("" if args.no_html else ", report/index.html"))
     return 0

@@ -46,7 +46,14 @@ class Domain:
     instruments: dict = field(default_factory=dict)  # metric -> factory(MetricContext): the domain's own model
     unavailable: dict = field(default_factory=dict)  # metric -> why it cannot run in this domain
     default_model: Path | None = None  # a model shipped with the domain
+    # suite name -> run defaults that differ for that suite (GenEval's: its seeds and its metric)
+    suite_defaults: dict = field(default_factory=dict)
     write_suites: Callable | None = None  # (out_dir) -> suites: regenerates its suite files (`build_suites`)
+
+
+    def defaults_for(self, suite: str) -> dict:
+        """`run_defaults` with the suite's own (a suite named by its name; a suite file keeps the domain's)."""
+        return {**self.run_defaults, **self.suite_defaults.get(suite, {})}
 
 
 def register_domain(domain: "str | Domain", module: str | None = None) -> None:

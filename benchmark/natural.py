@@ -1,7 +1,8 @@
 """The natural domain: Stable-Diffusion-class models, the suites in `prompts/`, metrics with hub or local weights.
 
 Defaults are the papers' protocol (50 steps, each method at its release's sampling, SepEn at the release's
-finetuning settings); no metrics unless asked, since their weights must be fetched first.
+finetuning settings); no metrics unless asked, since their weights must be fetched first, except on the `geneval`
+suite, which exists for its metric (without its weights the run says what to fetch and keeps the images).
 """
 
 from .domains import NATURAL, Domain, PaperRecipe
@@ -14,6 +15,7 @@ DOMAIN = Domain(
     run_defaults={"methods": "plain", "num_seeds": 4, "steps": 50, "guidance": 7.5, "metrics": ""},
     release_sampling=True,
     paper=PaperRecipe(main_suite="ae276", published=True),
+    suite_defaults={"geneval": {"metrics": "geneval"}},
     suite_descriptions={
         "single_object": "one object (animal, object, coloured object): the base model's floor",
         "two_object": "two objects: animal-animal, animal-object, object-object, objects sometimes coloured",

@@ -39,6 +39,10 @@ def train_large_checkpoint(model: str, out: Path, method_options: dict, progress
     return checkpoint
 
 
+# GenEval makes 4 images a prompt and its suite is scored by its own rules
+GENEVAL_DEFAULTS = {"num_seeds": 4, "metrics": "geneval"}
+
+
 DOMAIN = Domain(
     name=NAME,
     title="shapes-world suites (the shipped shapes model, the default --model)",
@@ -63,5 +67,6 @@ DOMAIN = Domain(
     unavailable={"blip": "BLIP has no counterpart in the shapes world (a natural-image captioner would judge "
                          "64-pixel shape scenes)"},
     default_model=MODEL,
+    suite_defaults={"geneval": GENEVAL_DEFAULTS},
     write_suites=write_suites,
 )

@@ -120,3 +120,31 @@ def test_committed_suite_regenerates_from_the_published_metadata(tmp_path):
         pytest.skip("set SAE_GENEVAL_METADATA to GenEval's evaluation_metadata.jsonl")
     write_geneval_suite(metadata, tmp_path / "geneval.jsonl")
     assert (tmp_path / "geneval.jsonl").read_text() == (PROMPTS_DIR / "geneval.jsonl").read_text()
+
+
+@pytest.mark.slow
+def test_a_geneval_run_without_judge_weights_says_what_to_fetch_and_keeps_the_rest(tiny_model_dir, tmp_path, capsys):
+    """The issue's check on a natural model: `--suite geneval` scores with `geneval` by default; without its
+    weights one line names what to fetch, and the run's images and its other metrics are still written."""
+    from benchmark.cli import main
+
+    out = tmp_path / "run"
+    assert main(["run", "--suite", "geneval", "--model", str(tiny_model_dir), "--limit", "6", "--num-seeds", "1",
+                 "--steps", "2", "--out", str(out), "--no-progress", "--no-html",
+                 "--metrics", "geneval,fake_metrics:MeanBrightness",
+                 "--metric-model", f"geneval.detector={tmp_path / 'no_detector'}",
+                 "--metric-model", f"geneval.clip={tmp_path / 'no_clip'}"]) == 0
+    warnings = [line for line in capsys.readouterr().err.splitlines() if "metric geneval unavailable" in line]
+    assert len(warnings) == 1 and "geneval.detector=DIR" in warnings[0] and "hf download" in warnings[0]
+    rows = [json.loads(line) for line in (out / "samples.jsonl").read_text().splitlines()]
+    assert len(rows) == 6 and all(0 <= row["brightness"] <= 1 for row in rows)
+    assert all("geneval_correct" not in row for row in rows)
+
+
+def test_the_geneval_suite_defaults_to_its_metric_on_natural_models():
+    from benchmark.domains import get_domain
+
+    natural = get_domain("natural")
+    assert natural.defaults_for("geneval")["metrics"] == "geneval"
+    assert natural.defaults_for("geneval")["num_seeds"] == 4  # GenEval's four images a prompt
+    assert natural.defaults_for("two_object")["metrics"] == ""

@@ -41,3 +41,22 @@ def test_run_takes_the_worlds_suite_defaults_and_instruments(random_shapes_model
     for column in ("presence_all_mean", "clip_full_mean", "clip_min_object_mean", "fid"):
         assert column in summary.columns
     assert "shapes suites" in (out / "summary.md").read_text()
+
+
+def test_the_geneval_suite_runs_at_genevals_four_seeds_with_its_metric(random_shapes_model, tmp_path, capsys):
+    out = tmp_path / "geneval"
+    assert main(["run", "--suite", "geneval", "--model", str(random_shapes_model), "--methods", "plain",
+                 "--limit", "1", "--steps", "2", "--out", str(out), "--no-progress", "--no-html"]) == 0
+    config = json.loads((out / "run_config.json").read_text())
+    assert config["seeds"] == [0, 1, 2, 3] and config["metrics"] == ["geneval"]
+    printed = capsys.readouterr().out
+    assert "## GenEval tasks" in printed and "| overall |" in printed
+    # a flag still wins over the suite's defaults
+    again = tmp_path / "given"
+    assert main(["run", "--suite", "geneval", "--model", str(random_shapes_model), "--methods", "plain",
+                 "--limit", "1", "--steps", "2", "--num-seeds", "1", "--metrics", "presence", "--out", str(again),
+                 "--no-progress", "--no-html"]) == 0
+    config = json.loads((again / "run_config.json").read_text())
+    assert config["seeds"] == [0] and config["metrics"] == ["presence"]
+    assert "## GenEval tasks" not in capsys.readouterr().out
+
