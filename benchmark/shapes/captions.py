@@ -68,12 +68,19 @@ def relation_caption(scene: Scene) -> str | None:
     return relation_text(first.label, found.pop(), second.label) if len(found) == 1 else None
 
 
+def draw_kind(rng: np.random.Generator, mix: dict[str, float]) -> str:
+    kinds = list(mix)
+    weights = np.asarray([mix[k] for k in kinds], dtype=float)
+    return kinds[int(rng.choice(len(kinds), p=weights / weights.sum()))]
+
+
 def mixed_scene(rng: np.random.Generator, mix: dict[str, float], count_probs, training_scene) -> tuple[Scene, str]:
     """(scene, caption) of a caption kind drawn by `mix`'s weights; `training_scene(rng, count_probs)` draws the
     scenes of the full, colourless and relation kinds (free of held-out pairs)."""
-    kinds = list(mix)
-    weights = np.asarray([mix[k] for k in kinds], dtype=float)
-    kind = kinds[int(rng.choice(len(kinds), p=weights / weights.sum()))]
+    return scene_of_kind(rng, draw_kind(rng, mix), count_probs, training_scene)
+
+
+def scene_of_kind(rng: np.random.Generator, kind: str, count_probs, training_scene) -> tuple[Scene, str]:
     if kind == "full":
         scene = training_scene(rng, count_probs)
         return scene, scene.caption

@@ -15,6 +15,8 @@ from pathlib import Path
 
 import numpy as np
 
+from benchmark.geneval.rules import RELATIONS
+
 from .captions import NUMBER_WORDS, count_caption, relation_text
 from .data import HELDOUT_PAIRS, has_heldout_pair
 from .geometry import SHAPES
@@ -93,7 +95,6 @@ def shapes_suites(seen_pairs: int = 24, three: int = 24, four: int = 12) -> dict
 # every prompt but three single-object ones names a colour (the world's captions always do).
 GENEVAL_TAGS = ("single_object", "two_object", "counting", "colors", "position", "color_attr")
 GENEVAL_CLASSES = "shapes"
-RELATIONS = ("left of", "right of", "above", "below")
 
 
 def _clause(shape: str, count: int = 1, colour: str | None = None, position: list | None = None) -> dict:

@@ -12,6 +12,16 @@ or one of its objects alone ("a red circle", 30%), so that the per-object phrase
 the model's distribution. The loss is open_clip's `ClipLoss`; captions that repeat within a batch need nothing
 special: their text embeddings are identical, so its cross-entropies already share the target between them.
 
+With `--caption-mix` the captions also follow GenEval's grammar as the diffusion model's do (`captions.py`: counts,
+relations, colourless names); `--init DIR --lock-image` then trains the text tower of a trained model only, so
+that the image tower, whose features are the world's `fid`, is unchanged bit for bit and FID's reference with it:
+
+    python -m benchmark.shapes.world_clip --out /tmp/clip_geneval --init benchmark/shapes/clip --lock-image \
+        --caption-mix full=0.55,colourless=0.15,count=0.15,relation=0.15 --steps 1000 --batch 128 --lr 5e-4
+
+`zero_shot_accuracy` reports what the model tells apart: single objects, colour binding in pairs, and the
+grammar's counts, relations and colourless names against their alternatives.
+
 The shipped folder holds `shapes-clip.json` (the config) and `open_clip_model.safetensors` (fp16).
 """
 
@@ -30,7 +40,8 @@ import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 from .data import CLIP_STREAM, BatchStream
-from .world import caption_for, render, sample_scene
+from .captions import draw_kind, parse_mix, scene_of_kind
+from .world import Scene, caption_for, render, sample_scene
 
 MODEL_NAME = "shapes-clip"
 SHIPPED = Path(__file__).resolve().parent / "clip"
@@ -65,11 +76,20 @@ def load(path: str | Path = SHIPPED, device: str = "cpu"):
     return model.float().eval(), preprocess, open_clip.get_tokenizer(MODEL_NAME)
 
 
-def clip_batch(step: int, seed: int = 0, stream: int = CLIP_STREAM, batch_size: int = 256):
-    """(images uint8 (B, 64, 64, 3), captions) of one CLIP training step (see the module docstring)."""
+def clip_batch(step: int, seed: int = 0, stream: int = CLIP_STREAM, batch_size: int = 256,
+               caption_mix: dict[str, float] | None = None):
+    """(images uint8 (B, 64, 64, 3), captions) of one CLIP training step (see the module docstring); with
+    `caption_mix`, each image's caption kind is drawn by weight as the diffusion model's (`captions.py`), the
+    `full` kind being the captions above."""
     rng = np.random.default_rng([seed, stream, step])
     images, captions = [], []
     for _ in range(batch_size):
+        kind = draw_kind(rng, caption_mix) if caption_mix else "full"
+        if kind != "full":
+            scene, caption = scene_of_kind(rng, kind, UNIFORM_COUNTS, any_scene)
+            images.append(render(scene))
+            captions.append(caption)
+            continue
         scene = sample_scene(rng)
         images.append(render(scene))
         labels = scene.labels
@@ -78,6 +98,15 @@ def clip_batch(step: int, seed: int = 0, stream: int = CLIP_STREAM, batch_size: 
         else:
             captions.append(caption_for([labels[i] for i in rng.permutation(len(labels))]))
     return np.stack(images), captions
+
+
+UNIFORM_COUNTS = (0.25, 0.25, 0.25, 0.25)
+
+
+def any_scene(rng: np.random.Generator, count_probs) -> Scene:
+    """A scene of 1-4 objects drawn by `count_probs`, held-out pairs included: the CLIP is an instrument and judges
+    every pair."""
+    return sample_scene(rng, int(rng.choice(len(count_probs), p=np.asarray(count_probs) / np.sum(count_probs))) + 1)
 
 
 def _to_model_input(images: np.ndarray, device) -> torch.Tensor:
@@ -124,26 +153,76 @@ def zero_shot_accuracy(model, tokenizer, device, n: int = 256, seed: int = 12345
         scores = (e @ t.T)[0]
         right += int(scores[0] > scores[1])
         pairs += 1
-    return {"single_object": single, "pair_binding": right / max(1, pairs)}
+    return {"single_object": single, "pair_binding": right / max(1, pairs),
+            **grammar_accuracy(model, tokenizer, device, n, seed)}
+
+
+@torch.no_grad()
+def grammar_accuracy(model, tokenizer, device, n: int = 256, seed: int = 12345) -> dict:
+    """GenEval's grammar (`captions.py`): the right caption among its alternatives on scenes it is true of.
+    count: "three yellow squares" against two and four (chance 1/3); relation: "a red circle left of a blue
+    square" against right of, above, below (chance 1/4); colourless: "a circle" against the other two shapes
+    (chance 1/3)."""
+    from benchmark.geneval.rules import RELATIONS, relation
+
+    from .captions import NUMBER_WORDS, count_caption, relation_text
+    from .data import training_scene
+    from .geometry import SHAPES
+    from .world import COLOURS, scene_from_objects
+
+    def right_of(image, captions) -> bool:  # the first caption is the true one
+        e = F.normalize(model.encode_image(_to_model_input(image[None], device)), dim=-1)
+        t = F.normalize(model.encode_text(tokenizer(captions).to(device)), dim=-1)
+        return bool((e @ t.T)[0].argmax() == 0)
+
+    rng = np.random.default_rng([seed, 1])
+    right = {"count": 0, "relation": 0, "colourless": 0}
+    for _ in range(n):
+        count, colour, shape = int(rng.integers(2, 5)), COLOURS[rng.integers(len(COLOURS))], SHAPES[rng.integers(3)]
+        image = render(scene_from_objects([(colour, shape)] * count, rng))
+        others = [c for c in NUMBER_WORDS if c != count]
+        right["count"] += right_of(image, [count_caption(colour, shape, c) for c in [count, *others]])
+        found = set()
+        while len(found) != 1:  # a layout with exactly one relation, as the training captions have
+            scene = training_scene(rng, (0.0, 1.0, 0.0, 0.0))
+            first, second = scene.objects
+            found = relation(first.bbox(), second.bbox())
+        where = found.pop()
+        places = [where, *(w for w in RELATIONS if w != where)]
+        right["relation"] += right_of(render(scene), [relation_text(first.label, w, second.label) for w in places])
+        colour, shape = COLOURS[rng.integers(len(COLOURS))], SHAPES[rng.integers(3)]
+        image = render(scene_from_objects([(colour, shape)], rng))
+        right["colourless"] += right_of(image, [f"a {s}" for s in [shape, *(s for s in SHAPES if s != shape)]])
+    return {kind: hits / n for kind, hits in right.items()}
 
 
 def train(out: Path, steps: int = 3000, batch: int = 256, lr: float = 1e-3, warmup: int = 200, seed: int = 0,
-          device: str = "cpu", workers: int = 0, export: Path | None = None) -> dict:
-    """Train from scratch (seeded), save `out/open_clip_model.safetensors` and a report; optionally export fp16."""
+          device: str = "cpu", workers: int = 0, export: Path | None = None, caption_mix: str = "",
+          init: Path | None = None, lock_image: bool = False) -> dict:
+    """Train (seeded; from scratch, or from the weights at `init`), save `out/open_clip_model.safetensors` and a
+    report; optionally export fp16. `lock_image` freezes the image tower (open_clip's `lock_image_tower`), so that
+    the `fid` features, which are that tower's, stay exactly what they were."""
     import open_clip
     from safetensors.torch import save_file
 
     register()
+    mix = parse_mix(caption_mix) if caption_mix else None
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     torch.manual_seed(seed)
-    model = open_clip.create_model(MODEL_NAME, device=device)
+    if init is not None:
+        model = load(init, device)[0]
+    else:
+        model = open_clip.create_model(MODEL_NAME, device=device)
+    if lock_image:
+        model.lock_image_tower()
     tokenizer = open_clip.get_tokenizer(MODEL_NAME)
-    decay = [p for n, p in model.named_parameters() if p.ndim >= 2 and "embedding" not in n]
-    no_decay = [p for n, p in model.named_parameters() if not (p.ndim >= 2 and "embedding" not in n)]
+    trained = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
+    decay = [p for n, p in trained if p.ndim >= 2 and "embedding" not in n]
+    no_decay = [p for n, p in trained if not (p.ndim >= 2 and "embedding" not in n)]
     opt = torch.optim.AdamW([{"params": decay, "weight_decay": 0.1}, {"params": no_decay, "weight_decay": 0.0}],
                             lr=lr, betas=(0.9, 0.98), eps=1e-6)
-    stream = BatchStream(0, steps, workers, batch_fn=clip_batch, seed=seed, batch_size=batch)
+    stream = BatchStream(0, steps, workers, batch_fn=clip_batch, seed=seed, batch_size=batch, caption_mix=mix)
     t0 = time.time()
     log = []
     model.train()
@@ -165,7 +244,8 @@ def train(out: Path, steps: int = 3000, batch: int = 256, lr: float = 1e-3, warm
     finally:
         stream.close()
     model.eval()
-    report = {"steps": steps, "batch": batch, "lr": lr, "seed": seed, "seconds": round(time.time() - t0, 1),
+    report = {"steps": steps, "batch": batch, "lr": lr, "seed": seed, "caption_mix": caption_mix,
+              "init": str(init) if init else None, "lock_image": lock_image, "seconds": round(time.time() - t0, 1),
               "final_loss": log[-1][1] if log else None, **zero_shot_accuracy(model, tokenizer, device)}
     state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
     save_file(state, str(out / "open_clip_model.safetensors"))
@@ -192,10 +272,19 @@ def main(argv=None):
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--workers", type=int, default=0, help="processes rendering batches ahead (0: inline)")
     p.add_argument("--export", type=Path, default=None, help="also write the fp16 weights and config here")
+    p.add_argument("--caption-mix", default="", metavar="KIND=W,...",
+                   help="caption kinds by weight, as the diffusion model's `train.py --caption-mix` (full = the "
+                        "captions above); default: full captions only")
+    p.add_argument("--init", type=Path, default=None, help="start from these weights (a folder or safetensors file)")
+    p.add_argument("--lock-image", action="store_true",
+                   help="train the text tower only (the image tower, and so the fid features, unchanged)")
     args = p.parse_args(argv)
+    if args.caption_mix:
+        parse_mix(args.caption_mix)  # a bad mix fails before any work
     torch.set_num_threads(args.threads)
     report = train(args.out, args.steps, args.batch, args.lr, seed=args.seed, device=args.device,
-                   workers=args.workers, export=args.export)
+                   workers=args.workers, export=args.export, caption_mix=args.caption_mix, init=args.init,
+                   lock_image=args.lock_image)
     print(json.dumps(report))
 
 

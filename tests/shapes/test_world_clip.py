@@ -65,3 +65,38 @@ def test_training_runs_and_writes_a_loadable_model(tmp_path):
     assert report["steps"] == 2 and 0 <= report["single_object"] <= 1
     model, _, _ = load(tmp_path / "shipped")
     assert next(model.parameters()).dtype == torch.float32  # stored in fp16, loaded as fp32
+
+
+def test_a_caption_mix_draws_scenes_its_captions_are_true_of():
+    from benchmark.geneval.rules import relation
+    from benchmark.shapes.captions import NUMBER_WORDS
+    from benchmark.shapes.detector import detect
+
+    images, captions = clip_batch(5, batch_size=12, caption_mix={"count": 1.0})
+    words = {word: n for n, word in NUMBER_WORDS.items()}
+    for image, caption in zip(images, captions):
+        number, colour, shape = caption.split()
+        found = detect(image)
+        assert len(found) == words[number] and {(o.colour, o.shape) for o in found} == {(colour, shape[:-1])}
+    images, captions = clip_batch(5, batch_size=12, caption_mix={"relation": 1.0})
+    for image, caption in zip(images, captions):
+        first, second = detect(image)  # two objects, named in the caption with what lies between them
+        for a, b in ((first, second), (second, first)):
+            named_a, named_b = caption_for([(a.colour, a.shape)]), caption_for([(b.colour, b.shape)])
+            if caption.startswith(named_a + " ") and caption.endswith(" " + named_b):
+                assert relation(a.bbox, b.bbox) == {caption[len(named_a) + 1:-len(named_b) - 1]}
+                break
+        else:
+            pytest.fail(f"{caption!r} does not name the detected objects")
+
+
+def test_locked_image_training_keeps_the_image_tower_and_so_the_fid_features(tmp_path):
+    from safetensors.torch import load_file
+
+    report = train(tmp_path / "run", steps=2, batch=8, lr=1e-2, caption_mix="count=1", init=SHIPPED, lock_image=True)
+    assert report["lock_image"] and report["caption_mix"] == "count=1"
+    before, after = load_file(SHIPPED / "open_clip_model.safetensors"), load_file(tmp_path / "run" /
+                                                                                  "open_clip_model.safetensors")
+    image_tower = [k for k in before if k.startswith("visual.")]
+    assert image_tower and all(torch.equal(before[k].float(), after[k]) for k in image_tower)
+    assert any(not torch.equal(before[k].float(), after[k]) for k in before if k.startswith("transformer."))
