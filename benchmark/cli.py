@@ -128,7 +128,8 @@ def build_parser() -> argparse.ArgumentParser:
     score.add_argument("--method-name", default=None,
                        help="with --layout geneval: the method the images are recorded as (default: external)")
 
-    compare = commands.add_parser("compare", help="print the per-metric deltas of run B against run A")
+    compare = commands.add_parser("compare", help="print the per-metric deltas of run B against run A, with paired "
+                                   "intervals where both hold the same prompts and seeds (two models on one suite)")
     compare.add_argument("run_a", type=Path)
     compare.add_argument("run_b", type=Path)
 
@@ -324,10 +325,9 @@ def cmd_score(args) -> int:
 
 
 def cmd_compare(args) -> int:
-    from .report import compare
+    from .report import compare, compare_markdown
 
-    table = compare(args.run_a, args.run_b)
-    print(table.to_string(index=False, float_format=lambda v: f"{v:+.4f}" if v < 0 else f"{v:.4f}"))
+    print(compare_markdown(compare(args.run_a, args.run_b)), end="")
     return 0
 
 

@@ -318,7 +318,11 @@ def write_report(run_dir: Path) -> pd.DataFrame:
 
 
 def compare(run_a: Path, run_b: Path) -> pd.DataFrame:
-    """Per (method, category): run B's means minus run A's."""
+    """Per (method, category): run B's means minus run A's. Where both runs hold images of one method for the same
+    prompts and seeds (two models, or two settings, on one suite), each per-image difference is paired and gets its
+    95% bootstrap interval and, for 0/1 metrics, how many images B gained and lost (`paired_differences`)."""
+    from .records import build_samples
+
     a = pd.read_csv(Path(run_a) / "summary.csv")
     b = pd.read_csv(Path(run_b) / "summary.csv")
     joined = a.merge(b, on=["method", "category"], suffixes=("_a", "_b"))
@@ -330,4 +334,34 @@ def compare(run_a: Path, run_b: Path) -> pd.DataFrame:
         out[f"{name}_a"] = joined[f"{column}_a"]
         out[f"{name}_b"] = joined[f"{column}_b"]
         out[f"{name}_delta"] = joined[f"{column}_b"] - joined[f"{column}_a"]
-    return out
+    rows_a, rows_b = build_samples(Path(run_a)), build_samples(Path(run_b))
+    paired = []
+    for method in out["method"].unique():
+        rows = ([{**r, "method": "a"} for r in rows_a if r["method"] == method]
+                + [{**r, "method": "b"} for r in rows_b if r["method"] == method])
+        part = paired_differences(rows, baseline="a")
+        if not part.empty:
+            paired.append(part.assign(method=method).drop(columns=["baseline"]))
+    if not paired:
+        return out
+    intervals = pd.concat(paired).drop(columns=[c for c in pd.concat(paired).columns if c.endswith("_delta")])
+    return out.merge(intervals, on=["method", "category"], how="left")
+
+
+def compare_markdown(table: pd.DataFrame) -> str:
+    """`compare`'s table as markdown: per metric "A -> B: delta [low, high] (gained, lost)"."""
+    metrics = [c.removesuffix("_delta") for c in table.columns if c.endswith("_delta")]
+    header = ["method", "category", "pairs"] + metrics
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    for _, row in table.iterrows():
+        pairs = row.get("pairs", float("nan"))
+        cells = [str(row["method"]), str(row["category"]), "-" if pd.isna(pairs) else str(int(pairs))]
+        for metric in metrics:
+            cell = f"{row[f'{metric}_a']:.3f} -> {row[f'{metric}_b']:.3f}: {row[f'{metric}_delta']:+.3f}"
+            if not pd.isna(row.get(f"{metric}_ci_low", float("nan"))):
+                cell += f" [{row[f'{metric}_ci_low']:+.3f}, {row[f'{metric}_ci_high']:+.3f}]"
+            if not pd.isna(row.get(f"{metric}_gained", float("nan"))):
+                cell += f" ({int(row[f'{metric}_gained'])} gained, {int(row[f'{metric}_lost'])} lost)"
+            cells.append(cell)
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"

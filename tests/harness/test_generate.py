@@ -115,6 +115,32 @@ def test_compare_prints_deltas(finished_run, tmp_path):
     assert (table["brightness_delta"] == 0).all() and len(table) == 6
 
 
+def test_compare_pairs_two_runs_image_by_image(finished_run, tmp_path, capsys):
+    """Run B: the same images, plain's brightness raised by 0.1 on t/0 and lowered by 0.1 on one seed of t/1."""
+    import shutil
+
+    from benchmark.cli import main
+    from benchmark.report import write_report
+
+    other = tmp_path / "b"
+    shutil.copytree(finished_run, other)
+    scores = other / "scores" / "brightness.jsonl"
+    rows = [json.loads(line) for line in scores.read_text().splitlines()]
+    for row in rows:
+        if row["method"] == "plain" and (row["prompt_id"] == "t/0" or row["seed"] == 0):
+            row["values"]["brightness"] += 0.1 if row["prompt_id"] == "t/0" else -0.1
+    scores.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    write_report(other)
+    table = compare(finished_run, other).set_index(["method", "category"])
+    plain = table.loc[("plain", "all")]
+    assert plain["pairs"] == 6 and plain["brightness_delta"] == pytest.approx((3 * 0.1 - 0.1) / 6)
+    assert plain["brightness_ci_low"] < plain["brightness_delta"] < plain["brightness_ci_high"]
+    sepen = table.loc[("sepen", "all")]
+    assert sepen["brightness_delta"] == 0 and sepen["brightness_ci_low"] == sepen["brightness_ci_high"] == 0
+    assert main(["compare", str(finished_run), str(other)]) == 0
+    assert "| plain | all | 6 |" in capsys.readouterr().out
+
+
 def test_bootstrap_interval_brackets_the_mean_and_is_reproducible():
     values = np.array([0.0, 1.0] * 20)
     low, high = bootstrap_interval(values)
