@@ -50,7 +50,6 @@ class Domain:
     suite_defaults: dict = field(default_factory=dict)
     write_suites: Callable | None = None  # (out_dir) -> suites: regenerates its suite files (`build_suites`)
 
-
     def defaults_for(self, suite: str) -> dict:
         """`run_defaults` with the suite's own (a suite named by its name; a suite file keeps the domain's)."""
         return {**self.run_defaults, **self.suite_defaults.get(suite, {})}

@@ -344,7 +344,8 @@ def compare(run_a: Path, run_b: Path) -> pd.DataFrame:
             paired.append(part.assign(method=method).drop(columns=["baseline"]))
     if not paired:
         return out
-    intervals = pd.concat(paired).drop(columns=[c for c in pd.concat(paired).columns if c.endswith("_delta")])
+    intervals = pd.concat(paired)
+    intervals = intervals.drop(columns=[c for c in intervals.columns if c.endswith("_delta")])
     return out.merge(intervals, on=["method", "category"], how="left")
 
 

@@ -35,9 +35,14 @@ def has_heldout_pair(labels) -> bool:
     return any(a in present and b in present for a, b in HELDOUT_PAIRS)
 
 
+def object_count(rng: np.random.Generator, count_probs) -> int:
+    """1..4 objects, drawn by `count_probs`."""
+    return int(rng.choice(len(count_probs), p=np.asarray(count_probs) / np.sum(count_probs))) + 1
+
+
 def training_scene(rng: np.random.Generator, count_probs=(0.25, 0.25, 0.25, 0.25)):
     """A random scene whose object count follows `count_probs` (for 1..4 objects), free of held-out pairs."""
-    n = int(rng.choice(len(count_probs), p=np.asarray(count_probs) / np.sum(count_probs))) + 1
+    n = object_count(rng, count_probs)
     while True:
         scene = sample_scene(rng, n)
         if not has_heldout_pair(scene.labels):

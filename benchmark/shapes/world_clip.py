@@ -39,7 +39,7 @@ import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
-from .data import CLIP_STREAM, BatchStream
+from .data import CLIP_STREAM, BatchStream, object_count
 from .captions import draw_kind, parse_mix, scene_of_kind
 from .world import Scene, caption_for, render, sample_scene
 
@@ -106,7 +106,7 @@ UNIFORM_COUNTS = (0.25, 0.25, 0.25, 0.25)
 def any_scene(rng: np.random.Generator, count_probs) -> Scene:
     """A scene of 1-4 objects drawn by `count_probs`, held-out pairs included: the CLIP is an instrument and judges
     every pair."""
-    return sample_scene(rng, int(rng.choice(len(count_probs), p=np.asarray(count_probs) / np.sum(count_probs))) + 1)
+    return sample_scene(rng, object_count(rng, count_probs))
 
 
 def _to_model_input(images: np.ndarray, device) -> torch.Tensor:
@@ -159,7 +159,8 @@ def zero_shot_accuracy(model, tokenizer, device, n: int = 256, seed: int = 12345
 
 @torch.no_grad()
 def grammar_accuracy(model, tokenizer, device, n: int = 256, seed: int = 12345) -> dict:
-    """GenEval's grammar (`captions.py`): the right caption among its alternatives on scenes it is true of.
+    """GenEval's grammar (`captions.py`): the right caption among its alternatives, on the training mix's own
+    scenes and captions.
     count: "three yellow squares" against two and four (chance 1/3); relation: "a red circle left of a blue
     square" against right of, above, below (chance 1/4); colourless: "a circle" against the other two shapes
     (chance 1/3)."""
@@ -178,18 +179,15 @@ def grammar_accuracy(model, tokenizer, device, n: int = 256, seed: int = 12345) 
     rng = np.random.default_rng([seed, 1])
     right = {"count": 0, "relation": 0, "colourless": 0}
     for _ in range(n):
-        count, colour, shape = int(rng.integers(2, 5)), COLOURS[rng.integers(len(COLOURS))], SHAPES[rng.integers(3)]
-        image = render(scene_from_objects([(colour, shape)] * count, rng))
-        others = [c for c in NUMBER_WORDS if c != count]
-        right["count"] += right_of(image, [count_caption(colour, shape, c) for c in [count, *others]])
-        found = set()
-        while len(found) != 1:  # a layout with exactly one relation, as the training captions have
-            scene = training_scene(rng, (0.0, 1.0, 0.0, 0.0))
-            first, second = scene.objects
-            found = relation(first.bbox(), second.bbox())
-        where = found.pop()
-        places = [where, *(w for w in RELATIONS if w != where)]
-        right["relation"] += right_of(render(scene), [relation_text(first.label, w, second.label) for w in places])
+        scene, caption = scene_of_kind(rng, "count", UNIFORM_COUNTS, training_scene)
+        (colour, shape), count = scene.labels[0], len(scene.objects)
+        others = [count_caption(colour, shape, c) for c in NUMBER_WORDS if c != count]
+        right["count"] += right_of(render(scene), [caption, *others])
+        scene, caption = scene_of_kind(rng, "relation", UNIFORM_COUNTS, training_scene)
+        first, second = scene.objects
+        where = relation(first.bbox(), second.bbox()).pop()  # the one relation its caption names
+        others = [relation_text(first.label, w, second.label) for w in RELATIONS if w != where]
+        right["relation"] += right_of(render(scene), [caption, *others])
         colour, shape = COLOURS[rng.integers(len(COLOURS))], SHAPES[rng.integers(3)]
         image = render(scene_from_objects([(colour, shape)], rng))
         right["colourless"] += right_of(image, [f"a {s}" for s in [shape, *(s for s in SHAPES if s != shape)]])
@@ -279,8 +277,6 @@ def main(argv=None):
     p.add_argument("--lock-image", action="store_true",
                    help="train the text tower only (the image tower, and so the fid features, unchanged)")
     args = p.parse_args(argv)
-    if args.caption_mix:
-        parse_mix(args.caption_mix)  # a bad mix fails before any work
     torch.set_num_threads(args.threads)
     report = train(args.out, args.steps, args.batch, args.lr, seed=args.seed, device=args.device,
                    workers=args.workers, export=args.export, caption_mix=args.caption_mix, init=args.init,
