@@ -8,6 +8,9 @@ the end of each phase); a finished run only (re)exports. Everything random comes
 step are a function of (seed, step) (see data.py) and so are the noise and the timesteps, so an interrupted run
 sees the same batches as an uninterrupted one.
 
+With `--init PIPELINE` only phase 2 runs, continuing from that pipeline's weights (teaching the shipped model a new
+caption mix).
+
 Phases:
 1. VAE (`--vae-steps`): L1 + MSE reconstruction of rendered scenes, with latent channels 0-2 pulled towards the
    2x2-pooled RGB image (an "RGB-like" latent, see TrainConfig.vae_align) and KL weight 0; afterwards the latents
@@ -100,6 +103,10 @@ class TrainConfig:
     # caption kinds by weight (captions.py), e.g. "full=0.55,colourless=0.15,count=0.15,relation=0.15";
     # empty: full captions only (the shipped model)
     caption_mix: str = ""
+    # a pipeline folder (e.g. benchmark/shapes/pretrained) whose VAE, UNet and text encoder the diffusion phase
+    # continues from, so a new caption mix is taught to a model that already draws; the VAE phases are skipped and
+    # --arch / --context-length are the init's. Empty: from scratch.
+    init: str = ""
 
     def to_dict(self):
         return dataclasses.asdict(self)
@@ -299,9 +306,18 @@ def train_diffusion(cfg: TrainConfig, out: Path, vae, device, workers: int = 0, 
     """Train (or resume) the UNet and text encoder; returns (unet, text_encoder) holding the EMA weights."""
     from sae.models import clip_tokenizer
 
-    tokenizer = clip_tokenizer(cfg.context_length)
-    unet = M.build_unet(cfg.arch, cfg.seed + 2).to(device)
-    text_encoder = M.build_text_encoder(tokenizer, cfg.arch, cfg.seed + 1).to(device)
+    if cfg.init:
+        from diffusers import UNet2DConditionModel
+        from transformers import CLIPTextModel, CLIPTokenizer
+
+        init = Path(cfg.init)
+        tokenizer = CLIPTokenizer.from_pretrained(init / "tokenizer")
+        unet = UNet2DConditionModel.from_pretrained(init / "unet", torch_dtype=torch.float32).to(device)
+        text_encoder = CLIPTextModel.from_pretrained(init / "text_encoder", torch_dtype=torch.float32).to(device)
+    else:
+        tokenizer = clip_tokenizer(cfg.context_length)
+        unet = M.build_unet(cfg.arch, cfg.seed + 2).to(device)
+        text_encoder = M.build_text_encoder(tokenizer, cfg.arch, cfg.seed + 1).to(device)
     ema_unet, ema_text = copy.deepcopy(unet).eval(), copy.deepcopy(text_encoder).eval()
     params = [p for p in unet.parameters()] + [p for p in text_encoder.parameters()]
     ema_params = list(ema_unet.parameters()) + list(ema_text.parameters())
@@ -454,6 +470,10 @@ def run(cfg: TrainConfig, out: Path, device: str = "cpu", threads: int = 1, work
         if cfg.grounding:
             raise SystemExit("--grounding reads each object's colour and shape word from full captions: train a "
                              "--caption-mix without it")
+    parts = ("vae", "unet", "text_encoder", "tokenizer")
+    if cfg.init and not all((Path(cfg.init) / part).is_dir() for part in parts):
+        raise SystemExit(f"--init {cfg.init}: not a pipeline folder (vae/, unet/, text_encoder/, tokenizer/); "
+                         f"give one such as benchmark/shapes/pretrained")
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     torch.set_num_threads(threads)
@@ -461,8 +481,13 @@ def run(cfg: TrainConfig, out: Path, device: str = "cpu", threads: int = 1, work
     device = torch.device(device)
     if device.type == "cuda":  # TF32 matmuls: ~2x faster on Ampere and later, well within this model's tolerance
         torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = True
-    vae = train_vae(cfg, out, device, workers, checkpoint_minutes)
-    vae = harden_decoder(cfg, out, vae, device, workers, checkpoint_minutes)
+    if cfg.init:
+        from diffusers import AutoencoderKL
+
+        vae = AutoencoderKL.from_pretrained(Path(cfg.init) / "vae", torch_dtype=torch.float32).to(device)
+    else:
+        vae = train_vae(cfg, out, device, workers, checkpoint_minutes)
+        vae = harden_decoder(cfg, out, vae, device, workers, checkpoint_minutes)
     unet, text_encoder, tokenizer = train_diffusion(cfg, out, vae, device, workers, checkpoint_minutes)
     final = save_pipeline(out / "pipeline", vae, text_encoder, tokenizer, unet)
     if export is not None:
@@ -482,6 +507,10 @@ def main(argv=None):
         if f.name == "count_probs":
             p.add_argument(name, type=float, nargs=4, default=list(defaults.count_probs),
                            help="probabilities of 1, 2, 3, 4 objects per training scene")
+        elif f.name == "init":
+            p.add_argument(name, default="", metavar="PIPELINE",
+                           help="continue the diffusion phase from this pipeline's weights (e.g. "
+                                "benchmark/shapes/pretrained; VAE phases skipped); default: from scratch")
         elif f.name == "caption_mix":
             p.add_argument(name, default=defaults.caption_mix, metavar="KIND=W,...",
                            help="caption kinds by weight: full, colourless, count, relation (GenEval's grammar; "

@@ -156,6 +156,28 @@ def test_training_resumes_where_it_stopped_and_exports(tmp_path, monkeypatch):
 
 
 @pytest.mark.slow
+def test_init_continues_from_the_shipped_weights_and_skips_the_vae_phases(tmp_path):
+    """`--init`: one diffusion step on the mix from the shipped model. The VAE is the shipped one bit for bit (no VAE
+    phase ran), the UNet moved by about one Adam step (from scratch it would be a different network entirely)."""
+    from sae.models import load_pipeline
+    from benchmark.shapes import train
+
+    with pytest.raises(SystemExit, match="not a pipeline folder"):
+        train.main(["--out", str(tmp_path / "bad"), "--init", str(tmp_path)])
+    export = tmp_path / "export"
+    train.main(["--out", str(tmp_path / "run"), "--init", str(PRETRAINED), "--steps", "1", "--batch", "2",
+                "--warmup", "1", "--lr", "1e-4", "--caption-mix", "full=0.5,count=0.5", "--export", str(export),
+                "--export-dtype", "float32"])
+    assert not (tmp_path / "run" / "vae").exists()
+    shipped, tuned = load_pipeline(PRETRAINED, device="cpu"), load_pipeline(export, device="cpu")
+    for name, value in shipped.vae.state_dict().items():
+        assert torch.equal(tuned.vae.state_dict()[name], value), name
+    moved = max((tuned.unet.state_dict()[k] - v).abs().max().item() for k, v in shipped.unet.state_dict().items())
+    assert 0 < moved < 1e-3  # lr 1e-4: Adam's first step moves each weight by at most ~lr (times EMA's 0.9)
+    assert tuned.tokenizer.model_max_length == shipped.tokenizer.model_max_length
+
+
+@pytest.mark.slow
 def test_a_short_text_context_reaches_the_exported_pipeline(tmp_path):
     from sae.models import load_pipeline
     from sae.tokens import find_token_indices
