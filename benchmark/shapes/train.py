@@ -302,18 +302,14 @@ def _ema_update(ema_params, params, decay: float) -> None:
     torch._foreach_add_(ema_params, params, alpha=1 - decay)
 
 
-def train_diffusion(cfg: TrainConfig, out: Path, vae, device, workers: int = 0, checkpoint_minutes: float = 5.0):
-    """Train (or resume) the UNet and text encoder; returns (unet, text_encoder) holding the EMA weights."""
+def train_diffusion(cfg: TrainConfig, out: Path, vae, device, workers: int = 0, checkpoint_minutes: float = 5.0,
+                    init=None):
+    """Train (or resume) the UNet and text encoder, from scratch or from `init` (a loaded pipeline); returns
+    (unet, text_encoder, tokenizer), the networks holding the EMA weights."""
     from sae.models import clip_tokenizer
 
-    if cfg.init:
-        from diffusers import UNet2DConditionModel
-        from transformers import CLIPTextModel, CLIPTokenizer
-
-        init = Path(cfg.init)
-        tokenizer = CLIPTokenizer.from_pretrained(init / "tokenizer")
-        unet = UNet2DConditionModel.from_pretrained(init / "unet", torch_dtype=torch.float32).to(device)
-        text_encoder = CLIPTextModel.from_pretrained(init / "text_encoder", torch_dtype=torch.float32).to(device)
+    if init is not None:
+        tokenizer, unet, text_encoder = init.tokenizer, init.unet, init.text_encoder
     else:
         tokenizer = clip_tokenizer(cfg.context_length)
         unet = M.build_unet(cfg.arch, cfg.seed + 2).to(device)
@@ -463,6 +459,16 @@ def _check_settings(cfg: TrainConfig, out: Path) -> None:
     path.write_text(json.dumps(given, indent=1))
 
 
+def _load_init(model: str, device: str):
+    """The pipeline `--init` continues from, in fp32 (the project's loader: a folder or a hub id)."""
+    from sae.models import ModelNotFoundError, load_pipeline
+
+    try:
+        return load_pipeline(model, device=device, dtype=torch.float32)
+    except ModelNotFoundError as err:
+        raise SystemExit(f"--init: not a pipeline folder this can load: {err}") from None
+
+
 def run(cfg: TrainConfig, out: Path, device: str = "cpu", threads: int = 1, workers: int = 0,
         checkpoint_minutes: float = 5.0, export: Path | None = None, export_dtype: str = "float16") -> Path:
     if cfg.caption_mix:  # a bad mix fails before any work
@@ -470,10 +476,7 @@ def run(cfg: TrainConfig, out: Path, device: str = "cpu", threads: int = 1, work
         if cfg.grounding:
             raise SystemExit("--grounding reads each object's colour and shape word from full captions: train a "
                              "--caption-mix without it")
-    parts = ("vae", "unet", "text_encoder", "tokenizer")
-    if cfg.init and not all((Path(cfg.init) / part).is_dir() for part in parts):
-        raise SystemExit(f"--init {cfg.init}: not a pipeline folder (vae/, unet/, text_encoder/, tokenizer/); "
-                         f"give one such as benchmark/shapes/pretrained")
+    init = _load_init(cfg.init, device) if cfg.init else None  # a bad --init fails before any work
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     torch.set_num_threads(threads)
@@ -481,14 +484,12 @@ def run(cfg: TrainConfig, out: Path, device: str = "cpu", threads: int = 1, work
     device = torch.device(device)
     if device.type == "cuda":  # TF32 matmuls: ~2x faster on Ampere and later, well within this model's tolerance
         torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = True
-    if cfg.init:
-        from diffusers import AutoencoderKL
-
-        vae = AutoencoderKL.from_pretrained(Path(cfg.init) / "vae", torch_dtype=torch.float32).to(device)
+    if init is not None:
+        vae = init.vae
     else:
         vae = train_vae(cfg, out, device, workers, checkpoint_minutes)
         vae = harden_decoder(cfg, out, vae, device, workers, checkpoint_minutes)
-    unet, text_encoder, tokenizer = train_diffusion(cfg, out, vae, device, workers, checkpoint_minutes)
+    unet, text_encoder, tokenizer = train_diffusion(cfg, out, vae, device, workers, checkpoint_minutes, init)
     final = save_pipeline(out / "pipeline", vae, text_encoder, tokenizer, unet)
     if export is not None:
         from sae.models import resolve_dtype

@@ -170,8 +170,9 @@ def test_init_continues_from_the_shipped_weights_and_skips_the_vae_phases(tmp_pa
                 "--export-dtype", "float32"])
     assert not (tmp_path / "run" / "vae").exists()
     shipped, tuned = load_pipeline(PRETRAINED, device="cpu"), load_pipeline(export, device="cpu")
+    tuned_vae = tuned.vae.state_dict()
     for name, value in shipped.vae.state_dict().items():
-        assert torch.equal(tuned.vae.state_dict()[name], value), name
+        assert torch.equal(tuned_vae[name], value), name
     moved = max((tuned.unet.state_dict()[k] - v).abs().max().item() for k, v in shipped.unet.state_dict().items())
     assert 0 < moved < 1e-3  # lr 1e-4: Adam's first step moves each weight by at most ~lr (times EMA's 0.9)
     assert tuned.tokenizer.model_max_length == shipped.tokenizer.model_max_length
