@@ -2,7 +2,7 @@
 # The science measurement (does SepEn beat plain?) at 8 held-out seeds (0-7; 288 images per method and suite): plain, SepEn per-pair
 # finetuning, SepEn's test-time variant and Attend-and-Excite on the world's two- and multi-object suites, and the
 # single-object cost. Each summary.md ends with every method paired against plain on the same prompts and seeds.
-# The suites run side by side, one process each: 35 minutes on our 2-core CPU while scripts/shapes_results.sh shared
+# The suites run side by side, one process each: about 65 minutes on our 2-core CPU while scripts/shapes_results.sh shared
 # it. Output: results/shapes/heldout/.
 set -euo pipefail
 cd "$(dirname "$0")/.."
