@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # The shipped shapes model (benchmark/shapes/pretrained), from nothing, in two stages on a CPU (about 80 minutes on
-# our 2-core CPU; `--device cuda` in both commands trains on a GPU):
+# our 2-core CPU; on a GPU, add `--device cuda` to both commands):
 # 1. the base model: VAE, decoder, then 1,000 diffusion steps on captions of one to four coloured shapes
 #    (one thread: the configuration whose weights are reproduced bit for bit, results/shapes/training.json);
 # 2. GenEval's grammar taught from the base model (--init): 800 steps on a mix of full captions, colourless names,
