@@ -78,6 +78,9 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--out", type=Path, default=None,
                      help="run folder, resumed if it exists (default: runs/<suite name>)")
     run.add_argument("--device", default="auto", help="cuda, cpu, ... (default: cuda when present)")
+    run.add_argument("--processes", default=None, metavar="N|auto",
+                     help="split the run across N processes on this machine (torchrun, one thread each; auto: one "
+                          "per CPU core when running on the CPU, else 1); default: " + _defaults("processes"))
     run.add_argument("--metrics", default=None,
                      help="comma-separated (`ls metrics`) or module:Class; default: " + _defaults("metrics"))
     run.add_argument("--metric-model", action="append", default=[], metavar="METRIC=PATH",
@@ -240,6 +243,13 @@ def cmd_run(args) -> int:
                        metric_models=_metric_models(args.metric_model),
                        progress=not args.no_progress, html=not args.no_html,
                        attention_prompts=args.attention_prompts)
+    from sae.models import resolve_device
+
+    from .processes import launched, relaunch, resolve_processes
+
+    processes = resolve_processes(given("processes"), on_cpu=resolve_device(args.device).type == "cpu")
+    if processes > 1 and not launched():  # this command again, as that many ranks (benchmark.processes)
+        return relaunch(args.argv, processes)
     out = run(config)
     if out is not None:  # the main process
         print(markdown_table(pd.read_csv(out / "summary.csv")), end="")
@@ -339,6 +349,7 @@ def cmd_paper(args) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    args.argv = list(sys.argv[1:] if argv is None else argv)  # what `run --processes N` starts again
     from sae.checkpoint import CheckpointError
     from sae.models import ModelNotFoundError
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import os
+import sys
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -174,6 +175,18 @@ def run(config: RunConfig) -> Path | None:
                                    vocabulary=suite_vocabulary(config.suite, domain))  # whole suite, not --limit
     metrics = setup_metrics(config.metrics, metric_context)
     described = {m.name: m.describe() for m in metrics}
+    # per-image scores made with another instrument (a retrained or swapped model) are made again, never mixed
+    changed = [m for m in metrics if not isinstance(m, SetMetric) and m.name in stored_described(out)
+               and stored_described(out)[m.name] != json.loads(json.dumps(described[m.name], default=str))]
+    if changed and state.is_main_process:
+        print(f"{out}: {', '.join(m.name for m in changed)} measured with another instrument than this folder's "
+              "scores; its images are scored again with this one", file=sys.stderr)
+        score_missing(out, changed, progress=context.progress, again=True)
+        saved = json.loads((out / "run_config.json").read_text())
+        saved["metrics_described"] = {**saved.get("metrics_described", {}),
+                                      **{m.name: described[m.name] for m in changed}}
+        write_text_atomic(out / "run_config.json", json.dumps(saved, indent=1, default=str))
+    state.wait_for_everyone()
     run_settings = {**config.to_json(), "scheduler": scheduler, "domain": domain, "method_keys": method_keys,
                     "options": {name: m.options_record() for name, m in zip(config.methods, methods)},
                     "notes": {name: m.settings_note() for name, m in zip(config.methods, methods)},
@@ -231,6 +244,12 @@ def run(config: RunConfig) -> Path | None:
             write_html_report(out)
     state.wait_for_everyone()  # the other processes return once the tables exist
     return out if state.is_main_process else None
+
+
+def stored_described(out: Path) -> dict:
+    """The metric conventions a run folder's scores were made with (empty for a new folder)."""
+    path = out / "run_config.json"
+    return json.loads(path.read_text()).get("metrics_described", {}) if path.exists() else {}
 
 
 def _lock_run_folder(out: Path):

@@ -10,6 +10,7 @@ costs nothing when it is off. No UNet forward is copied: everything goes through
 from __future__ import annotations
 
 import re
+import weakref
 from contextlib import contextmanager
 
 import torch
@@ -35,8 +36,19 @@ def layer_downscale(name: str, num_down_blocks: int, num_up_blocks: int) -> int:
     raise ValueError(f"cannot place attention layer {name!r} in the UNet's resolutions")
 
 
+_LAYERS: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()  # unet -> {downscale: names}
+
+
 def cross_attention_layers(unet, downscale: int = 4) -> list[str]:
-    """Processor names of the `attn2` layers whose maps are `downscale` times smaller than the latent."""
+    """Processor names of the `attn2` layers whose maps are `downscale` times smaller than the latent (found once
+    per UNet: diffusers walks every module to list its processors, which would cost each training step)."""
+    known = _LAYERS.setdefault(unet, {})
+    if downscale not in known:
+        known[downscale] = _find_cross_attention_layers(unet, downscale)
+    return list(known[downscale])
+
+
+def _find_cross_attention_layers(unet, downscale: int) -> list[str]:
     n_down, n_up = len(unet.down_blocks), len(unet.up_blocks)
     factors = {name: layer_downscale(name, n_down, n_up) for name in unet.attn_processors if ".attn2." in name}
     names = [name for name, factor in factors.items() if factor == downscale]
@@ -158,21 +170,23 @@ def capture_cross_attention(unet, downscale: int = 4, stop_after_last: bool = Fa
     """
     names = cross_attention_layers(unet, downscale)
     store = AttentionStore(names, downscale, stop_after_last, keep_heads)
-    original = unet.attn_processors
-    processors = dict(original)
-    processors.update({name: CaptureAttnProcessor(store, name) for name in names})
+    # the captured layers' processors are swapped one by one (unet.set_attn_processor would walk every module)
+    layers = {name: unet.get_submodule(name.removesuffix(".processor")) for name in names}
+    original = {name: layer.processor for name, layer in layers.items()}
 
     def on_forward(module, args, kwargs):
         sample = args[0] if args else kwargs["sample"]
         store.start_forward(sample.shape[-2:])
 
-    unet.set_attn_processor(processors)
+    for name, layer in layers.items():
+        layer.set_processor(CaptureAttnProcessor(store, name))
     hook = unet.register_forward_pre_hook(on_forward, with_kwargs=True)
     try:
         yield store
     finally:
         hook.remove()
-        unet.set_attn_processor(original)
+        for name, layer in layers.items():
+            layer.set_processor(original[name])
 
 
 def split_guidance(maps: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

@@ -41,3 +41,12 @@ def small_suite(tmp_path_factory):
     path = tmp_path_factory.mktemp("suites") / "small.jsonl"
     path.write_text("".join(json.dumps(row) + "\n" for row in SMALL_SUITE))
     return path
+
+
+@pytest.fixture(autouse=True)
+def runs_stay_in_the_test_process(monkeypatch):
+    """The shapes world runs as one process per core by default (`--processes auto`, torchrun ranks); tests run
+    in their own process unless they pass --processes (tests/harness/test_processes.py)."""
+    from benchmark.domains import get_domain
+
+    monkeypatch.setitem(get_domain("shapes").run_defaults, "processes", 1)

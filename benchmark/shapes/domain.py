@@ -48,7 +48,7 @@ DOMAIN = Domain(
     title="shapes-world suites (the shipped shapes model, the default --model)",
     suites_dir=SUITES_DIR,
     run_defaults={"methods": "plain,attend_excite,sepen", "num_seeds": 2, "steps": 30, "guidance": 3.0,
-                  "metrics": "presence,clip,fid"},
+                  "metrics": "presence,clip,fid", "processes": "auto"},
     release_sampling=False,
     method_options={name: {"steps": 100, "learning_rate": 3e-5, "train_prompt": "suite"}
                     for name in ("sepen", "sepen+ae")},

@@ -71,6 +71,18 @@ def _geneval(context):
 
 
 @functools.lru_cache(maxsize=None)
+def world_clip_name() -> str:
+    """The shipped world CLIP named with its weights' digest: a retrained CLIP is another instrument, so FID's
+    cached reference statistics (keyed by this name) and the recorded conventions change with it."""
+    import hashlib
+
+    from .world_clip import SHIPPED
+
+    digest = hashlib.sha256((SHIPPED / "open_clip_model.safetensors").read_bytes()).hexdigest()[:12]
+    return f"benchmark/shapes/clip, weights sha256 {digest}"
+
+
+@functools.lru_cache(maxsize=None)
 def _world_clip(device: str):
     """The shipped world CLIP, loaded once per device: `clip` and `fid` share it (neither changes it)."""
     from .world_clip import SHIPPED, load
@@ -81,7 +93,7 @@ def _world_clip(device: str):
 def _clip(context):
     model, preprocess, tokenizer = _world_clip(context.device)
     return model, preprocess, tokenizer, (
-        "the shapes world's CLIP (benchmark/shapes/clip, open_clip config shapes-clip, trained on rendered scenes); "
+        f"the shapes world's CLIP ({world_clip_name()}, open_clip config shapes-clip, trained on rendered scenes); "
         "bare captions, no templates; cosine; min-object splits the prompt on ' and ' and takes the per-image "
         "minimum; clip_full_tm = max(100 * cos, 0)")
 
@@ -90,7 +102,7 @@ def _fid_extractor(context):
     from benchmark.metrics.fid import OpenClipFeatures
 
     model, preprocess, _ = _world_clip(context.device)
-    return OpenClipFeatures(model, preprocess, "shapes-clip image tower (benchmark/shapes/clip)", context.device)
+    return OpenClipFeatures(model, preprocess, f"shapes-clip image tower ({world_clip_name()})", context.device)
 
 
 def reference_folder(root: Path | None = None, n: int = REFERENCE_IMAGES, seed: int = REFERENCE_SEED) -> Path:

@@ -60,3 +60,32 @@ def test_the_geneval_suite_runs_at_genevals_four_seeds_with_its_metric(random_sh
     assert config["seeds"] == [0] and config["metrics"] == ["presence"]
     assert "## GenEval tasks" not in capsys.readouterr().out
 
+
+
+def test_a_resumed_run_scores_again_what_another_instrument_measured(random_shapes_model, tmp_path, capsys):
+    """A folder whose clip scores came from another CLIP (here: a changed convention and stale values) gets every
+    image scored again with this one, never a mix of the two."""
+    out = tmp_path / "run"
+    args = ["run", "--suite", "ci", "--model", str(random_shapes_model), "--methods", "plain", "--seeds", "0",
+            "--limit", "2", "--steps", "2", "--metrics", "clip", "--out", str(out), "--no-progress", "--no-html"]
+    assert main(args) == 0
+    first = {r["prompt_id"]: r["clip_full"] for r in map(json.loads, (out / "samples.jsonl").read_text().splitlines())}
+    config = json.loads((out / "run_config.json").read_text())
+    convention = config["metrics_described"]["clip"]["convention"]
+    assert "weights sha256 " in convention  # the shipped CLIP is named by its weights
+    config["metrics_described"]["clip"]["convention"] = "an older world CLIP"
+    (out / "run_config.json").write_text(json.dumps(config))
+    with open(out / "scores" / "clip.jsonl", "a") as handle:
+        for prompt_id in first:
+            handle.write(json.dumps({"method": "plain", "prompt_id": prompt_id, "seed": 0,
+                                     "values": {"clip_full": 123.0, "clip_min_object": 123.0,
+                                                "clip_full_tm": 123.0}}) + "\n")
+    capsys.readouterr()
+    assert main(args) == 0
+    assert "clip measured with another instrument" in capsys.readouterr().err
+    again = {r["prompt_id"]: r["clip_full"] for r in map(json.loads, (out / "samples.jsonl").read_text().splitlines())}
+    assert again == pytest.approx(first, abs=1e-6)
+    assert json.loads((out / "run_config.json").read_text())["metrics_described"]["clip"]["convention"] == convention
+    capsys.readouterr()
+    assert main(args) == 0  # now the folder and the instrument agree: nothing is said or scored again
+    assert "another instrument" not in capsys.readouterr().err
