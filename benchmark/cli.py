@@ -79,8 +79,9 @@ def build_parser() -> argparse.ArgumentParser:
                      help="run folder, resumed if it exists (default: runs/<suite name>)")
     run.add_argument("--device", default="auto", help="cuda, cpu, ... (default: cuda when present)")
     run.add_argument("--processes", default=None, metavar="N|auto",
-                     help="split the run across N processes on this machine (torchrun, one thread each; auto: one "
-                          "per CPU core when running on the CPU, else 1); default: " + _defaults("processes"))
+                     help="split the run across N processes on this machine (torchrun, one thread each; auto: "
+                          "one per CPU core, at most 8, when running on the CPU, else 1); default: "
+                          + _defaults("processes"))
     run.add_argument("--metrics", default=None,
                      help="comma-separated (`ls metrics`) or module:Class; default: " + _defaults("metrics"))
     run.add_argument("--metric-model", action="append", default=[], metavar="METRIC=PATH",

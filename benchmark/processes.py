@@ -28,10 +28,14 @@ def cpu_cores() -> int:
         return os.cpu_count() or 1
 
 
+AUTO_LIMIT = 8  # each process holds its own torch and model (about half a GB): "auto" stops at this many
+
+
 def resolve_processes(value: str | int, on_cpu: bool) -> int:
-    """`--processes`: a number, or "auto" (one per CPU core when the run is on the CPU, else 1)."""
+    """`--processes`: a number, or "auto" (one per CPU core, at most `AUTO_LIMIT`, when the run is on the CPU;
+    else 1)."""
     if str(value) == "auto":
-        return cpu_cores() if on_cpu else 1
+        return min(cpu_cores(), AUTO_LIMIT) if on_cpu else 1
     try:
         processes = int(value)
     except ValueError:
@@ -47,6 +51,8 @@ def relaunch(argv: list[str], processes: int) -> int:
     env = {**os.environ, "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "1")}
     command = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={processes}",
                "-m", "benchmark", *argv]
+    print(f"running as {processes} processes (torchrun, {env['OMP_NUM_THREADS']} thread(s) each; --processes 1 "
+          "for one); the progress bar counts the main process's share", file=sys.stderr)
     job = subprocess.Popen(command, env=env)
     try:
         return job.wait()

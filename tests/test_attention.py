@@ -64,11 +64,21 @@ def test_capture_leaves_the_output_unchanged_and_restores_processors(tiny_pipe):
         reference = unet(latents, t, encoder_hidden_states=text).sample
         with capture_cross_attention(unet):
             captured = unet(latents, t, encoder_hidden_states=text).sample
-            assert sum(isinstance(p, CaptureAttnProcessor) for p in unet.attn_processors.values()) == 3
+            during = unet.attn_processors
+            assert sum(isinstance(p, CaptureAttnProcessor) for p in during.values()) == 3
+            captured_names = cross_attention_layers(unet)
+            assert all(during[n] is p for n, p in before.items() if n not in captured_names)  # the others untouched
         after = unet(latents, t, encoder_hidden_states=text).sample
     assert torch.allclose(captured, reference, atol=1e-5)
     assert torch.equal(after, reference)  # switched off: the original processors, bit for bit
     assert all(unet.attn_processors[n] is p for n, p in before.items())
+
+
+def test_the_layer_list_is_found_once_per_unet_and_handed_out_as_a_copy(tiny_pipe):
+    names = cross_attention_layers(tiny_pipe.unet)
+    names.append("not a layer")
+    assert cross_attention_layers(tiny_pipe.unet) == names[:-1]
+    assert cross_attention_layers(tiny_pipe.unet, 1) != names[:-1]  # another resolution, other layers
 
 
 def test_guidance_halves_are_kept_apart(tiny_pipe):

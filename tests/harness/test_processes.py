@@ -6,11 +6,11 @@ import pytest
 
 from benchmark.cli import main
 from benchmark.domains import get_domain
-from benchmark.processes import cpu_cores, resolve_processes
+from benchmark.processes import AUTO_LIMIT, cpu_cores, resolve_processes
 
 
 def test_auto_is_one_process_per_core_on_the_cpu_and_one_elsewhere():
-    assert resolve_processes("auto", on_cpu=True) == cpu_cores() >= 1
+    assert resolve_processes("auto", on_cpu=True) == min(cpu_cores(), AUTO_LIMIT) >= 1
     assert resolve_processes("auto", on_cpu=False) == 1
     assert resolve_processes("3", on_cpu=True) == 3 and resolve_processes(1, on_cpu=True) == 1
     for bad in ("0", "-2", "many"):
@@ -29,8 +29,10 @@ def test_two_processes_make_every_image_once_and_print_the_tables(tiny_model_dir
     assert main(["run", "--suite", str(small_suite), "--model", str(tiny_model_dir), "--methods", "plain",
                  "--seeds", "0-1", "--steps", "2", "--device", "cpu", "--out", str(out), "--no-progress", "--no-html",
                  "--processes", "2"]) == 0
-    printed = capfd.readouterr().out
+    captured = capfd.readouterr()
+    printed = captured.out
     assert "| plain |" in printed and printed.count("wrote ") == 1  # the main rank alone prints the tables
+    assert "running as 2 processes" in captured.err
     rows = [json.loads(line) for line in (out / "samples.jsonl").read_text().splitlines()]
     assert sorted((r["prompt_id"], r["seed"]) for r in rows) == [("t/0", 0), ("t/0", 1), ("t/1", 0), ("t/1", 1)]
     assert not (tmp_path / "runs").exists()
