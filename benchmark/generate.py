@@ -176,8 +176,9 @@ def run(config: RunConfig) -> Path | None:
     metrics = setup_metrics(config.metrics, metric_context)
     described = {m.name: m.describe() for m in metrics}
     # per-image scores made with another instrument (a retrained or swapped model) are made again, never mixed
-    changed = [m for m in metrics if not isinstance(m, SetMetric) and m.name in stored_described(out)
-               and stored_described(out)[m.name] != json.loads(json.dumps(described[m.name], default=str))]
+    stored = stored_described(out)
+    changed = [m for m in metrics if not isinstance(m, SetMetric) and m.name in stored
+               and stored[m.name] != json.loads(json.dumps(described[m.name], default=str))]
     if changed and state.is_main_process:
         print(f"{out}: {', '.join(m.name for m in changed)} measured with another instrument than this folder's "
               "scores; its images are scored again with this one", file=sys.stderr)
@@ -186,7 +187,6 @@ def run(config: RunConfig) -> Path | None:
         saved["metrics_described"] = {**saved.get("metrics_described", {}),
                                       **{m.name: described[m.name] for m in changed}}
         write_text_atomic(out / "run_config.json", json.dumps(saved, indent=1, default=str))
-    state.wait_for_everyone()
     run_settings = {**config.to_json(), "scheduler": scheduler, "domain": domain, "method_keys": method_keys,
                     "options": {name: m.options_record() for name, m in zip(config.methods, methods)},
                     "notes": {name: m.settings_note() for name, m in zip(config.methods, methods)},
