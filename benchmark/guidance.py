@@ -84,12 +84,14 @@ class LatentGuidance:
                 tries = 0
                 while active.any():  # each image refines until its own loss is low enough
                     tries += 1
-                    latents = latents.detach().requires_grad_(True)
-                    loss = self._loss(unet, latents, t, text, token_groups)
+                    if tries > 1:  # the first try's loss is the one just measured at these latents
+                        latents = latents.detach().requires_grad_(True)
+                        loss = self._loss(unet, latents, t, text, token_groups)
                     latents = self._step(latents, loss, active, step_size)
                     active = active & (loss > target) & (tries < self.max_refinement_steps)
-                latents = latents.detach().requires_grad_(True)
-                loss = self._loss(unet, latents, t, text, token_groups)
+                if tries:  # the loss at the refined latents, for the step below
+                    latents = latents.detach().requires_grad_(True)
+                    loss = self._loss(unet, latents, t, text, token_groups)
             if index < self.max_iter_to_alter:
                 latents = self._step(latents, loss, torch.ones_like(loss, dtype=torch.bool), step_size)
         return latents.detach()

@@ -33,8 +33,8 @@ from PIL import Image
 from .geneval.report import geneval_tables
 from .trace import TRACE_DIR
 from .records import read_jsonl, slug, write_text_atomic
-from .report import (method_settings, ordered_methods, paired_cells, paired_title, set_columns, summary_cells,
-                     write_report)
+from .report import (method_settings, model_label, ordered_methods, paired_cells, paired_title, set_columns,
+                     summary_cells, write_report)
 
 REPORT_DIR = "report"
 THUMB_SIZE = 128
@@ -311,10 +311,10 @@ def write_html_report(run_dir: Path, images_per_page: int = IMAGES_PER_PAGE) -> 
     attention = write_attention_page(run_dir, report_dir)
     all_part = summary[summary["category"] == "all"]
     chart = bar_chart(all_part, methods, report_dir / "charts" / "all.png", "all categories")
-    settings = ", ".join(f"{k} {config.get(k)}" for k in ("suite", "model") if k in config)
+    settings = f"suite {config.get('suite')}, model {model_label(config.get('model'))}"
     settings += "; " + "; ".join(f"{m}: {', '.join(f'{k} {v}' for k, v in row.items())}"
                                  for m, row in method_settings(config).items())
-    body = (f"<h1>{html.escape(str(config.get('suite')))} on {html.escape(str(config.get('model')))}</h1>"
+    body = (f"<h1>{html.escape(str(config.get('suite')))} on {html.escape(model_label(config.get('model')))}</h1>"
             f"<p>{html.escape(settings)}; {len(seeds)} seeds; {len(rows)} images; methods "
             f"{html.escape(', '.join(methods))}.</p>"
             "<h2>Summary (mean [95% bootstrap interval])</h2>" + summary_table_html(summary)

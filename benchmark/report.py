@@ -26,6 +26,8 @@ import pandas as pd
 
 from .records import build_samples, read_jsonl, write_text_atomic
 
+REPO_ROOT = Path(__file__).resolve().parents[1]
+
 RECORD_FIELDS = {"method", "prompt_id", "suite", "category", "prompt", "objects", "seed", "path", "steps",
                  "guidance", "seconds", "model", "height", "width", "domain", "batch", "checkpoint_sha256"}
 BOOTSTRAP_SAMPLES = 1000
@@ -245,6 +247,15 @@ def settings_markdown(config: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
+def model_label(model) -> str:
+    """The run's model as a reader should see it: a folder inside this repository relative to its root (the
+    shipped shapes model is `benchmark/shapes/pretrained` on every machine), anything else as recorded."""
+    path = Path(str(model)).expanduser()
+    if path.is_absolute() and path.resolve().is_relative_to(REPO_ROOT):
+        return path.resolve().relative_to(REPO_ROOT).as_posix()
+    return str(model)
+
+
 def git_commit() -> str | None:
     try:
         return subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, check=True,
@@ -302,7 +313,8 @@ def write_report(run_dir: Path) -> pd.DataFrame:
     sections = metric_sections(rows, described, config.get("methods"))
     write_text_atomic(run_dir / "summary.csv", summary.to_csv(index=False))
     write_text_atomic(run_dir / "paired.csv", paired.to_csv(index=False))
-    title = f"# {config.get('suite')} on {config.get('model')} ({config.get('domain', 'natural')} suites)\n\n"
+    title = (f"# {config.get('suite')} on {model_label(config.get('model'))} "
+             f"({config.get('domain', 'natural')} suites)\n\n")
     write_text_atomic(run_dir / "summary.md",
                       title + markdown_table(summary) + paired_markdown(paired)
                       + "".join(markdown for _, markdown in sections.values()) + settings_markdown(config)

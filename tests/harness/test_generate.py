@@ -10,7 +10,7 @@ from PIL import Image
 from benchmark.cli import main
 from benchmark.generate import RunConfig, RunError, run
 from benchmark.records import read_record
-from benchmark.report import bootstrap_interval, compare, paired_differences, summarize
+from benchmark.report import REPO_ROOT, bootstrap_interval, compare, model_label, paired_differences, summarize
 
 FAKE = "fake_metrics:MeanBrightness"
 
@@ -67,6 +67,13 @@ def test_run_writes_images_records_and_tables(finished_run):
     assert sepen_all["brightness_delta"] == pytest.approx(np.mean(diffs))
     assert "Paired against `plain`" in (finished_run / "summary.md").read_text()
     assert results["paired"][-1]["method"] == "sepen"
+
+
+def test_reports_name_a_model_inside_the_repository_relative_to_it(tmp_path):
+    """Committed results name the shipped model the same way on every machine, never by this checkout's path."""
+    assert model_label(str(REPO_ROOT / "benchmark" / "shapes" / "pretrained")) == "benchmark/shapes/pretrained"
+    assert model_label(str(tmp_path / "model")) == str(tmp_path / "model")  # outside: as recorded
+    assert model_label("org/model-id") == "org/model-id"  # a hub id
 
 
 def test_rerun_generates_nothing_and_report_rebuilds_the_same_tables(finished_run, tiny_model_dir, small_suite):

@@ -73,3 +73,22 @@ def test_latent_update_lowers_the_loss(tiny_pipe):
         after = guidance._loss(unet, updated, t, text, GROUPS)
     assert not torch.equal(updated, latents)
     assert after.item() < before.item()
+
+
+def test_refinement_runs_the_unet_once_per_latent_it_measures(tiny_pipe):
+    """Refinement re-measures only latents it has changed: one initial forward, one per further try, one after."""
+    unet = tiny_pipe.unet
+    text, _ = tiny_pipe.encode_prompt(PROMPT, "cpu", 1, do_classifier_free_guidance=False)
+    latents = torch.randn(1, 4, 32, 32, generator=torch.Generator().manual_seed(0))
+    calls = []
+    hook = unet.register_forward_pre_hook(lambda *args: calls.append(1))
+    try:
+        # threshold 0: target loss 1, never exceeded (no refinement); threshold 1: target 0, always (3 tries)
+        for threshold, expected in ((0.0, 1), (1.0, 1 + 2 + 1)):
+            calls.clear()
+            guidance = attend_and_excite(10, thresholds={0: threshold}, max_refinement_steps=3)
+            updated = guidance.update(unet, latents, torch.tensor(900), 0, text, GROUPS, step_size=20.0)
+            assert len(calls) == expected
+            assert not torch.equal(updated, latents)  # index 0 is an update step either way
+    finally:
+        hook.remove()
