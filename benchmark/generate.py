@@ -2,7 +2,8 @@
 
 Jobs are (method, prompt, seed); each image has its own seeded generator, so its initial noise depends on
 its seed alone, and the same command reproduces every image bit for bit on the CPU (another batch size can
-move a pixel by one 8-bit level: batched kernels round differently). Finished images are skipped, so a run
+move a pixel by one 8-bit level: batched kernels round differently); a prompt the suite repeats under another id
+(`Method.images_key`) is generated once and written under each id. Finished images are skipped, so a run
 stopped at any point and started again completes what is missing and ends as an uninterrupted run would. Under
 `torchrun` (or `accelerate launch`) the (method, prompt) units are split across processes without overlap; the main
 process merges the records. Scoring is `benchmark.scoring`'s.
@@ -18,6 +19,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import torch
+from PIL import Image
 from tqdm.auto import tqdm
 
 from sae.models import load_pipeline
@@ -26,7 +28,7 @@ from sae.tokens import encode_prompt_ids
 from .domains import model_domain, prompts_dir
 from .methods import GenerationContext, get_method
 from .metrics import MetricContext, SetMetric, get_metric, suite_vocabulary
-from .records import append_jsonl, image_path, quarantine_damaged, write_image, write_text_atomic
+from .records import append_jsonl, image_path, quarantine_damaged, read_record, write_image, write_text_atomic
 from .report import write_report
 from .scoring import append_scores, score_missing, setup_metrics
 from .suites import SuitePrompt, load_suite
@@ -202,34 +204,36 @@ def run(config: RunConfig) -> Path | None:
     # from one image at a time by one 8-bit level, so a resumed run regenerates a block whole (writing only its
     # missing images) to end bit-identical to an uninterrupted one.
     blocks = [config.seeds[i:i + config.batch_size] for i in range(0, len(config.seeds), config.batch_size)]
-    units = []  # (method, prompt, [blocks with a missing image])
+    units = []  # (method, [prompts whose images are the same], [blocks with a missing image])
     for method in methods:
-        for item in prompts:
-            todo = [b for b in blocks if not all(image_path(out, method.name, item.id, s).exists() for s in b)]
+        for alike in same_images(method, prompts):
+            todo = [b for b in blocks
+                    if not all(image_path(out, method.name, item.id, s).exists() for item in alike for s in b)]
             if todo:
-                units.append((method, item, todo))
+                units.append((method, alike, todo))
     mine = split_units(units, state.process_index, state.num_processes)
     if state.num_processes > 1:
         write_config()  # another process's first image can come before this one's
     # every process lists what is missing before any writes an image, so the lists, and the shares, agree
     state.wait_for_everyone()
-    total = sum(not image_path(out, m.name, item.id, s).exists() for m, item, todo in mine for b in todo for s in b)
+    total = sum(not image_path(out, m.name, item.id, s).exists()
+                for m, alike, todo in mine for item in alike for b in todo for s in b)
     bar = tqdm(total=total, desc="generating", disable=not context.progress, unit="img")
     # set metrics (FID) are computed by the main process, which reads the other processes' images from disk
     block_metrics = [m for m in metrics if state.is_main_process or not isinstance(m, SetMetric)]
     for method in methods:
-        work = [(item, todo) for m, item, todo in mine if m is method]
+        work = [(alike, todo) for m, alike, todo in mine if m is method]
         if not work:
             continue
         context.num_inference_steps, context.guidance_scale = method.sampling["steps"], method.sampling["guidance"]
-        costs = method.prepare(context, [item for item, _ in work])
+        costs = method.prepare(context, [item for alike, _ in work for item in alike])
         if costs:  # one-off costs (e.g. finetuning), reported beside the per-image seconds
             append_jsonl(out / "finetune.jsonl", [{"method": method.name, **row} for row in costs])
-        for item, todo in work:
+        for alike, todo in work:
             for block in todo:
-                bar.set_postfix_str(f"{method.name} {item.id}")
+                bar.set_postfix_str(f"{method.name} {alike[0].id}")
                 write_config()
-                bar.update(generate_block(out, method, context, item, block, block_metrics))
+                bar.update(generate_block(out, method, context, alike, block, block_metrics))
     bar.close()
     write_config()
     state.wait_for_everyone()
@@ -273,36 +277,59 @@ def _lock_run_folder(out: Path):
     return handle
 
 
+def same_images(method, prompts: list[SuitePrompt]) -> list[list[SuitePrompt]]:
+    """The prompts grouped by the images `method` makes of them (`Method.images_key`), in suite order: a repeated
+    prompt is generated once per seed block and its images written under each of its ids."""
+    groups: dict[str, list[SuitePrompt]] = {}
+    for item in prompts:
+        groups.setdefault(method.images_key(item), []).append(item)
+    return list(groups.values())
+
+
 def split_units(units: list, process_index: int, num_processes: int) -> list:
     """This process's share of the (method, prompt) units: every unit goes to exactly one process."""
     return units[process_index::num_processes]
 
 
-def generate_block(out: Path, method, context: GenerationContext, item: SuitePrompt, block: list[int],
+def generate_block(out: Path, method, context: GenerationContext, alike: list[SuitePrompt], block: list[int],
                    metrics: list = ()) -> int:
-    """Generate one block of seeds, write its missing images with their records, score them; returns the count."""
-    started = time.perf_counter()
-    checkpoint = method.checkpoint_path(context, item)
-    with torch.no_grad():
-        images = method.generate(context, item, block)
-    seconds = (time.perf_counter() - started) / len(block)
-    records, written = [], []
-    for seed, image in zip(block, images):
-        path = image_path(out, method.name, item.id, seed)
-        if path.exists():
-            continue  # written before an interruption: never rewritten
-        record = {"method": method.name, "prompt_id": item.id, "suite": item.suite, "category": item.category,
-                  "prompt": item.prompt, "objects": [o.__dict__ for o in item.objects], "seed": seed,
-                  "model": context.base_model, "steps": context.num_inference_steps,
-                  "guidance": context.guidance_scale, "seconds": seconds, "batch": len(block)}
-        if checkpoint is not None:
-            record["checkpoint_sha256"] = context.checkpoint_sha256(checkpoint)
-        write_image(path, image, record)
-        records.append({**record, "path": str(path.relative_to(out))})
-        written.append(image)
-    for metric in metrics:
-        if isinstance(metric, SetMetric):
-            metric.update(written, records)  # its groups' values are computed once the run's images exist
-        else:
-            append_scores(out, metric, records, metric.score(written, records))
-    return len(written)
+    """One block of seeds of prompts whose images are the same (usually one prompt): generated once, or read back
+    from a prompt of the group that has them all (a resumed run), then written where missing, each image with its
+    own prompt's record, and scored; returns the count written."""
+    missing = {item.id: [s for s in block if not image_path(out, method.name, item.id, s).exists()] for item in alike}
+    donor = next((item for item in alike if not missing[item.id]), None)
+    checkpoint = method.checkpoint_path(context, alike[0])
+    if donor is None:
+        started = time.perf_counter()
+        with torch.no_grad():
+            images = method.generate(context, alike[0], block)
+        seconds = [(time.perf_counter() - started) / len(block)] * len(block)
+    else:  # PNG is lossless: the same pixels as generating them again
+        paths = [image_path(out, method.name, donor.id, s) for s in block]
+        images = [Image.open(path).convert("RGB") for path in paths]
+        seconds = [read_record(path).get("seconds") for path in paths]
+    written = 0
+    for item in alike:
+        records, images_written = [], []
+        for seed, image, cost in zip(block, images, seconds):
+            if seed not in missing[item.id]:
+                continue  # written before an interruption: never rewritten
+            path = image_path(out, method.name, item.id, seed)
+            record = {"method": method.name, "prompt_id": item.id, "suite": item.suite, "category": item.category,
+                      "prompt": item.prompt, "objects": [o.__dict__ for o in item.objects], "seed": seed,
+                      "model": context.base_model, "steps": context.num_inference_steps,
+                      "guidance": context.guidance_scale, "seconds": cost, "batch": len(block)}
+            if checkpoint is not None:
+                record["checkpoint_sha256"] = context.checkpoint_sha256(checkpoint)
+            write_image(path, image, record)
+            records.append({**record, "path": str(path.relative_to(out))})
+            images_written.append(image)
+        for metric in metrics:
+            if not records:
+                break
+            if isinstance(metric, SetMetric):
+                metric.update(images_written, records)  # its groups' values are computed once the run's images exist
+            else:
+                append_scores(out, metric, records, metric.score(images_written, records))
+        written += len(records)
+    return written

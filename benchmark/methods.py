@@ -139,12 +139,19 @@ class Method:
 
     def prepare(self, context: GenerationContext, prompts: list[SuitePrompt]) -> list[dict]:
         """One-off work before generating (e.g. training checkpoints); returns its cost per prompt as rows
-        {"prompt_id", "seconds", "cached"} (empty: no one-off cost)."""
+        {"prompt_id", "seconds", "cached"} and, where prompts share the work, its "checkpoint" (counted once)
+        (empty: no one-off cost)."""
         return []
 
     def checkpoint_path(self, context: GenerationContext, item: SuitePrompt) -> Path | None:
         """The checkpoint this method applies for `item`, or None (it applies none)."""
         return None
+
+    def images_key(self, item: SuitePrompt) -> str:
+        """What this method's images of `item` depend on besides the seeds and the run's settings: its prompt and
+        objects, not its id or category. A run makes the images of suite lines with equal keys once (GenEval's
+        colour task repeats single-object prompts); a method that reads more of the line returns more."""
+        return json.dumps([item.prompt, [vars(o) for o in item.objects]], sort_keys=True)
 
     def generate(self, context: GenerationContext, item: SuitePrompt, seeds: list[int]) -> list:
         raise NotImplementedError
@@ -374,7 +381,7 @@ class SepEn(Method):
             info = self.checkpoint_path(context, item).parent / "prompt.json"
             if info.exists():
                 costs.append({"prompt_id": item.id, "seconds": json.loads(info.read_text())["seconds"],
-                              "cached": item not in missing})
+                              "cached": item not in missing, "checkpoint": info.parent.name})
         return costs
 
     def generate(self, context, item, seeds):

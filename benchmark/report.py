@@ -280,7 +280,8 @@ def timings(rows: list[dict], run_dir: Path) -> dict:
         for method, part in frame.groupby("method", sort=False):
             seconds = part["seconds"].mean() if "seconds" in part else float("nan")  # none: imported images
             result[method] = {"seconds_per_image": None if pd.isna(seconds) else float(seconds), "images": len(part)}
-    finetunes = {row["prompt_id"]: row for row in read_jsonl(run_dir / "finetune.jsonl")}
+    # one row per checkpoint: prompts that share one (a repeated prompt) paid for it once
+    finetunes = {row.get("checkpoint", row["prompt_id"]): row for row in read_jsonl(run_dir / "finetune.jsonl")}
     if finetunes:
         seconds = [row["seconds"] for row in finetunes.values()]
         result["finetuning"] = {"checkpoints": len(seconds), "seconds_total": float(sum(seconds)),

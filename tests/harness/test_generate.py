@@ -117,6 +117,48 @@ def test_sepen_checkpoints_are_cached_and_reused(finished_run, tiny_model_dir, s
     assert np.array_equal(np.asarray(same), np.asarray(again))
 
 
+def test_a_repeated_prompt_is_generated_once_and_written_under_each_id(finished_run, tiny_model_dir, small_suite,
+                                                                       tmp_path, monkeypatch):
+    from benchmark.methods import METHODS
+    from benchmark.records import read_record, read_scores
+
+    rows = [json.loads(line) for line in small_suite.read_text().splitlines()]
+    suite = tmp_path / "repeats.jsonl"  # t/0 again under another id and category (GenEval's colour task does so)
+    suite.write_text("".join(json.dumps(r) + "\n" for r in [*rows, {**rows[0], "id": "r/0", "category": "again"}]))
+    plain, calls = METHODS["plain"], []
+    original = plain.generate
+    monkeypatch.setattr(plain, "generate", lambda self, context, item, seeds: calls.append(item.id)
+                        or original(self, context, item, seeds))
+    out = tmp_path / "run"
+    run(config(tiny_model_dir, suite, out, methods=["plain", "sepen"]))
+    assert calls == ["t/0", "t/0", "t/1", "t/1"]  # two blocks of seeds per distinct prompt
+    finetuning = json.loads((out / "results.json").read_text())["timings"]["finetuning"]
+    assert finetuning["checkpoints"] == 2  # the repeat shares t/0's checkpoint: trained and counted once
+    for seed in (0, 1, 2):
+        repeat = out / "images" / "plain" / "r_0" / f"{seed:04d}.png"
+        for twin in (out / "images" / "plain" / "t_0" / f"{seed:04d}.png",
+                     finished_run / "images" / "plain" / "t_0" / f"{seed:04d}.png"):  # as if generated again
+            assert np.array_equal(np.asarray(Image.open(repeat)), np.asarray(Image.open(twin)))
+        record = read_record(repeat)
+        assert (record["prompt_id"], record["category"], record["seed"]) == ("r/0", "again", seed)
+        sepen = [out / "images" / "sepen" / name / f"{seed:04d}.png" for name in ("r_0", "t_0")]
+        assert np.array_equal(*(np.asarray(Image.open(path)) for path in sepen))
+    scores = read_scores(out)
+    for seed in (0, 1, 2):  # each id's image scored under its own record
+        assert scores["plain", "r/0", seed] == scores["plain", "t/0", seed]
+
+    # resumed: a missing image of the repeat is copied from its twin, nothing is generated
+    lost = out / "images" / "plain" / "r_0" / "0001.png"
+    lost.unlink()
+    calls.clear()
+    run(config(tiny_model_dir, suite, out, methods=["plain", "sepen"]))
+    assert calls == []
+    twin = out / "images" / "plain" / "t_0" / "0001.png"
+    assert np.array_equal(np.asarray(Image.open(lost)), np.asarray(Image.open(twin)))
+    assert read_record(lost)["seconds"] == read_record(twin)["seconds"]
+    assert read_record(lost)["prompt_id"] == "r/0"
+
+
 def test_compare_prints_deltas(finished_run, tmp_path):
     table = compare(finished_run, finished_run)
     assert (table["brightness_delta"] == 0).all() and len(table) == 6
