@@ -361,7 +361,9 @@ class SepEn(Method):
         if self.options.checkpoint is not None:
             return []
         config = self.finetune_config()
-        missing = [p for p in prompts if not self.checkpoint_path(context, p).exists()]
+        # one per checkpoint: prompts with the same training prompt and objects share theirs
+        missing = list({self.checkpoint_path(context, p): p for p in prompts
+                        if not self.checkpoint_path(context, p).exists()}.values())
         for item in tqdm(missing, desc="SepEn checkpoints", disable=not context.progress or not missing):
             out = self.checkpoint_path(context, item).parent
             with training_lock(out):
@@ -376,12 +378,13 @@ class SepEn(Method):
                                                              "train_prompt": self.options.train_prompt,
                                                              "seconds": time.perf_counter() - started}))
         context.restore_base()
+        trained = {self.checkpoint_path(context, item).parent for item in missing}
         costs = []  # every prompt's checkpoint, trained now or found in the cache
         for item in prompts:
             info = self.checkpoint_path(context, item).parent / "prompt.json"
             if info.exists():
                 costs.append({"prompt_id": item.id, "seconds": json.loads(info.read_text())["seconds"],
-                              "cached": item not in missing, "checkpoint": info.parent.name})
+                              "cached": info.parent not in trained, "checkpoint": info.parent.name})
         return costs
 
     def generate(self, context, item, seeds):
