@@ -39,9 +39,9 @@ def test_harness_against_diffusers_call(benchmark, tiny_pipe, tmp_path, capture,
         out = tmp_path / str(next(runs))  # a fresh folder each round: nothing is skipped
         if capture:
             with capture_cross_attention(tiny_pipe.unet):
-                generate_block(out, Plain(), context, ITEM, SEEDS)
+                generate_block(out, Plain(), context, [ITEM], SEEDS)
         else:
-            generate_block(out, Plain(), context, ITEM, SEEDS)
+            generate_block(out, Plain(), context, [ITEM], SEEDS)
 
     candidate, baseline, ratio = measure_ratio(benchmark, harness, diffusers_call, rounds=25, threads=1)
     print(f"\nharness{' with capture' if capture else ''} {candidate * 1e3:.0f} ms, diffusers call "
