@@ -324,9 +324,7 @@ def generate_block(out: Path, method, context: GenerationContext, alike: list[Su
             write_image(path, image, record)
             records.append({**record, "path": str(path.relative_to(out))})
             images_written.append(image)
-        for metric in metrics:
-            if not records:
-                break
+        for metric in metrics if records else ():
             if isinstance(metric, SetMetric):
                 metric.update(images_written, records)  # its groups' values are computed once the run's images exist
             else:
