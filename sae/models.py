@@ -43,6 +43,15 @@ def looks_like_path(model: str) -> bool:
     return model.startswith(("/", ".", "~")) or model.count("/") > 1 or "\\" in model
 
 
+def _dtype_keyword() -> str:
+    """diffusers reads `dtype=` from 0.40 on; older releases read `torch_dtype=` and would load a `dtype=` pipeline
+    in fp32 without a word (0.40 and later still take `torch_dtype=`, with a deprecation warning)."""
+    from diffusers import __version__
+    from packaging.version import Version
+
+    return "dtype" if Version(__version__).release >= (0, 40) else "torch_dtype"
+
+
 def load_pipeline(model: str | os.PathLike, device: str | torch.device | None = None,
                   dtype: str | torch.dtype | None = None):
     """Load a `StableDiffusionPipeline` from a hub id or a local folder (safety checker off, no code run).
@@ -52,8 +61,8 @@ def load_pipeline(model: str | os.PathLike, device: str | torch.device | None = 
     from diffusers import StableDiffusionPipeline
 
     model = str(model)
-    kwargs = dict(dtype=resolve_dtype(dtype), safety_checker=None, requires_safety_checker=False,
-                  use_safetensors=None)
+    kwargs = {_dtype_keyword(): resolve_dtype(dtype), "safety_checker": None, "requires_safety_checker": False,
+              "use_safetensors": None}
     local = Path(model).expanduser()
     if local.exists():
         if not (local / "model_index.json").is_file():

@@ -13,11 +13,11 @@ from pathlib import Path
 from safetensors.torch import load_file
 
 
-def main() -> int:
+def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("a", type=Path)
     parser.add_argument("b", type=Path)
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
     files = sorted(p.relative_to(args.a) for p in args.a.rglob("*.safetensors"))
     if not files:
         parser.error(f"{args.a} holds no .safetensors files")

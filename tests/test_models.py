@@ -28,3 +28,18 @@ def test_sd14_architecture_has_sd14_shapes():
     assert len(keys) == 16 and sum(p.numel() for p in keys.values()) == 9_584_640  # method.md: ~9.6M
     quarter = cross_attention_layers(unet)
     assert len(quarter) == 5  # down_blocks.2 attentions 0-1, up_blocks.1 attentions 0-2
+
+
+@pytest.mark.parametrize("version, keyword", [("0.42.1", "dtype"), ("0.40.0", "dtype"), ("0.39.0", "torch_dtype"),
+                                              ("0.30.0", "torch_dtype")])
+def test_the_dtype_reaches_the_pipeline_on_every_diffusers_release(tiny_model_dir, monkeypatch, version, keyword):
+    """Releases before 0.40 ignore `dtype=` and load fp32 without a word, so the keyword follows the version (the
+    installed diffusers takes both: the pipeline loads in fp16 under either)."""
+    import diffusers
+
+    import sae.models
+
+    monkeypatch.setattr(diffusers, "__version__", version)
+    assert sae.models._dtype_keyword() == keyword
+    pipe = load_pipeline(tiny_model_dir, dtype="fp16")
+    assert pipe.unet.dtype == pipe.text_encoder.dtype == pipe.vae.dtype == torch.float16

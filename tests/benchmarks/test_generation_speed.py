@@ -10,7 +10,7 @@ extra_info); by default only a gross regression fails (`timing.TIERS`).
 import itertools
 
 import pytest
-from benchmarks.timing import TIERS, assert_within, measure_ratio
+from benchmarks.timing import TIERS, assert_within, measure_ratio, rounds
 
 from benchmark.generate import generate_block
 from benchmark.methods import GenerationContext, Plain
@@ -43,7 +43,7 @@ def test_harness_against_diffusers_call(benchmark, tiny_pipe, tmp_path, capture,
         else:
             generate_block(out, Plain(), context, [ITEM], SEEDS)
 
-    candidate, baseline, ratio = measure_ratio(benchmark, harness, diffusers_call, rounds=25, threads=1)
+    candidate, baseline, ratio = measure_ratio(benchmark, harness, diffusers_call, rounds=rounds(strict, 25), threads=1)
     print(f"\nharness{' with capture' if capture else ''} {candidate * 1e3:.0f} ms, diffusers call "
           f"{baseline * 1e3:.0f} ms (best of each); median paired ratio {ratio:.3f} (goal <= {goal})")
     assert_within(ratio, goal, strict)

@@ -9,7 +9,7 @@ ratio is printed and stored in the benchmark's extra_info); by default only a gr
 import pytest
 import torch
 import torch.nn.functional as F
-from benchmarks.timing import TIERS, assert_within, measure_ratio
+from benchmarks.timing import TIERS, assert_within, measure_ratio, rounds
 
 from sae.finetune import encode_prompts, sepen_losses, trainable_parameters
 
@@ -37,7 +37,7 @@ def test_sepen_step_vs_full_forward_backward(benchmark, tiny_pipe, strict):
         prediction = unet(latents, timesteps, encoder_hidden_states=text).sample
         F.mse_loss(prediction, latents).backward()
 
-    candidate, baseline, ratio = measure_ratio(benchmark, sepen_step, full_step, rounds=15)
+    candidate, baseline, ratio = measure_ratio(benchmark, sepen_step, full_step, rounds=rounds(strict, 15))
     print(f"\nSepEn step {candidate * 1e3:.1f} ms, full forward+backward {baseline * 1e3:.1f} ms: "
           f"ratio {ratio:.3f} (goal <= {GOAL})")
     assert_within(ratio, GOAL, strict)

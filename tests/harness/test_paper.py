@@ -41,9 +41,18 @@ def test_large_table_has_one_column_per_split(tmp_path):
 
 
 @pytest.mark.slow
-def test_paper_on_a_shapes_model_prints_both_tables(tmp_path, capsys):
+def test_paper_on_a_shapes_model_prints_both_tables(tmp_path, capsys, monkeypatch):
+    from benchmark.domains import get_domain
+    from benchmark.shapes import domain
     from benchmark.shapes.model import build_pipeline
     from benchmark.shapes.train import save_pipeline
+
+    # the tables' assembly is tested, not the images: 4 denoising steps, both SepEn recipes two training steps
+    world = get_domain("shapes")
+    monkeypatch.setitem(world.run_defaults, "steps", 4)
+    monkeypatch.setattr(domain, "LARGE_STEPS", 2)
+    for method in ("sepen", "sepen+ae"):
+        monkeypatch.setitem(world.method_options[method], "steps", 2)
 
     pipe = build_pipeline()
     model = save_pipeline(tmp_path / "model", pipe.vae, pipe.text_encoder, pipe.tokenizer, pipe.unet)
@@ -59,6 +68,7 @@ def test_paper_on_a_shapes_model_prints_both_tables(tmp_path, capsys):
     large = pd.read_csv(out / "large" / "summary.csv")
     assert set(large["category"]) == {"seen_seen", "seen_unseen", "unseen_unseen", "all"}
     assert (out / "large_checkpoint" / "sepen.safetensors").is_file()
+    assert len((out / "large_checkpoint" / "losses.csv").read_text().splitlines()) == 1 + 2  # header, two steps
     # GenEval's six tasks, one prompt each, judged exactly by the world's detector
     assert "## GenEval's six tasks: 1 seeds, first 1 prompts of each task" in printed
     assert "\n### GenEval tasks\n" in printed and "\n## GenEval tasks" not in printed  # subsections of it

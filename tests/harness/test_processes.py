@@ -24,6 +24,7 @@ def test_the_shapes_world_splits_across_the_cores_by_default_natural_models_do_n
     assert get_domain("natural").run_defaults["processes"] == 1
 
 
+@pytest.mark.slow  # two torchrun ranks: two torch imports
 def test_two_processes_make_every_image_once_and_print_the_tables(tiny_model_dir, small_suite, tmp_path, capfd):
     out = tmp_path / "run"
     assert main(["run", "--suite", str(small_suite), "--model", str(tiny_model_dir), "--methods", "plain",
