@@ -12,6 +12,23 @@ import torch  # noqa: E402
 
 torch.set_num_threads(min(2, torch.get_num_threads()))
 
+# printed at the top of every test run (CI's log included), so that a drift in what the install line brought shows
+KEY_PACKAGES = ("torch", "torchvision", "diffusers", "transformers", "huggingface_hub", "accelerate",
+                "open_clip_torch", "safetensors", "torchmetrics", "numpy", "pandas", "pillow", "pytest",
+                "pytest-benchmark", "playwright", "ruff")
+
+
+def pytest_report_header(config):
+    from importlib.metadata import PackageNotFoundError, version
+
+    def installed(name):
+        try:
+            return version(name)
+        except PackageNotFoundError:
+            return "not installed"
+
+    return "installed: " + ", ".join(f"{name}=={installed(name)}" for name in KEY_PACKAGES)
+
 
 @pytest.fixture(scope="session")
 def tiny_model_dir(tmp_path_factory):

@@ -32,14 +32,17 @@ def test_sd14_architecture_has_sd14_shapes():
 
 @pytest.mark.parametrize("version, keyword", [("0.42.1", "dtype"), ("0.40.0", "dtype"), ("0.39.0", "torch_dtype"),
                                               ("0.30.0", "torch_dtype")])
-def test_the_dtype_reaches_the_pipeline_on_every_diffusers_release(tiny_model_dir, monkeypatch, version, keyword):
-    """Releases before 0.40 ignore `dtype=` and load fp32 without a word, so the keyword follows the version (the
-    installed diffusers takes both: the pipeline loads in fp16 under either)."""
+def test_the_dtype_keyword_follows_the_diffusers_release(monkeypatch, version, keyword):
+    """Releases before 0.40 ignore `dtype=` and load fp32 without a word (seen with 0.36: the pipeline came back
+    in fp32); later ones deprecate `torch_dtype=`."""
     import diffusers
 
     import sae.models
 
     monkeypatch.setattr(diffusers, "__version__", version)
     assert sae.models._dtype_keyword() == keyword
+
+
+def test_the_dtype_reaches_every_component_of_the_pipeline(tiny_model_dir):
     pipe = load_pipeline(tiny_model_dir, dtype="fp16")
     assert pipe.unet.dtype == pipe.text_encoder.dtype == pipe.vae.dtype == torch.float16

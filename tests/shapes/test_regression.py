@@ -25,8 +25,8 @@ HARM_MARGIN = 0.15  # about 5 of 32 images: well past seed-to-seed wobble, well 
 MULTI = ["seen_pair", "heldout_pair", "three_objects", "four_objects"]  # the `ci` suite's prompts of 2-4 objects
 
 
-def shapes_run(tmp_path, suite, methods, seeds):
-    options = {m: {**DOMAIN.method_options[m], "cache": str(tmp_path / "checkpoints")}
+def shapes_run(tmp_path, suite, methods, seeds, checkpoints):
+    options = {m: {**DOMAIN.method_options[m], "cache": str(checkpoints)}
                for m in methods if m in DOMAIN.method_options}
     return run(RunConfig(suite=suite, model=str(default_model()), methods=methods, seeds=seeds,
                          steps=DEFAULTS["steps"], guidance=DEFAULTS["guidance"], batch_size=4, out=tmp_path / suite,
@@ -42,9 +42,16 @@ def success(out, method, categories=None):
 
 
 @pytest.fixture(scope="module")
-def single_run(tmp_path_factory):
+def checkpoints(tmp_path_factory):
+    """One SepEn checkpoint cache for both runs: the `ci` suite's single objects are trained once."""
+    return tmp_path_factory.mktemp("checkpoints")
+
+
+@pytest.fixture(scope="module")
+def single_run(tmp_path_factory, checkpoints):
     """The `single_object` suite, seeds 100-101, with plain and SepEn."""
-    return shapes_run(tmp_path_factory.mktemp("regression"), "single_object", ["plain", "sepen"], [100, 101])
+    return shapes_run(tmp_path_factory.mktemp("regression"), "single_object", ["plain", "sepen"], [100, 101],
+                      checkpoints)
 
 
 @pytest.mark.slow
@@ -63,10 +70,10 @@ def test_sepen_costs_single_object_presence_at_most_two_points(single_run):
 
 
 @pytest.fixture(scope="module")
-def ci_run(tmp_path_factory):
+def ci_run(tmp_path_factory, checkpoints):
     """The `ci` suite, seeds 100-103, with plain and both SepEn variants: one run shared by the checks below."""
     return shapes_run(tmp_path_factory.mktemp("regression"), "ci", ["plain", "sepen", "sepen_tt"],
-                      [100, 101, 102, 103])
+                      [100, 101, 102, 103], checkpoints)
 
 
 @pytest.mark.slow
