@@ -248,6 +248,7 @@ def cmd_run(args) -> int:
 
     from .processes import launched, relaunch, resolve_processes
 
+    config.preflight()  # a refusal here is one line from this process, before any torchrun rank starts
     processes = resolve_processes(given("processes"), on_cpu=resolve_device(args.device).type == "cpu")
     if processes > 1 and not launched():  # this command again, as that many ranks (benchmark.processes)
         return relaunch(args.argv, processes)

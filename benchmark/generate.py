@@ -22,7 +22,7 @@ import torch
 from PIL import Image
 from tqdm.auto import tqdm
 
-from sae.models import load_pipeline
+from sae.models import load_pipeline, resolve_device
 from sae.tokens import encode_prompt_ids
 
 from .domains import model_domain, prompts_dir
@@ -75,6 +75,7 @@ class RunConfig:
 
     def validate(self) -> None:
         """Refuse numbers no run can use, before anything is loaded or written."""
+        _check_device(self.device)
         if not self.seeds:
             raise RunError("no seeds: give --seeds (e.g. 0-3) or --num-seeds N with N >= 1")
         if any(int(seed) < 0 for seed in self.seeds):
@@ -87,8 +88,40 @@ class RunConfig:
             sampling = self.sampling_of(method)
             if int(sampling["steps"]) < 1:
                 raise RunError(f"--steps {sampling['steps']} for {method}: give N >= 1 denoising steps")
-            if float(sampling["guidance"]) < 0:
-                raise RunError(f"--guidance {sampling['guidance']} for {method}: give a scale >= 0")
+            guidance = float(sampling["guidance"])
+            if not (0 <= guidance <= MAX_GUIDANCE):  # also NaN
+                raise RunError(f"--guidance {sampling['guidance']} for {method}: give a scale from 0 to "
+                               f"{MAX_GUIDANCE:g}")
+
+    def preflight(self) -> tuple[list[SuitePrompt], list]:
+        """Every refusal that needs no model (the numbers, the device, the suite, the methods and their options,
+        the metrics), before anything is loaded or written; returns the prompts and the methods. `benchmark run`
+        calls it before it starts itself again as several processes, so that a refusal is one line from one
+        process; `run` calls it first."""
+        self.validate()
+        prompts = load_suite(self.suite, prompts_dir(model_domain(self.model)))
+        if self.limit is not None:
+            prompts = prompts[:self.limit]
+        methods = [get_method(name, self.options.get(name)) for name in self.methods]
+        for name in self.metrics:
+            get_metric(name)
+        return prompts, methods
+
+
+MAX_GUIDANCE = 100.0  # classifier-free guidance past this makes saturated noise, not images
+
+
+def _check_device(device: str) -> None:
+    try:
+        resolved = resolve_device(device)
+    except RuntimeError:  # torch's own message for "nonsense" is a paragraph
+        raise RunError(f"--device {device!r}: not a device; give auto, cpu, cuda or cuda:N") from None
+    if resolved.type == "cuda" and not torch.cuda.is_available():
+        raise RunError(f"--device {device}: this machine has no CUDA GPU; give --device cpu (or auto)")
+    if resolved.type == "cuda" and (resolved.index or 0) >= torch.cuda.device_count():
+        raise RunError(f"--device {device}: this machine has {torch.cuda.device_count()} CUDA GPU(s)")
+    if resolved.type not in ("cpu", "cuda", "mps"):
+        raise RunError(f"--device {device}: give auto, cpu, cuda or cuda:N")
 
 
 def method_sampling(methods: list[str], steps: int, guidance: float, release: bool,
@@ -145,20 +178,14 @@ def _distributed(device: str):
 def run(config: RunConfig) -> Path | None:
     """Generate what is missing, score it, and write the tables. Returns the run folder (None on the other
     processes of a distributed run)."""
-    config.validate()
+    prompts, methods = config.preflight()
     domain = model_domain(config.model)
-    prompts = load_suite(config.suite, prompts_dir(domain))
-    if config.limit is not None:
-        prompts = prompts[:config.limit]
-    methods = [get_method(name, config.options.get(name)) for name in config.methods]
     out = Path(config.out)
     state = _distributed(config.device)
     device = str(state.device) if state.num_processes > 1 else config.device
     pipe = load_pipeline(config.model, device=device)
     scheduler = type(pipe.scheduler).__name__
     _check_prompts(pipe, prompts)
-    for name in config.metrics:
-        get_metric(name)  # an unknown metric is an error before any work
     context = GenerationContext(pipe=pipe, base_model=config.model, progress=config.progress and state.is_main_process)
     for method, name in zip(methods, config.methods):
         method.sampling = config.sampling_of(name)
