@@ -196,7 +196,7 @@ def cmd_run(args) -> int:
     import pandas as pd
 
     from .domains import default_model, get_domain, model_domain
-    from .generate import RunConfig, method_sampling, run
+    from .generate import RunConfig, check_run_folder_is_ours, method_sampling, run
     from .methods import method_class
     from .report import markdown_table
 
@@ -248,7 +248,9 @@ def cmd_run(args) -> int:
 
     from .processes import launched, relaunch, resolve_processes
 
-    config.preflight()  # a refusal here is one line from this process, before any torchrun rank starts
+    # a refusal here is one line from this process, before any torchrun rank starts
+    config.preflight()
+    check_run_folder_is_ours(config.out)
     processes = resolve_processes(given("processes"), on_cpu=resolve_device(args.device).type == "cpu")
     if processes > 1 and not launched():  # this command again, as that many ranks (benchmark.processes)
         return relaunch(args.argv, processes)

@@ -40,6 +40,9 @@ LATER_SETTINGS = ("sampling", "scheduler", "method_keys")
 # per method: compared for the methods both the folder and the command have (a folder can gain methods)
 PER_METHOD_SETTINGS = ("sampling", "method_keys")
 LOCK_NAME = ".lock"
+# written first into every run folder: `run` writes only into a folder that has it, or into a new or empty one
+RUN_MARKER = ".benchmark-run"
+RUN_FORMAT = 1
 
 
 class RunError(ValueError):
@@ -148,6 +151,32 @@ def _check_prompts(pipe, prompts: list[SuitePrompt]) -> None:
             raise RunError(f"prompt {item.id}: {err}") from err
 
 
+def check_run_folder_is_ours(out: Path) -> None:
+    """`--out` is a new or empty folder, or a run folder (its marker, or the `run_config.json` of a folder made
+    before markers): never a folder of other files, whose `results.json` or `report/` a run would overwrite."""
+    out = Path(out)
+    if out.resolve() in (Path(out.resolve().anchor), Path.home().resolve()):
+        raise RunError(f"--out {out} is the filesystem root or your home folder: pass a folder for this run "
+                       "(e.g. runs/NAME)")
+    if not out.exists():
+        return
+    if not out.is_dir():
+        raise RunError(f"--out {out} is a file: pass a folder for this run")
+    if (out / RUN_MARKER).is_file() or (out / "run_config.json").is_file():
+        return
+    others = sorted(p.name for p in out.iterdir() if p.name not in (LOCK_NAME, RUN_MARKER))
+    if others:
+        shown = ", ".join(others[:3]) + (", ..." if len(others) > 3 else "")
+        raise RunError(f"--out {out} holds files that are not a benchmark run's ({shown}): pass a new or empty "
+                       "folder; a run writes only into its own folders")
+
+
+def mark_run_folder(out: Path) -> None:
+    """The marker that makes `out` a run folder (written before anything else of the run)."""
+    if not (out / RUN_MARKER).is_file():
+        write_text_atomic(out / RUN_MARKER, json.dumps({"format": RUN_FORMAT}) + "\n")
+
+
 def _check_run_folder(out: Path, config: RunConfig, scheduler: str, method_keys: dict) -> None:
     path = out / "run_config.json"
     if not path.exists():
@@ -196,6 +225,8 @@ def run(config: RunConfig) -> Path | None:
     out.mkdir(parents=True, exist_ok=True)
     lock = _lock_run_folder(out) if state.is_main_process else None  # noqa: F841 (held until the process ends)
     if state.is_main_process:
+        check_run_folder_is_ours(out)  # again under the lock: another process may have written since
+        mark_run_folder(out)
         quarantine_damaged(out)  # a file that cannot be read is made again below
     # the other processes list what is missing once the folder is this job's and its damaged images are
     # moved aside

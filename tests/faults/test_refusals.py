@@ -45,3 +45,51 @@ def test_a_refusal_is_one_line_and_exit_2_before_any_process_starts(tiny_model_d
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith("error: ") and named in err[0], err
     assert not out.exists()  # nothing written
+
+
+def run_argv(model, suite, out, *extra):
+    return ["run", "--suite", str(suite), "--model", str(model), "--seeds", "0", "--steps", "1", "--limit", "1",
+            "--metrics", "", "--out", str(out), "--no-progress", "--no-html", "--processes", "1", *extra]
+
+
+def test_a_folder_of_other_files_is_refused_and_left_as_it_was(tiny_model_dir, small_suite, tmp_path, capsys,
+                                                                no_relaunch):
+    """A user's folder holding files a run also writes (results.json, summary.csv, report/) is not a run folder."""
+    folder = tmp_path / "mine"
+    (folder / "report").mkdir(parents=True)
+    mine = {"results.json": '{"mine": 1}', "summary.csv": "a,b\n1,2\n", "report/index.html": "<p>mine</p>"}
+    for name, text in mine.items():
+        (folder / name).write_text(text)
+    for processes in ("1", "2"):
+        assert main(run_argv(tiny_model_dir, small_suite, folder)[:-1] + [processes]) == 2
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and "holds files that are not a benchmark run's (report, results.json" in err[0], err
+    assert sorted(str(p.relative_to(folder)) for p in folder.rglob("*")) == ["report", *sorted(mine)]
+    assert {name: (folder / name).read_text() for name in mine} == mine
+
+
+@pytest.mark.parametrize("where", ["root", "home", "file"])
+def test_the_root_the_home_folder_and_a_file_are_refused(tiny_model_dir, small_suite, tmp_path, capsys, no_relaunch,
+                                                         where):
+    from pathlib import Path
+
+    out = {"root": Path("/"), "home": Path.home(), "file": tmp_path / "a_file"}[where]
+    if where == "file":
+        out.write_text("mine")
+    assert main(run_argv(tiny_model_dir, small_suite, out)) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith(f"error: --out {out} is "), err
+    if where == "file":
+        assert out.read_text() == "mine"
+
+
+def test_a_run_folder_is_marked_first_and_an_unmarked_old_one_is_taken_back(tiny_model_dir, small_suite, tmp_path):
+    from benchmark.generate import RUN_MARKER
+
+    out = tmp_path / "empty"
+    out.mkdir()  # an empty folder is taken
+    assert main(run_argv(tiny_model_dir, small_suite, out)) == 0
+    assert (out / RUN_MARKER).read_text() == '{"format": 1}\n'
+    (out / RUN_MARKER).unlink()  # a run folder made before markers: its run_config.json says what it is
+    assert main(run_argv(tiny_model_dir, small_suite, out)) == 0
+    assert (out / RUN_MARKER).is_file()
