@@ -28,7 +28,8 @@ from sae.tokens import encode_prompt_ids
 from .domains import model_domain, prompts_dir
 from .methods import GenerationContext, get_method
 from .metrics import MetricContext, SetMetric, get_metric, suite_vocabulary
-from .records import append_jsonl, image_path, quarantine_damaged, read_record, write_image, write_text_atomic
+from .records import (CONFIG_NAME, append_jsonl, image_path, quarantine_damaged, read_record, read_run_config,
+                      write_image, write_text_atomic)
 from .report import write_report
 from .scoring import append_scores, score_missing, setup_metrics
 from .suites import SuitePrompt, load_suite
@@ -89,8 +90,9 @@ class RunConfig:
             raise RunError(f"--batch-size {self.batch_size}: give N >= 1 images per pipeline call")
         for method in self.methods:
             sampling = self.sampling_of(method)
-            if int(sampling["steps"]) < 1:
-                raise RunError(f"--steps {sampling['steps']} for {method}: give N >= 1 denoising steps")
+            if not 1 <= int(sampling["steps"]) <= MAX_STEPS:
+                raise RunError(f"--steps {sampling['steps']} for {method}: give 1 to {MAX_STEPS} denoising steps "
+                               "(the schedulers' training timesteps)")
             guidance = float(sampling["guidance"])
             if not (0 <= guidance <= MAX_GUIDANCE):  # also NaN
                 raise RunError(f"--guidance {sampling['guidance']} for {method}: give a scale from 0 to "
@@ -111,6 +113,7 @@ class RunConfig:
         return prompts, methods
 
 
+MAX_STEPS = 1000  # a diffusers scheduler cannot take more inference steps than its 1000 training timesteps
 MAX_GUIDANCE = 100.0  # classifier-free guidance past this makes saturated noise, not images
 
 
@@ -162,7 +165,10 @@ def check_run_folder_is_ours(out: Path) -> None:
         return
     if not out.is_dir():
         raise RunError(f"--out {out} is a file: pass a folder for this run")
-    if (out / RUN_MARKER).is_file() or (out / "run_config.json").is_file():
+    if (out / CONFIG_NAME).is_file():
+        read_run_config(out)  # a damaged one is named now, before a model is loaded
+        return
+    if (out / RUN_MARKER).is_file():
         return
     others = sorted(p.name for p in out.iterdir() if p.name not in (LOCK_NAME, RUN_MARKER))
     if others:
@@ -178,10 +184,9 @@ def mark_run_folder(out: Path) -> None:
 
 
 def _check_run_folder(out: Path, config: RunConfig, scheduler: str, method_keys: dict) -> None:
-    path = out / "run_config.json"
-    if not path.exists():
+    if not (out / CONFIG_NAME).exists():
         return
-    saved = json.loads(path.read_text())
+    saved = read_run_config(out)
     # the sampler comes with the model folder, so the same --model can sample differently after an edit
     wanted = {**config.to_json(), "scheduler": scheduler, "method_keys": method_keys}
     keys = [key for key in IMAGE_SETTINGS if key in saved or key not in LATER_SETTINGS]
@@ -243,7 +248,7 @@ def run(config: RunConfig) -> Path | None:
         print(f"{out}: {', '.join(m.name for m in changed)} measured with another instrument than this folder's "
               "scores; its images are scored again with this one", file=sys.stderr)
         score_missing(out, changed, progress=context.progress, again=True)
-        saved = json.loads((out / "run_config.json").read_text())
+        saved = read_run_config(out)
         saved["metrics_described"] = {**saved.get("metrics_described", {}),
                                       **{m.name: described[m.name] for m in changed}}
         write_text_atomic(out / "run_config.json", json.dumps(saved, indent=1, default=str))
@@ -310,8 +315,7 @@ def run(config: RunConfig) -> Path | None:
 
 def stored_described(out: Path) -> dict:
     """The metric conventions a run folder's scores were made with (empty for a new folder)."""
-    path = out / "run_config.json"
-    return json.loads(path.read_text()).get("metrics_described", {}) if path.exists() else {}
+    return read_run_config(out).get("metrics_described", {}) if (out / CONFIG_NAME).exists() else {}
 
 
 def _lock_run_folder(out: Path):

@@ -32,7 +32,7 @@ from PIL import Image
 
 from .geneval.report import geneval_tables
 from .trace import TRACE_DIR
-from .records import read_jsonl, slug, write_text_atomic
+from .records import read_jsonl, read_run_config, slug, write_text_atomic
 from .report import (method_settings, model_label, ordered_methods, paired_cells, paired_title, set_columns,
                      summary_cells, write_report)
 
@@ -246,7 +246,7 @@ def geneval_tables_html(results: dict) -> str:
 
 
 def _load(run_dir: Path):
-    config = json.loads((run_dir / "run_config.json").read_text())
+    config = read_run_config(run_dir)
     if not all((run_dir / name).exists() for name in ("summary.csv", "paired.csv", "samples.jsonl")):
         write_report(run_dir)
     summary = pd.read_csv(run_dir / "summary.csv")

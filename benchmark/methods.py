@@ -259,6 +259,17 @@ class SepEnOptions:
     def __post_init__(self):
         if self.train_prompt not in TRAIN_PROMPTS:
             raise ValueError(f"SepEn training prompt must be one of {TRAIN_PROMPTS}, got {self.train_prompt!r}")
+        if self.checkpoint is not None and not str(self.checkpoint).strip():
+            raise ValueError("SepEn checkpoint is empty: pass a .safetensors file, or leave it out to finetune per "
+                             "prompt")
+        try:  # the finetuning settings are checked now, before any model is loaded or anything written
+            FinetuneConfig(**{"steps": self.steps, "learning_rate": self.learning_rate, "maps": self.maps,
+                              "map_downscale": self.map_downscale, "latents": self.latents,
+                              "latent_scale": self.latent_scale, **self.finetune})
+        except TypeError as err:
+            raise ValueError(f"SepEn option finetune={self.finetune}: {err}") from None
+        except ValueError as err:
+            raise ValueError(f"SepEn: {err}") from None
 
 
 @register_method

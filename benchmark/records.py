@@ -154,6 +154,25 @@ def file_sha256(path: Path) -> str:
     return digest.hexdigest()
 
 
+CONFIG_NAME = "run_config.json"
+
+
+def read_run_config(run_dir: Path) -> dict:
+    """A run folder's settings; a missing or damaged file is one line naming it and the way back."""
+    path = Path(run_dir) / CONFIG_NAME
+    if not path.exists():
+        raise FileNotFoundError(f"{run_dir} is not a benchmark run folder (no {CONFIG_NAME})")
+    try:
+        config = json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        raise ValueError(f"{path} is damaged ({err}): move it aside and run the same `benchmark run` command "
+                         "again, which writes the settings anew (the images and scores stay)") from None
+    if not isinstance(config, dict):
+        raise ValueError(f"{path} is damaged (not a JSON object): move it aside and run the same `benchmark run` "
+                         "command again")
+    return config
+
+
 def write_text_atomic(path: Path, text: str) -> None:
     tmp = path.with_name(f".{path.name}.tmp")
     tmp.write_text(text)

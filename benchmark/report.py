@@ -24,7 +24,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from .records import build_samples, read_jsonl, write_text_atomic
+from .records import build_samples, read_jsonl, read_run_config, write_text_atomic
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 
@@ -301,10 +301,7 @@ def metric_sections(rows: list[dict], described: dict, method_order: list[str] |
 def write_report(run_dir: Path) -> pd.DataFrame:
     """Rebuild samples.jsonl, summary.csv, summary.md and results.json from the run folder."""
     run_dir = Path(run_dir)
-    config_path = run_dir / "run_config.json"
-    if not config_path.exists():
-        raise FileNotFoundError(f"{run_dir} is not a benchmark run folder (no run_config.json)")
-    config = json.loads(config_path.read_text())
+    config = read_run_config(run_dir)
     rows = build_samples(run_dir)
     sets, sets_described = read_set_scores(run_dir)
     described = {**config.get("metrics_described", {}), **sets_described}

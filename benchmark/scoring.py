@@ -11,7 +11,8 @@ from pathlib import Path
 from tqdm.auto import tqdm
 
 from .metrics import MetricContext, MetricUnavailable, SetMetric, check_available, get_metric, suite_vocabulary
-from .records import append_jsonl, read_scores, record_key, scan_records, write_text_atomic
+from .records import (CONFIG_NAME, append_jsonl, read_run_config, read_scores, record_key, scan_records,
+                      write_text_atomic)
 from .report import write_report
 
 
@@ -89,10 +90,7 @@ def rescore(run_dir: Path, metric_names: list[str] | None = None, metric_models:
     from sae.models import resolve_device
 
     run_dir = Path(run_dir)
-    config_path = run_dir / "run_config.json"
-    if not config_path.exists():
-        raise FileNotFoundError(f"{run_dir} is not a benchmark run folder (no run_config.json)")
-    config = json.loads(config_path.read_text())
+    config = read_run_config(run_dir)
     names = metric_names if metric_names is not None else config.get("metrics", [])
     for name in names:
         get_metric(name)  # unknown names fail before any work
@@ -104,7 +102,7 @@ def rescore(run_dir: Path, metric_names: list[str] | None = None, metric_models:
     score_missing(run_dir, metrics, progress=progress, again=again)
     described = {**config.get("metrics_described", {}), **{m.name: m.describe() for m in metrics}}
     config.update(metrics=sorted(set(config.get("metrics", [])) | set(names)), metrics_described=described)
-    (run_dir / "run_config.json").write_text(json.dumps(config, indent=1))
+    write_text_atomic(run_dir / CONFIG_NAME, json.dumps(config, indent=1))
     return write_report(run_dir)
 
 

@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from .records import image_path, read_jsonl, slug, write_text_atomic
+from .records import image_path, read_jsonl, read_run_config, slug, write_text_atomic
 
 TRACE_DIR = "attention"
 TRACE_METHODS = ("plain", "sepen")
@@ -98,7 +98,7 @@ def write_traces(run_dir: Path, count: int = 2, context=None, device: str = "aut
     from .suites import SuiteObject, SuitePrompt
 
     run_dir = Path(run_dir)
-    config = json.loads((run_dir / "run_config.json").read_text())
+    config = read_run_config(run_dir)
     names = [m for m in TRACE_METHODS if m in config.get("methods", [])]
     out = run_dir / TRACE_DIR
     for old in out.glob("*"):

@@ -138,6 +138,30 @@ class FinetuneConfig:
         self.timesteps = tuple(self.timesteps)
         if len(self.timesteps) != 2 or not 0 <= self.timesteps[0] < self.timesteps[1]:
             raise ValueError(f"timesteps must be a range (low, high) with 0 <= low < high, got {self.timesteps!r}")
+        self._check_numbers()
+
+    def _check_numbers(self) -> None:
+        """Counts at least 1, rates and weights finite and in range: a NaN or infinite setting trains nothing
+        (or NaN keys) and is refused here, before any model is loaded."""
+        counts = ("steps", "batch_size", "checkpoint_every", "map_downscale", "latent_samples", "sample_steps")
+        for name in counts:
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ValueError(f"{name} must be a whole number >= 1, got {value!r}")
+        ranges = {"learning_rate": (0, 1, False), "lambda_sep": (0, 1e3, True), "lambda_en": (0, 1e3, True),
+                  "lambda_norm": (0, 1e3, True), "weight_decay": (0, 1, True), "adam_eps": (0, 1, False),
+                  "max_grad_norm": (0, 1e6, False), "sample_guidance": (0, 100, True)}
+        if not isinstance(self.latent_scale, str):
+            ranges["latent_scale"] = (0, 1e3, False)
+        for name, (low, high, low_allowed) in ranges.items():
+            value = getattr(self, name)
+            try:
+                number = float(value)
+            except (TypeError, ValueError):
+                raise ValueError(f"{name} must be a number, got {value!r}") from None
+            if not (math.isfinite(number) and (low <= number if low_allowed else low < number) and number <= high):
+                raise ValueError(f"{name} must be a finite number in {'[' if low_allowed else '('}{low:g}, "
+                                 f"{high:g}], got {value!r}")
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
@@ -584,6 +608,10 @@ def _resume(state_path: Path, params, optimizer, config: FinetuneConfig, source,
     if differ:
         raise ValueError(f"{state_path.parent} holds a training run with other {', '.join(differ)}; pass "
                          "another --out, or delete that folder to start over")
+    if state["step"] > config.steps:  # its checkpoint is of more steps than asked: never report it as this run
+        raise ValueError(f"{state_path.parent} holds a training run already {state['step']} steps long, past the "
+                         f"{config.steps} asked; pass --steps {state['step']} or more to go on with it, or another "
+                         "--out")
     delta = load_delta(state_path.parent / state.get("checkpoint", CHECKPOINT_NAME))
     with torch.no_grad():
         for name, p in params.items():

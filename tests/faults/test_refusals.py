@@ -2,6 +2,8 @@
 that needs no model is checked before the command starts itself again as torchrun ranks, and before anything is
 written."""
 
+import json
+
 import pytest
 import torch
 
@@ -18,6 +20,12 @@ REFUSALS = [  # (extra arguments, what the one line names)
     (["--device", "nonsense"], "--device 'nonsense'"),
     (["--methods", "plain,no_such_method"], "no_such_method"),
     (["--metrics", "no_such_metric"], "no_such_metric"),
+    (["--steps", "2000"], "--steps 2000"),
+    (["--methods", "sepen", "--sepen-steps", "0"], "steps must be a whole number >= 1"),
+    (["--methods", "sepen", "--sepen-lr", "inf"], "learning_rate must be a finite number"),
+    (["--methods", "sepen", "--sepen-lr", "nan"], "learning_rate must be a finite number"),
+    (["--methods", "sepen", "--option", "sepen.finetune={\"batch_size\": 0}"], "batch_size must be"),
+    (["--methods", "sepen", "--sepen-checkpoint", ""], "SepEn checkpoint is empty"),
 ]
 if not torch.cuda.is_available():
     REFUSALS.append((["--device", "cuda"], "no CUDA GPU"))
@@ -93,3 +101,45 @@ def test_a_run_folder_is_marked_first_and_an_unmarked_old_one_is_taken_back(tiny
     (out / RUN_MARKER).unlink()  # a run folder made before markers: its run_config.json says what it is
     assert main(run_argv(tiny_model_dir, small_suite, out)) == 0
     assert (out / RUN_MARKER).is_file()
+
+
+def test_a_damaged_settings_file_is_named_and_the_way_back_works(tiny_model_dir, small_suite, tmp_path, capsys):
+    """A `run_config.json` cut in half (a full disk under an older `score`): every command names the file and the
+    remedy in one line; moved aside, the same `run` writes it anew and keeps the images."""
+    out = tmp_path / "run"
+    argv = run_argv(tiny_model_dir, small_suite, out)
+    assert main(argv) == 0
+    settings = out / "run_config.json"
+    whole = settings.read_text()
+    settings.write_text(whole[: len(whole) // 2])
+    images = sorted(p.stat().st_mtime_ns for p in out.rglob("*.png"))
+    capsys.readouterr()
+    for command in (argv, ["report", str(out)], ["score", str(out), "--metrics", "presence"]):
+        assert main(command) == 2, command
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and f"{settings} is damaged" in err[0] and "move it aside" in err[0], err
+    settings.rename(out / "run_config.json.damaged")
+    assert main(argv) == 0
+    assert json.loads(settings.read_text()) == json.loads(whole)
+    assert sorted(p.stat().st_mtime_ns for p in out.rglob("*.png")) == images  # nothing made again
+
+
+def test_training_into_a_longer_finished_run_is_refused_and_keeps_it(tiny_model_dir, tmp_path, capsys):
+    from sae.cli import main as sae_main
+
+    out = tmp_path / "train"
+    argv = ["train", "--model", str(tiny_model_dir), "--prompt", "a cat and a dog", "--objects", "cat,dog",
+            "--out", str(out), "--batch-size", "1", "--no-progress"]
+    assert sae_main(argv + ["--steps", "2"]) == 0
+    checkpoint = (out / "sepen.safetensors").read_bytes()
+    capsys.readouterr()
+    assert sae_main(argv + ["--steps", "1"]) == 2
+    err = capsys.readouterr().err  # the model is loaded first (its loading bars), then the folder is read
+    assert "Traceback" not in err and "already 2 steps long, past the 1 asked" in err.strip().splitlines()[-1], err
+    assert (out / "sepen.safetensors").read_bytes() == checkpoint
+    for bad, named in ((["--steps", "0"], "steps must be a whole number >= 1"),
+                       (["--steps", "2", "--batch-size", "0"], "batch_size must be"),
+                       (["--steps", "2", "--checkpoint-every", "0"], "checkpoint_every must be")):
+        assert sae_main(argv + bad) == 2, bad
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and named in err[0], err  # refused before the model is loaded
