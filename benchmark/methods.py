@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import sys
 import time
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field, fields
@@ -21,8 +22,8 @@ import torch
 from tqdm.auto import tqdm
 
 from sae.attention import cross_attention_layers
-from sae.checkpoint import (apply_delta, base_fingerprints, check_base_model, check_fits, fingerprint_key, load_delta,
-                            require_same_base)
+from sae.checkpoint import (CheckpointError, apply_delta, base_fingerprints, check_base_model, check_fits,
+                            fingerprint_key, load_delta, require_same_base)
 from sae.finetune import ConceptPair, FinetuneConfig, finetune, release_pair_prompt, trainable_parameters
 from sae.sampling import seed_generators
 from sae.tokens import find_token_indices
@@ -239,6 +240,29 @@ def training_lock(folder: Path):
         yield
 
 
+def heal_cached_checkpoint(path: Path) -> None:
+    """A cached checkpoint that cannot be read (a copy cut short, a damaged disk) is moved aside with its folder,
+    in one line, so that it is trained again rather than failing every run that needs it."""
+    if not path.exists():
+        return
+    with training_lock(path.parent):
+        if not path.exists():  # moved aside meanwhile by another process
+            return
+        try:
+            load_delta(path)
+            return
+        except CheckpointError as err:
+            reason = str(err)
+        aside = path.parent.with_name(path.parent.name + ".damaged")
+        number = 1
+        while aside.exists():
+            number += 1
+            aside = path.parent.with_name(f"{path.parent.name}.damaged{number}")
+        path.parent.rename(aside)
+    print(f"warning: cached SepEn checkpoint {path} cannot be read ({reason}); moved aside to {aside.name} and "
+          "trained again", file=sys.stderr)
+
+
 @dataclass
 class SepEnOptions:
     """SepEn's settings in a run: the per-prompt finetuning (defaults: `FinetuneConfig`'s, the paper's per-pair
@@ -372,6 +396,8 @@ class SepEn(Method):
         if self.options.checkpoint is not None:
             return []
         config = self.finetune_config()
+        for path in {self.checkpoint_path(context, p) for p in prompts}:
+            heal_cached_checkpoint(path)
         # one per checkpoint: prompts with the same training prompt and objects share theirs
         missing = list({self.checkpoint_path(context, p): p for p in prompts
                         if not self.checkpoint_path(context, p).exists()}.values())

@@ -143,3 +143,26 @@ def test_training_into_a_longer_finished_run_is_refused_and_keeps_it(tiny_model_
         assert sae_main(argv + bad) == 2, bad
         err = capsys.readouterr().err.strip().splitlines()
         assert len(err) == 1 and named in err[0], err  # refused before the model is loaded
+
+
+def test_a_damaged_cached_checkpoint_is_moved_aside_and_trained_again(tiny_model_dir, small_suite, tmp_path, capsys):
+    from sae.checkpoint import load_delta
+
+    cache = tmp_path / "cache"
+    argv = lambda out: run_argv(tiny_model_dir, small_suite, out, "--methods", "sepen", "--sepen-steps", "1",  # noqa: E731
+                                "--checkpoint-cache", str(cache))
+    assert main(argv(tmp_path / "first")) == 0
+    [checkpoint] = cache.rglob("sepen.safetensors")
+    good = checkpoint.read_bytes()
+    trained = {name: t.clone() for name, t in load_delta(checkpoint).tensors.items()}
+    checkpoint.write_bytes(good[: len(good) // 2])  # a copy cut short
+    capsys.readouterr()
+    assert main(argv(tmp_path / "second")) == 0
+    warned = [line for line in capsys.readouterr().err.splitlines() if line.startswith("warning: cached SepEn")]
+    assert len(warned) == 1 and str(checkpoint) in warned[0] and "trained again" in warned[0]
+    again = load_delta(checkpoint).tensors  # trained again: the same (seeded) training, readable
+    assert again.keys() == trained.keys() and all(torch.equal(again[k], trained[k]) for k in trained)
+    assert (checkpoint.parent.with_name(checkpoint.parent.name + ".damaged") / "sepen.safetensors").is_file()
+    first, second = (sorted(p.relative_to(tmp_path / run) for p in (tmp_path / run / "images").rglob("*.png"))
+                     for run in ("first", "second"))
+    assert first == second and len(first) == 1
