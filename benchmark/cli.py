@@ -311,6 +311,8 @@ def cmd_trace(args) -> int:
 
     if not (args.run_dir / "run_config.json").exists():
         raise FileNotFoundError(f"{args.run_dir} is not a benchmark run folder (no run_config.json)")
+    if args.prompts < 0:  # 0 clears the traces; below it is a typo, not a wish to delete them
+        raise ValueError(f"--prompts {args.prompts}: give N >= 0 prompts to trace")
     traced = write_traces(args.run_dir, args.prompts, device=args.device)
     print(f"traced {len(traced)} prompts into {args.run_dir / TRACE_DIR}"
           + (f": {', '.join(traced)}" if traced else ""))

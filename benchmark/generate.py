@@ -80,6 +80,10 @@ class RunConfig:
     def validate(self) -> None:
         """Refuse numbers no run can use, before anything is loaded or written."""
         _check_device(self.device)
+        if not self.methods:
+            raise RunError("--methods names no method: give one or more (`python -m benchmark ls methods`)")
+        if self.attention_prompts < 0:
+            raise RunError(f"--attention-prompts {self.attention_prompts}: give N >= 0")
         if not self.seeds:
             raise RunError("no seeds: give --seeds (e.g. 0-3) or --num-seeds N with N >= 1")
         if any(int(seed) < 0 for seed in self.seeds):

@@ -26,6 +26,8 @@ REFUSALS = [  # (extra arguments, what the one line names)
     (["--methods", "sepen", "--sepen-lr", "nan"], "learning_rate must be a finite number"),
     (["--methods", "sepen", "--option", "sepen.finetune={\"batch_size\": 0}"], "batch_size must be"),
     (["--methods", "sepen", "--sepen-checkpoint", ""], "SepEn checkpoint is empty"),
+    (["--methods", ","], "--methods names no method"),
+    (["--attention-prompts", "-1"], "--attention-prompts -1"),
 ]
 if not torch.cuda.is_available():
     REFUSALS.append((["--device", "cuda"], "no CUDA GPU"))
@@ -166,3 +168,17 @@ def test_a_damaged_cached_checkpoint_is_moved_aside_and_trained_again(tiny_model
     first, second = (sorted(p.relative_to(tmp_path / run) for p in (tmp_path / run / "images").rglob("*.png"))
                      for run in ("first", "second"))
     assert first == second and len(first) == 1
+
+
+def test_trace_with_a_negative_count_is_refused_and_deletes_nothing(tmp_path, capsys):
+    from harness.conftest import make_report_run
+
+    from benchmark.trace import TRACE_DIR
+
+    out = make_report_run(tmp_path / "run")
+    (out / TRACE_DIR).mkdir(exist_ok=True)
+    (out / TRACE_DIR / "kept.png").write_bytes(b"a trace")
+    capsys.readouterr()
+    assert main(["trace", str(out), "--prompts", "-3"]) == 2
+    assert "--prompts -3: give N >= 0" in capsys.readouterr().err
+    assert (out / TRACE_DIR / "kept.png").read_bytes() == b"a trace"
