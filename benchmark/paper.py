@@ -145,13 +145,13 @@ def paper(model: str | None, num_seeds: int = 64, limit: int | None = None, out:
         text.append("\n## Large scale: not run. Pass `--large-checkpoint FILE` (a SepEn large-scale checkpoint of "
                     "this model: `python -m sae train --model MODEL --concepts CONCEPTS --out DIR`).\n")
     else:
-        suite = per_category_subset("sepen_large", domain.suites_dir, limit, out / "large")
+        suite = per_category_subset("sepen_large", domain.suites_dir, limit, out / "suites")
         large_dir = run(replace(base, suite=suite, limit=None, methods=["plain", "sepen"], out=out / "large",
                                 metrics=["presence"], options={"sepen": {**sepen, "checkpoint": large_checkpoint}}))
         text += [f"\n## Large scale: success rate (presence), one checkpoint `{large_checkpoint}` "
                  f"(run folder `{large_dir}`)\n", large_table(large_dir, published=recipe.published)]
     if geneval:
-        suite = per_category_subset("geneval", domain.suites_dir, limit, out / "geneval")
+        suite = per_category_subset("geneval", domain.suites_dir, limit, out / "suites")
         seeds = list(range(min(num_seeds, GENEVAL_SEEDS)))
         geneval_dir = run(replace(base, suite=suite, limit=None, seeds=seeds, out=out / "geneval",
                                   metrics=["geneval"]))
