@@ -22,6 +22,7 @@ absolute rates; comparisons between methods at one threshold stay meaningful.
 from __future__ import annotations
 
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
@@ -58,11 +59,17 @@ def count_objects(detections: list[Detection], query: str, threshold: float) -> 
     return len(kept)
 
 
-def presence_of(detections: list[Detection], objects: list[dict], threshold: float) -> dict:
-    """Per-image verdict for the prompt's objects (count-aware)."""
+def object_query(obj: dict) -> str:
+    """What an open-vocabulary detector looks for: the object's `query` (its intended sense), else its word."""
+    return obj.get("query") or obj["name"]
+
+
+def presence_of(detections: list[Detection], objects: list[dict], threshold: float,
+                query_of: Callable[[dict], str] = object_query) -> dict:
+    """Per-image verdict for the prompt's objects (count-aware); `query_of` is the detector's name for an object."""
     wanted = Counter()
     for obj in objects:
-        wanted[obj.get("query") or obj["name"]] += int(obj.get("count") or 1)
+        wanted[query_of(obj)] += int(obj.get("count") or 1)
     missing = [q for q, n in wanted.items() if count_objects(detections, q, threshold) < n]
     found = sum(min(count_objects(detections, q, threshold), n) for q, n in wanted.items())
     return {"presence_all": float(not missing), "presence_objects": found / sum(wanted.values()),
@@ -139,7 +146,7 @@ class Presence(Metric):
     def queries(self, record: dict) -> list[str]:
         """The detector's queries for a record: the vocabulary (plus any object of the prompt outside it), or
         with no vocabulary the prompt's own objects."""
-        own = [o.get("query") or o["name"] for o in record["objects"]]
+        own = [self.query_of(o) for o in record["objects"]]
         if not self.vocabulary:
             return own
         return self.vocabulary + [q for q in dict.fromkeys(own) if q not in self.vocabulary]
@@ -147,4 +154,8 @@ class Presence(Metric):
     def score(self, images, records):
         queries = [self.queries(r) for r in records]
         detections = self.detector.detect([image.convert("RGB") for image in images], queries)
-        return [presence_of(dets, r["objects"], self.threshold) for dets, r in zip(detections, records)]
+        return [presence_of(dets, r["objects"], self.threshold, self.query_of) for dets, r in zip(detections, records)]
+
+    def query_of(self, obj: dict) -> str:
+        """The detector's own name for an object where it has one (the shapes world's "colour shape")."""
+        return getattr(self.detector, "query_of", object_query)(obj)

@@ -22,7 +22,15 @@ REFERENCE_SEED = 7
 
 
 class ExactDetector:
-    """`presence`'s detector interface over the world's exact detector: a query is "colour shape"."""
+    """`presence`'s detector interface over the world's exact detector: a query is "colour shape", or a bare shape
+    (found in any colour)."""
+
+    @staticmethod
+    def query_of(obj: dict) -> str:
+        """The world's meaning of a suite object: its `query` ("yellow square" for "squares"), else its word; its
+        colour comes from `attribute` whether or not the query says it (a suite line may leave `query` out)."""
+        query, colour = obj.get("query") or obj["name"], obj.get("attribute")
+        return f"{colour} {query}" if colour and not query.startswith(f"{colour} ") else query
 
     def detect(self, images, queries):
         from benchmark.metrics.presence import Detection
@@ -32,8 +40,8 @@ class ExactDetector:
         result = []
         for image, wanted in zip(images, queries):
             found = detect(np.asarray(image.convert("RGB")))
-            result.append([Detection(query=f"{d.colour} {d.shape}", score=1.0, box=tuple(map(float, d.bbox)))
-                           for d in found if f"{d.colour} {d.shape}" in wanted])
+            result.append([Detection(query=query, score=1.0, box=tuple(map(float, d.bbox)))
+                           for d in found for query in (f"{d.colour} {d.shape}", d.shape) if query in wanted])
         return result
 
 

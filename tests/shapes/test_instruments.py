@@ -102,3 +102,31 @@ def test_fid_compares_with_rendered_scenes_through_the_world_clip(tmp_path):
     metric.update(blank, recs)
     empty = metric.compute(list(metric.states.values()))["fid"]
     assert 0 <= world < empty
+
+
+def test_presence_asks_the_world_for_the_objects_colour_with_or_without_a_query():
+    """A suite line's `query` is optional: the world's detector answers "colour shape", so an object is looked up
+    by its `attribute` and name; an object without a colour is found in any colour."""
+    metric = get_metric("presence")
+    metric.setup(SHAPES_CONTEXT)
+    image = render_pil(scene_from_objects([("red", "circle"), ("blue", "square")], 3))
+    no_query = {"prompt": "a red circle and a blue square",
+                "objects": [{"name": "circle", "attribute": "red"}, {"name": "square", "attribute": "blue"}]}
+    wrong_colour = {"prompt": "a green circle", "objects": [{"name": "circle", "attribute": "green"}]}
+    colourless = {"prompt": "a circle and a square", "objects": [{"name": "circle"}, {"name": "square"}]}
+    absent = {"prompt": "a triangle", "objects": [{"name": "triangle"}]}
+    a, b, c, d = metric.score([image] * 4, [no_query, wrong_colour, colourless, absent])
+    assert (a["presence_all"], a["presence_objects"]) == (1.0, 1.0)
+    assert (b["presence_all"], b["presence_missing"]) == (0.0, "green circle")
+    assert (c["presence_all"], c["presence_objects"]) == (1.0, 1.0)
+    assert (d["presence_all"], d["presence_missing"]) == (0.0, "triangle")
+
+
+def test_the_worlds_query_keeps_a_given_query_and_adds_a_missing_colour():
+    from benchmark.shapes.instruments import ExactDetector
+
+    assert ExactDetector.query_of({"name": "squares", "attribute": "yellow", "query": "yellow square"}) == \
+        "yellow square"
+    assert ExactDetector.query_of({"name": "circle", "attribute": "red", "query": "circle"}) == "red circle"
+    assert ExactDetector.query_of({"name": "circle", "attribute": "red"}) == "red circle"
+    assert ExactDetector.query_of({"name": "circle"}) == "circle"
