@@ -102,7 +102,7 @@ def summarize(rows: list[dict], method_order: list[str] | None = None, sets: dic
         return pd.DataFrame(columns=["method", "category", "images"])
     found = list(dict.fromkeys(frame["method"]))
     methods = ordered_methods(found, method_order)
-    categories = list(dict.fromkeys(frame["category"]))
+    categories = [c for c in dict.fromkeys(frame["category"]) if c != "all"]  # "all": lines without a category
     for method in methods:
         for category in categories + ["all"]:
             part = frame[(frame["method"] == method) & ((frame["category"] == category) | (category == "all"))]
@@ -138,7 +138,7 @@ def paired_differences(rows: list[dict], method_order: list[str] | None = None,
     out = []
     for method in methods:
         joined = frame[frame["method"] == method].set_index(key).join(base, rsuffix="@base", how="inner")
-        for category in list(dict.fromkeys(joined["category"])) + ["all"]:
+        for category in [c for c in dict.fromkeys(joined["category"]) if c != "all"] + ["all"]:
             part = joined if category == "all" else joined[joined["category"] == category]
             row = {"method": method, "baseline": baseline, "category": category, "pairs": len(part)}
             for column in columns:

@@ -182,3 +182,15 @@ def test_trace_with_a_negative_count_is_refused_and_deletes_nothing(tmp_path, ca
     assert main(["trace", str(out), "--prompts", "-3"]) == 2
     assert "--prompts -3: give N >= 0" in capsys.readouterr().err
     assert (out / TRACE_DIR / "kept.png").read_bytes() == b"a trace"
+
+
+def test_a_suite_without_categories_has_one_all_row_per_method():
+    from benchmark.report import paired_differences, summarize
+
+    rows = [{"method": method, "prompt_id": f"p/{i}", "seed": 0, "category": "all", "presence_all": float(i % 2)}
+            for method in ("plain", "sepen") for i in range(4)]
+    summary = summarize(rows, ["plain", "sepen"], declared=["presence_all"])
+    assert summary[["method", "category"]].values.tolist() == [["plain", "all"], ["sepen", "all"]]
+    assert summary["images"].tolist() == [4, 4]
+    paired = paired_differences(rows, ["plain", "sepen"], declared=["presence_all"])
+    assert paired[["method", "category"]].values.tolist() == [["sepen", "all"]]
