@@ -174,7 +174,8 @@ def check_run_folder_is_ours(out: Path) -> None:
         return
     if (out / RUN_MARKER).is_file():
         return
-    others = sorted(p.name for p in out.iterdir() if p.name not in (LOCK_NAME, RUN_MARKER))
+    ours = (LOCK_NAME, RUN_MARKER, f".{RUN_MARKER}.tmp")  # the lock, the marker (or its write cut short by a kill)
+    others = sorted(p.name for p in out.iterdir() if p.name not in ours)
     if others:
         shown = ", ".join(others[:3]) + (", ..." if len(others) > 3 else "")
         raise RunError(f"--out {out} holds files that are not a benchmark run's ({shown}): pass a new or empty "
