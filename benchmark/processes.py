@@ -45,6 +45,16 @@ def resolve_processes(value: str | int, on_cpu: bool) -> int:
     return processes
 
 
+def _end_with_parent() -> None:
+    """In torchrun's process, before it starts: Linux sends it SIGTERM when this launcher dies, however it dies
+    (SIGKILL included), and torchrun then stops its ranks; without it, killing the launcher left the job running."""
+    import ctypes
+    import signal
+
+    PR_SET_PDEATHSIG = 1
+    ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
+
+
 def relaunch(argv: list[str], processes: int) -> int:
     """Run `python -m benchmark ARGV` as `processes` torchrun ranks on this machine and return its exit code.
     A thread count already set in OMP_NUM_THREADS is kept (it decides the last bits of CPU images)."""
@@ -53,7 +63,7 @@ def relaunch(argv: list[str], processes: int) -> int:
                "-m", "benchmark", *argv]
     print(f"running as {processes} processes (torchrun, {env['OMP_NUM_THREADS']} thread(s) each; --processes 1 "
           "for one); the progress bar counts the main process's share", file=sys.stderr)
-    job = subprocess.Popen(command, env=env)
+    job = subprocess.Popen(command, env=env, preexec_fn=_end_with_parent if sys.platform == "linux" else None)
     try:
         return job.wait()
     except KeyboardInterrupt:  # Ctrl-C reached torchrun too: it stops its ranks; wait for them

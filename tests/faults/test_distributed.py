@@ -127,3 +127,42 @@ def test_the_processes_wait_for_the_lock_and_list_the_same_work(tiny_model_dir, 
     generate_module.run(RunConfig(suite=str(small_suite), model=str(tiny_model_dir), seeds=[0], steps=1,
                                   out=out, progress=False))
     assert events[:events.index("image")] == ["lock", "quarantine", "wait", "list", "wait (settings written)"]
+
+
+@needs_gloo
+@pytest.mark.slow
+@pytest.mark.skipif(sys.platform != "linux", reason="the parent-death signal is Linux's")
+def test_killing_the_launcher_ends_torchrun_and_its_ranks(sweep, uninterrupted, tmp_path):
+    """`run --processes 2` killed with SIGKILL (a closed terminal, an OOM kill): its torchrun and both ranks end."""
+    import signal
+
+    out = tmp_path / "run"
+    argv = sweep.command(uninterrupted["model"], uninterrupted["suite"], out, uninterrupted["cache"])
+    long = ["--seeds", "0-99", "--steps", "20"]  # a job that outlives the checks below by minutes
+    launcher = subprocess.Popen(argv + long + ["--processes", "2"], env=sweep.environment(),
+                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 300
+    job = []
+    while time.monotonic() < deadline and len(job) < 3:  # torchrun, then its two ranks
+        torchrun = children(launcher.pid)
+        job = torchrun + [rank for pid in torchrun for rank in children(pid)]
+        time.sleep(0.05)
+    assert len(job) == 3, f"the job did not start: {job}"
+    launcher.send_signal(signal.SIGKILL)
+    launcher.wait()
+    deadline = time.monotonic() + 20
+    while time.monotonic() < deadline and any(map(running, job)):
+        time.sleep(0.1)
+    alive = [pid for pid in job if running(pid)]
+    for pid in alive:
+        os.kill(pid, signal.SIGKILL)
+    assert alive == [], f"still running after the launcher was killed: {alive}"
+
+
+def running(pid: int) -> bool:
+    """The process exists and is not a zombie."""
+    try:
+        with open(f"/proc/{pid}/stat") as handle:
+            return handle.read().rpartition(")")[2].split()[0] != "Z"
+    except OSError:
+        return False
