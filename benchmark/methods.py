@@ -22,8 +22,10 @@ import torch
 from tqdm.auto import tqdm
 
 from sae.attention import cross_attention_layers
-from sae.checkpoint import (CheckpointError, apply_delta, base_fingerprints, check_base_model, check_fits,
-                            fingerprint_key, load_delta, require_same_base)
+from safetensors import SafetensorError, safe_open
+
+from sae.checkpoint import (apply_delta, base_fingerprints, check_base_model, check_fits, fingerprint_key, load_delta,
+                            require_same_base)
 from sae.finetune import ConceptPair, FinetuneConfig, finetune, release_pair_prompt, trainable_parameters
 from sae.sampling import seed_generators
 from sae.tokens import find_token_indices
@@ -249,9 +251,9 @@ def heal_cached_checkpoint(path: Path) -> None:
         if not path.exists():  # moved aside meanwhile by another process
             return
         try:
-            load_delta(path)
-            return
-        except CheckpointError as err:
+            with safe_open(path, "pt"):  # the header and the file's length only: a copy cut short fails here
+                return
+        except (SafetensorError, OSError) as err:
             reason = str(err)
         aside = path.parent.with_name(path.parent.name + ".damaged")
         number = 1
@@ -287,13 +289,21 @@ class SepEnOptions:
             raise ValueError("SepEn checkpoint is empty: pass a .safetensors file, or leave it out to finetune per "
                              "prompt")
         try:  # the finetuning settings are checked now, before any model is loaded or anything written
-            FinetuneConfig(**{"steps": self.steps, "learning_rate": self.learning_rate, "maps": self.maps,
-                              "map_downscale": self.map_downscale, "latents": self.latents,
-                              "latent_scale": self.latent_scale, **self.finetune})
-        except TypeError as err:
-            raise ValueError(f"SepEn option finetune={self.finetune}: {err}") from None
+            self.finetune_config()
         except ValueError as err:
             raise ValueError(f"SepEn: {err}") from None
+
+    def finetune_config(self, sampling: dict | None = None) -> FinetuneConfig:
+        """Per-prompt finetuning settings. With latents="samples" the samples are drawn with the run's `sampling`
+        (steps, guidance); otherwise those stay out, so that a run with other sampling reuses the checkpoints."""
+        fields_ = {"steps": self.steps, "learning_rate": self.learning_rate, "maps": self.maps,
+                   "map_downscale": self.map_downscale, "latents": self.latents, "latent_scale": self.latent_scale}
+        if self.latents == "samples" and sampling is not None:
+            fields_.update(sample_steps=sampling.get("steps", 50), sample_guidance=sampling.get("guidance", 7.5))
+        try:
+            return FinetuneConfig(**{**fields_, **self.finetune})
+        except TypeError as err:
+            raise ValueError(f"option finetune={self.finetune}: {err}") from None
 
 
 @register_method
@@ -354,16 +364,7 @@ class SepEn(Method):
     def finetune_config(self) -> FinetuneConfig:
         """Per-prompt finetuning settings. With latents="samples" the samples are drawn with the run's steps and
         guidance; otherwise those stay out, so that a run with other sampling reuses the cached checkpoints."""
-        o = self.options
-        fields_ = {"steps": o.steps, "learning_rate": o.learning_rate, "maps": o.maps,
-                   "map_downscale": o.map_downscale, "latents": o.latents, "latent_scale": o.latent_scale}
-        if o.latents == "samples":
-            fields_.update(sample_steps=self.sampling.get("steps", 50),
-                           sample_guidance=self.sampling.get("guidance", 7.5))
-        try:
-            return FinetuneConfig(**{**fields_, **o.finetune})
-        except TypeError as err:
-            raise ValueError(f"SepEn option finetune={o.finetune}: {err}") from None
+        return self.options.finetune_config(self.sampling)
 
     def resume_key(self) -> dict:
         if self.options.checkpoint is not None:
