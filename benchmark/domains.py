@@ -48,11 +48,30 @@ class Domain:
     default_model: Path | None = None  # a model shipped with the domain
     # suite name -> run defaults that differ for that suite (GenEval's: its seeds and its metric)
     suite_defaults: dict = field(default_factory=dict)
+    # (SuiteObject) -> why the domain's instruments cannot draw or find it, or None: checked when a suite loads
+    object_problem: Callable | None = None
     write_suites: Callable | None = None  # (out_dir) -> suites: regenerates its suite files (`build_suites`)
 
     def defaults_for(self, suite: str) -> dict:
-        """`run_defaults` with the suite's own (a suite named by its name; a suite file keeps the domain's)."""
-        return {**self.run_defaults, **self.suite_defaults.get(suite, {})}
+        """`run_defaults` with the suite's own: a suite named by its name, or a suite file whose every line carries
+        GenEval clauses (it is judged as GenEval's suite is)."""
+        kind = suite
+        if suite not in self.suite_defaults and "geneval" in self.suite_defaults and _all_lines_carry(suite, "geneval"):
+            kind = "geneval"
+        return {**self.run_defaults, **self.suite_defaults.get(kind, {})}
+
+
+def _all_lines_carry(suite: str, key: str) -> bool:
+    """Whether `suite` is a JSONL file whose every line carries `key` (False when it cannot be read: loading the
+    suite names what is wrong)."""
+    path = Path(suite)
+    if path.suffix != ".jsonl" or not path.is_file():
+        return False
+    try:
+        rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    except (OSError, ValueError):
+        return False
+    return bool(rows) and all(isinstance(row, dict) and key in row for row in rows)
 
 
 def register_domain(domain: "str | Domain", module: str | None = None) -> None:

@@ -25,11 +25,11 @@ from tqdm.auto import tqdm
 from sae.models import load_pipeline, resolve_device
 from sae.tokens import encode_prompt_ids
 
-from .domains import model_domain, prompts_dir
+from .domains import get_domain, model_domain
 from .methods import GenerationContext, get_method
 from .metrics import MetricContext, SetMetric, get_metric, suite_vocabulary
-from .records import (CONFIG_NAME, append_jsonl, image_path, quarantine_damaged, read_record, read_run_config,
-                      write_image, write_text_atomic)
+from .records import (CONFIG_NAME, append_jsonl, id_folder, image_path, quarantine_damaged, read_record,
+                      read_run_config, write_image, write_text_atomic)
 from .report import write_report
 from .scoring import append_scores, score_missing, setup_metrics
 from .suites import SuitePrompt, load_suite
@@ -108,12 +108,14 @@ class RunConfig:
         calls it before it starts itself again as several processes, so that a refusal is one line from one
         process; `run` calls it first."""
         self.validate()
-        prompts = load_suite(self.suite, prompts_dir(model_domain(self.model)))
+        domain = get_domain(model_domain(self.model))
+        prompts = load_suite(self.suite, domain.suites_dir, domain.object_problem)
         if self.limit is not None:
             prompts = prompts[:self.limit]
         methods = [get_method(name, self.options.get(name)) for name in self.methods]
         for name in self.metrics:
             get_metric(name)
+        check_suite_matches(Path(self.out), self.suite, prompts)
         return prompts, methods
 
 
@@ -182,6 +184,32 @@ def check_run_folder_is_ours(out: Path) -> None:
                        "folder; a run writes only into its own folders")
 
 
+def check_suite_matches(out: Path, suite: str, prompts: list[SuitePrompt]) -> None:
+    """A run folder holds one suite: another suite, or other prompts under this suite's ids (an edited file), is
+    refused before anything is written; the folder's images would be counted as these prompts'."""
+    if not out.is_dir():
+        return
+    if (out / CONFIG_NAME).is_file():
+        held = str(read_run_config(out).get("suite", suite))
+        if Path(held).stem != Path(suite).stem:
+            raise RunError(f"{out} holds a run of suite {Path(held).stem} and this command's suite is "
+                           f"{Path(suite).stem}: pass another --out to keep both")
+    for item in prompts:
+        for path in sorted((out / "images").glob(f"*/{id_folder(item.id)}/*.png"))[:1]:
+            try:
+                record = read_record(path)
+            except (OSError, SyntaxError, ValueError, KeyError):
+                continue  # set aside and made again by the run
+            if "line_sha256" in record:
+                same = record["line_sha256"] == item.line_sha256
+            else:  # a record made before line hashes: its text
+                same = (record.get("prompt"), record.get("objects")) == (item.prompt, [vars(o) for o in item.objects])
+            if not same:
+                raise RunError(f"{out} holds images of prompt {item.id} made from another suite line "
+                               f"({record.get('prompt')!r}; this suite's: {item.prompt!r}): pass another --out for "
+                               "this suite, or run the folder's own suite file")
+
+
 def mark_run_folder(out: Path) -> None:
     """The marker that makes `out` a run folder (written before anything else of the run)."""
     if not (out / RUN_MARKER).is_file():
@@ -237,7 +265,7 @@ def run(config: RunConfig) -> Path | None:
     if state.is_main_process:
         check_run_folder_is_ours(out)  # again under the lock: another process may have written since
         mark_run_folder(out)
-        quarantine_damaged(out)  # a file that cannot be read is made again below
+        quarantine_damaged(out, progress=context.progress)  # a file that is not what its path says is made again
     # the other processes list what is missing once the folder is this job's and its damaged images are
     # moved aside
     state.wait_for_everyone()
@@ -384,6 +412,8 @@ def generate_block(out: Path, method, context: GenerationContext, alike: list[Su
             path = image_path(out, method.name, item.id, seed)
             record = {"method": method.name, "prompt_id": item.id, "suite": item.suite, "category": item.category,
                       "prompt": item.prompt, "objects": [o.__dict__ for o in item.objects], "seed": seed,
+                      "line_sha256": item.line_sha256, **({"geneval": item.extra["geneval"]} if "geneval" in item.extra
+                                                          else {}),
                       "model": context.base_model, "steps": context.num_inference_steps,
                       "guidance": context.guidance_scale, "seconds": cost, "batch": len(block)}
             if checkpoint is not None:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import os
 import re
 import sys
@@ -38,15 +39,20 @@ def record_key(record: dict) -> tuple[str, str, int]:
     return record["method"], record["prompt_id"], int(record["seed"])
 
 
+def pixels_sha256(image: Image.Image) -> str:
+    return hashlib.sha256(image.convert("RGB").tobytes()).hexdigest()
+
+
 def write_image(path: Path, image: Image.Image, record: dict) -> None:
-    """Save `image` with `record` embedded; atomic, so a reader sees the whole file or none.
+    """Save `image` with `record` embedded, and the hash of its pixels (`image_problem` checks it); atomic, so a
+    reader sees the whole file or none.
 
     The rename is what makes a killed run leave whole images only, which is all resume needs; no fsync per image
     (it guards against power loss, not interruption).
     """
     path.parent.mkdir(parents=True, exist_ok=True)
     info = PngImagePlugin.PngInfo()
-    info.add_text(RECORD_KEY, json.dumps(record))
+    info.add_text(RECORD_KEY, json_text({**record, "pixels_sha256": pixels_sha256(image)}))
     tmp = path.with_name(f".{path.name}.tmp")
     image.save(tmp, format="PNG", pnginfo=info)
     os.replace(tmp, path)
@@ -74,18 +80,49 @@ def image_is_whole(path: Path) -> bool:
         return False
 
 
-def move_aside(path: Path) -> None:
-    """Rename an unreadable image to `<seed>.png.damaged`, naming it on one line: `run` makes it again."""
+def move_aside(path: Path, why: str = "cannot be read (damaged or truncated)") -> None:
+    """Rename an image that is not what its path says to `<seed>.png.damaged`, naming it on one line: `run` makes
+    it again."""
     os.replace(path, path.with_name(path.name + DAMAGED_SUFFIX))
-    print(f"warning: {path} cannot be read (damaged or truncated): moved aside to {path.name}{DAMAGED_SUFFIX}; "
-          "`benchmark run` with the same command makes it again", file=sys.stderr)
+    print(f"warning: {path} {why}: moved aside to {path.name}{DAMAGED_SUFFIX}; `benchmark run` with the same "
+          "command makes it again", file=sys.stderr)
 
 
-def quarantine_damaged(run_dir: Path) -> list[Path]:
-    """Move aside every image cut short (`image_is_whole`). Returns their paths."""
-    damaged = [p for p in sorted((run_dir / "images").glob("*/*/*.png")) if not image_is_whole(p)]
-    for path in damaged:
-        move_aside(path)
+def image_problem(path: Path) -> str | None:
+    """Why an image file is not the image its path names, or None: cut short, unreadable, a record naming another
+    method, prompt or seed (a file copied over another), or pixels that differ from its record's hash (edited)."""
+    if not image_is_whole(path):
+        return "cannot be read (cut short: an interrupted write)"
+    try:
+        with Image.open(path) as image:
+            record = json.loads(image.text[RECORD_KEY])
+            pixels = pixels_sha256(image) if "pixels_sha256" in record else None
+    except (OSError, SyntaxError, ValueError, KeyError, TypeError):
+        return "cannot be read (damaged or truncated)"
+    try:
+        named = (record["method"], id_folder(str(record["prompt_id"])), f"{int(record['seed']):04d}.png")
+    except (KeyError, TypeError, ValueError):
+        return "holds no whole record (method, prompt_id, seed)"
+    if named != (path.parent.parent.name, path.parent.name, path.name):
+        return (f"holds the image of {record['method']} {record['prompt_id']} seed {record['seed']}, not of its path "
+                "(a file copied over it)")
+    if pixels is not None and pixels != record["pixels_sha256"]:
+        return "has other pixels than its record's hash (edited after it was made)"
+    return None
+
+
+def quarantine_damaged(run_dir: Path, progress: bool = False) -> list[Path]:
+    """Move aside every image that is not what its path says (`image_problem`: every file is read, a second or so
+    per thousand small images), so that this run makes it again. Returns their paths."""
+    from tqdm.auto import tqdm
+
+    damaged = []
+    paths = sorted((run_dir / "images").glob("*/*/*.png"))
+    for path in tqdm(paths, desc="checking images", unit="img", disable=not progress or len(paths) < 1000):
+        problem = image_problem(path)
+        if problem:
+            move_aside(path, problem)
+            damaged.append(path)
     return damaged
 
 
@@ -113,7 +150,7 @@ def append_jsonl(path: Path, rows: list[dict]) -> None:
         if handle.seek(0, os.SEEK_END) > 0:  # appends go to the end whatever was read before
             handle.seek(-1, os.SEEK_END)
             torn = handle.read(1) != b"\n"
-        text = ("\n" if torn else "") + "".join(json.dumps(row) + "\n" for row in rows)
+        text = ("\n" if torn else "") + "".join(json_text(row) + "\n" for row in rows)
         handle.write(text.encode())
         handle.flush()
         os.fsync(handle.fileno())
@@ -174,14 +211,36 @@ def read_run_config(run_dir: Path) -> dict:
 
 
 def write_text_atomic(path: Path, text: str) -> None:
+    """Every file of a run folder is written this way: a reader (or a kill) sees the old file or the new one."""
     tmp = path.with_name(f".{path.name}.tmp")
     tmp.write_text(text)
     os.replace(tmp, path)
+
+
+def finite(value):
+    """`value` with every float that is not a finite number (NaN, infinity) as None: JSON has no such numbers,
+    and a reader of a run's files gets `null` ("no value") rather than a bare NaN that strict parsers refuse."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {key: finite(item) for key, item in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [finite(item) for item in value]
+    return value
+
+
+def json_text(value, indent: int | None = None, default=None) -> str:
+    """JSON for a run folder's files: strict (`allow_nan=False`), non-finite numbers written as null."""
+    return json.dumps(finite(value), indent=indent, allow_nan=False, default=default)
+
+
+def write_json(path: Path, value, indent: int | None = 1) -> None:
+    write_text_atomic(path, json_text(value, indent) + "\n")
 
 
 def build_samples(run_dir: Path) -> list[dict]:
     """Join image records and scores into `samples.jsonl` (one line per image) and return the rows."""
     scores = read_scores(run_dir)
     rows = [{**record, **scores.get(record_key(record), {})} for record in scan_records(run_dir)]
-    write_text_atomic(run_dir / "samples.jsonl", "".join(json.dumps(row) + "\n" for row in rows))
+    write_text_atomic(run_dir / "samples.jsonl", "".join(json_text(row) + "\n" for row in rows))
     return rows

@@ -9,6 +9,7 @@ checked when the suite loads (`benchmark.geneval.rules.spec_problem`) and kept i
 
 from __future__ import annotations
 
+import hashlib
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -45,6 +46,14 @@ class SuitePrompt:
     def object_words(self) -> list[str]:
         return [o.name for o in self.objects]
 
+    @property
+    def line_sha256(self) -> str:
+        """A hash of what the line asks for (prompt, objects, category, GenEval clauses): a run folder's images
+        carry it, so other prompts under the same ids are never taken for this suite's."""
+        line = {"prompt": self.prompt, "objects": [vars(o) for o in self.objects], "category": self.category,
+                "geneval": self.extra.get("geneval")}
+        return hashlib.sha256(json.dumps(line, sort_keys=True).encode()).hexdigest()
+
 
 def _check_types(row: dict) -> str | None:
     """What is wrong with the field types of a suite line, or None."""
@@ -52,6 +61,8 @@ def _check_types(row: dict) -> str | None:
         return "prompt must be a non-empty string"
     if not isinstance(row.get("id"), (str, int)) or isinstance(row.get("id"), bool):
         return "id must be a string"
+    if "category" in row and (not isinstance(row["category"], str) or not row["category"].strip()):
+        return f"category must be a non-empty string, got {row['category']!r}"
     if not isinstance(row.get("objects"), list):
         return "objects must be a list of {name, ...}"
     for obj in row["objects"]:
@@ -104,7 +115,9 @@ def suite_path(name: str, prompts_dir: Path = PROMPTS_DIR) -> Path:
     return candidate
 
 
-def load_suite(name: str, prompts_dir: Path = PROMPTS_DIR) -> list[SuitePrompt]:
+def load_suite(name: str, prompts_dir: Path = PROMPTS_DIR, object_problem=None) -> list[SuitePrompt]:
+    """A suite's prompts, every line checked; `object_problem(SuiteObject)` (a domain's: what its instruments
+    cannot draw or detect) names an object the run could only score as missing."""
     path = suite_path(name, prompts_dir)
     from .records import id_folder
 
@@ -129,7 +142,8 @@ def load_suite(name: str, prompts_dir: Path = PROMPTS_DIR) -> list[SuitePrompt]:
             raise SuiteError(f"{path}:{number}: prompt {item.id} lists no objects")
         if item.id in ids:
             raise SuiteError(f"{path}:{number}: duplicate prompt id {item.id}")
-        problem = _check_id(item.id, folders) or _check_geneval(row)
+        problem = (_check_id(item.id, folders) or _check_geneval(row)
+                   or next(filter(None, map(object_problem or (lambda o: None), objects)), None))
         if problem:
             raise SuiteError(f"{path}:{number}: {problem}")
         ids.add(item.id)

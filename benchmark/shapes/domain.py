@@ -68,5 +68,6 @@ DOMAIN = Domain(
                          "64-pixel shape scenes)"},
     default_model=MODEL,
     suite_defaults={"geneval": GENEVAL_DEFAULTS},
+    object_problem=instruments.object_problem,
     write_suites=write_suites,
 )

@@ -45,6 +45,20 @@ class ExactDetector:
         return result
 
 
+def object_problem(obj) -> str | None:
+    """Why the world cannot draw or detect a suite object (a shape or colour it does not have), or None: such an
+    object could only ever be scored missing."""
+    from .world import COLOURS
+
+    *colours, shape = ExactDetector.query_of(vars(obj)).split()
+    if shape not in SHAPES:
+        return (f"object {obj.name!r}: the shapes world draws only {', '.join(SHAPES)} (a word that differs, like "
+                "\"squares\", needs a `query` naming the shape: \"yellow square\")")
+    if len(colours) > 1 or (colours and colours[0] not in COLOURS):
+        return f"object {obj.name!r}: colour {' '.join(colours)!r} is not one of the world's ({', '.join(COLOURS)})"
+    return None
+
+
 def _presence(context):
     return ExactDetector(), ("the shapes world's exact detector (benchmark/shapes/detector.py: palette colour "
                              "segmentation, shape fit by IoU; >= 99% right on rendered scenes); an object is found "

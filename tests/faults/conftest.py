@@ -3,6 +3,8 @@ from pathlib import Path
 
 import pytest
 
+import benchmark.processes
+
 SCRIPT = Path(__file__).resolve().parents[2] / "scripts" / "fault_sweep.py"
 
 
@@ -24,3 +26,12 @@ def uninterrupted(sweep, tiny_model_dir, small_suite, tmp_path_factory):
     sweep.finish(sweep.command(**runs))
     assert len(sweep.images(runs["out"])) == sweep.IMAGES
     return runs
+
+
+@pytest.fixture
+def no_relaunch(monkeypatch):
+    """A refusal must come before torchrun is started: starting it fails the test."""
+    def relaunch(argv, processes):
+        raise AssertionError(f"started {processes} processes for a command that should be refused")
+
+    monkeypatch.setattr(benchmark.processes, "relaunch", relaunch)

@@ -33,15 +33,6 @@ if not torch.cuda.is_available():
     REFUSALS.append((["--device", "cuda"], "no CUDA GPU"))
 
 
-@pytest.fixture
-def no_relaunch(monkeypatch):
-    """A refusal must come before torchrun is started: starting it fails the test."""
-    def relaunch(argv, processes):
-        raise AssertionError(f"started {processes} processes for a command that should be refused")
-
-    monkeypatch.setattr(benchmark.processes, "relaunch", relaunch)
-
-
 @pytest.mark.parametrize("processes", ["1", "2", "auto"])
 @pytest.mark.parametrize("extra, named", REFUSALS, ids=[" ".join(e) for e, _ in REFUSALS])
 def test_a_refusal_is_one_line_and_exit_2_before_any_process_starts(tiny_model_dir, small_suite, tmp_path, capsys,

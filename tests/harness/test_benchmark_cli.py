@@ -34,10 +34,11 @@ BAD = {
     "unknown suite": (lambda tmp: ["--suite", "nope"], "unknown suite 'nope'"),
     "unknown method": (lambda tmp: ["--methods", "plain,magic"], "unknown method 'magic'"),
     "unknown metric": (lambda tmp: ["--metrics", "sharpness"], "unknown metric 'sharpness'"),
-    "object not in prompt": (lambda tmp: ["--suite", write(tmp, "s.jsonl", [
+    # a suite file of the folder's name (small): another suite on the folder is refused before its lines are read
+    "object not in prompt": (lambda tmp: ["--suite", write(tmp, "small.jsonl", [
         {"id": "x", "prompt": "a cat and a dog", "objects": [{"name": "cat"}, {"name": "bird"}]}])],
         "prompt x: object 'bird' is not a word of the prompt"),
-    "prompt too long": (lambda tmp: ["--suite", write(tmp, "s.jsonl", [
+    "prompt too long": (lambda tmp: ["--suite", write(tmp, "small.jsonl", [
         {"id": "x", "prompt": "a cat and " * 30 + "a dog", "objects": [{"name": "cat"}]}])],
         "over the text encoder's 77"),
     "empty suite": (lambda tmp: ["--suite", write(tmp, "s.jsonl", [])], "holds no prompts"),
