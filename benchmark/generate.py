@@ -29,7 +29,7 @@ from .domains import get_domain, model_domain
 from .methods import GenerationContext, get_method
 from .metrics import MetricContext, SetMetric, get_metric, suite_vocabulary
 from .records import (CONFIG_NAME, append_jsonl, id_folder, image_path, quarantine_damaged, read_record,
-                      read_run_config, write_image, write_text_atomic)
+                      read_run_config, write_image, write_json)
 from .report import write_report
 from .scoring import append_scores, score_missing, setup_metrics
 from .suites import SuitePrompt, load_suite
@@ -213,7 +213,7 @@ def check_suite_matches(out: Path, suite: str, prompts: list[SuitePrompt]) -> No
 def mark_run_folder(out: Path) -> None:
     """The marker that makes `out` a run folder (written before anything else of the run)."""
     if not (out / RUN_MARKER).is_file():
-        write_text_atomic(out / RUN_MARKER, json.dumps({"format": RUN_FORMAT}) + "\n")
+        write_json(out / RUN_MARKER, {"format": RUN_FORMAT}, indent=None)
 
 
 def _check_run_folder(out: Path, config: RunConfig, scheduler: str, method_keys: dict) -> None:
@@ -270,7 +270,8 @@ def run(config: RunConfig) -> Path | None:
     # moved aside
     state.wait_for_everyone()
     metric_context = MetricContext(device=str(pipe.device), model_paths=config.metric_models, domain=domain,
-                                   vocabulary=suite_vocabulary(config.suite, domain))  # whole suite, not --limit
+                                   vocabulary=suite_vocabulary(config.suite, domain),  # whole suite, not --limit
+                                   suite=str(config.suite))
     metrics = setup_metrics(config.metrics, metric_context)
     described = {m.name: m.describe() for m in metrics}
     # per-image scores made with another instrument (a retrained or swapped model) are made again, never mixed
@@ -284,7 +285,7 @@ def run(config: RunConfig) -> Path | None:
         saved = read_run_config(out)
         saved["metrics_described"] = {**saved.get("metrics_described", {}),
                                       **{m.name: described[m.name] for m in changed}}
-        write_text_atomic(out / "run_config.json", json.dumps(saved, indent=1, default=str))
+        write_json(out / CONFIG_NAME, saved, default=str)
     run_settings = {**config.to_json(), "scheduler": scheduler, "domain": domain, "method_keys": method_keys,
                     "options": {name: m.options_record() for name, m in zip(config.methods, methods)},
                     "notes": {name: m.settings_note() for name, m in zip(config.methods, methods)},
@@ -294,7 +295,7 @@ def run(config: RunConfig) -> Path | None:
         """Written with the first image (or at the end): a start that fails leaves no settings to refuse a
         corrected command with."""
         if state.is_main_process and not (out / "run_config.json").exists():
-            write_text_atomic(out / "run_config.json", json.dumps(run_settings, indent=1))
+            write_json(out / CONFIG_NAME, run_settings, default=str)
 
     # Blocks of `batch_size` consecutive seeds are the unit of generation: batched kernels on the CPU can differ
     # from one image at a time by one 8-bit level, so a resumed run regenerates a block whole (writing only its

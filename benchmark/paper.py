@@ -30,6 +30,7 @@ import pandas as pd
 from .domains import default_model, get_domain, model_domain
 from .generate import RunConfig, method_sampling, run
 from .geneval.report import geneval_markdown
+from .records import write_text_atomic
 
 MAIN_COLUMNS = {"fid": "FID (lower better)", "blip_similarity": "BLIP similarity", "presence_all": "success rate",
                 "clip_full": "CLIP full", "clip_min_object": "CLIP min-object"}
@@ -100,7 +101,7 @@ def per_category_subset(suite: str, suites_dir: Path, limit: int | None, folder:
             for p in [p for p in prompts if p.category == c][:limit]}
     folder.mkdir(parents=True, exist_ok=True)
     path = folder / f"{suite}_subset.jsonl"
-    path.write_text("".join(r + "\n" for r in rows if json.loads(r)["id"] in keep))
+    write_text_atomic(path, "".join(r + "\n" for r in rows if json.loads(r)["id"] in keep))
     return str(path)
 
 
@@ -165,7 +166,7 @@ def paper(model: str | None, num_seeds: int = 64, limit: int | None = None, out:
     text.append("\nConventions of every column: `summary.md` and `results.json` in each run folder. FID and "
                 "success rates depend on the detector, reference set and image count: compare within a table.\n")
     report = "\n".join(t for t in text if t)
-    (out / "paper.md").write_text(report)
+    write_text_atomic(out / "paper.md", report)
     return report
 
 

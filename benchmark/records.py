@@ -234,8 +234,9 @@ def json_text(value, indent: int | None = None, default=None) -> str:
     return json.dumps(finite(value), indent=indent, allow_nan=False, default=default)
 
 
-def write_json(path: Path, value, indent: int | None = 1) -> None:
-    write_text_atomic(path, json_text(value, indent) + "\n")
+def write_json(path: Path, value, indent: int | None = 1, default=None) -> None:
+    """A run folder's JSON file, whole and strict (`json_text`); `default=str` for settings that hold paths."""
+    write_text_atomic(path, json_text(value, indent, default) + "\n")
 
 
 def build_samples(run_dir: Path) -> list[dict]:

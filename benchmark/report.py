@@ -24,7 +24,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from .records import build_samples, read_jsonl, read_run_config, write_text_atomic
+from .records import build_samples, read_jsonl, read_run_config, write_json, write_text_atomic
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 
@@ -323,7 +323,7 @@ def write_report(run_dir: Path) -> pd.DataFrame:
                "images": len(rows), "summary": json.loads(summary.to_json(orient="records")),
                "paired": json.loads(paired.to_json(orient="records")),
                **{key: values for key, (values, _) in sections.items()}}
-    write_text_atomic(run_dir / "results.json", json.dumps(results, indent=1))
+    write_json(run_dir / "results.json", results)
     return summary
 
 

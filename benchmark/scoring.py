@@ -12,7 +12,7 @@ from tqdm.auto import tqdm
 
 from .metrics import MetricContext, MetricUnavailable, SetMetric, check_available, get_metric, suite_vocabulary
 from .records import (CONFIG_NAME, append_jsonl, read_run_config, read_scores, record_key, scan_records,
-                      write_text_atomic)
+                      write_json)
 from .report import write_report
 
 
@@ -80,7 +80,7 @@ def score_sets(run_dir: Path, metric, progress: bool = True, again: bool = False
     rows = [{"method": method, "category": category, "images": len(keys),
              "values": metric.compute([metric.states[k] for k in keys])} for (method, category), keys in groups.items()]
     path.parent.mkdir(parents=True, exist_ok=True)
-    write_text_atomic(path, json.dumps({"fingerprint": fingerprint, "metric": described, "groups": rows}, indent=1))
+    write_json(path, {"fingerprint": fingerprint, "metric": described, "groups": rows})
     return len(todo)
 
 
@@ -98,11 +98,12 @@ def rescore(run_dir: Path, metric_names: list[str] | None = None, metric_models:
     domain = config.get("domain", "natural")
     vocabulary = suite_vocabulary(config.get("suite", ""), domain, lambda: scan_records(run_dir))
     metrics = setup_metrics(names, MetricContext(device=str(resolve_device(device)), model_paths=models,
-                                                  domain=domain, vocabulary=vocabulary))
+                                                  domain=domain, vocabulary=vocabulary,
+                                                  suite=str(config.get("suite", ""))))
     score_missing(run_dir, metrics, progress=progress, again=again)
     described = {**config.get("metrics_described", {}), **{m.name: m.describe() for m in metrics}}
     config.update(metrics=sorted(set(config.get("metrics", [])) | set(names)), metrics_described=described)
-    write_text_atomic(run_dir / CONFIG_NAME, json.dumps(config, indent=1))
+    write_json(run_dir / CONFIG_NAME, config, default=str)
     return write_report(run_dir)
 
 

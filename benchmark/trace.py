@@ -10,14 +10,13 @@ model must load from local files (a folder, or the hub cache).
 
 from __future__ import annotations
 
-import json
 import sys
 from pathlib import Path
 
 import numpy as np
 from PIL import Image
 
-from .records import image_path, read_jsonl, read_run_config, slug, write_text_atomic
+from .records import image_path, read_jsonl, read_run_config, slug, write_json
 
 TRACE_DIR = "attention"
 TRACE_METHODS = ("plain", "sepen")
@@ -139,8 +138,7 @@ def write_traces(run_dir: Path, count: int = 2, context=None, device: str = "aut
         name = slug(item.id)
         out.mkdir(parents=True, exist_ok=True)
         attention_figure(figure_rows, step_labels, out / f"{name}.png")
-        write_text_atomic(out / f"{name}.json", json.dumps(
-            {"prompt_id": item.id, "prompt": item.prompt, "seed": seed, "objects": labels, "methods": values,
-             "step_labels": step_labels, "notes": notes}, indent=1))
+        write_json(out / f"{name}.json", {"prompt_id": item.id, "prompt": item.prompt, "seed": seed, "objects": labels,
+                                           "methods": values, "step_labels": step_labels, "notes": notes})
         traced.append(item.id)
     return traced

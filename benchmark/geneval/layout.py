@@ -16,7 +16,7 @@ from pathlib import Path
 
 from PIL import Image
 
-from ..records import image_path, write_image, write_text_atomic
+from ..records import image_path, write_image, write_json
 from .suite import SUITE
 
 DIGITS = re.compile(r"\d+")
@@ -130,7 +130,7 @@ def import_layout(source: Path, out: Path | None = None, method: str = "external
                     "number the folders as GenEval's evaluation_metadata.jsonl")
     seeds = sorted({n for _, _, samples in prompts for n in samples})
     out.mkdir(parents=True, exist_ok=True)
-    write_text_atomic(config_path, json.dumps(run_config(source, method, seeds, previous), indent=1))
+    write_json(config_path, run_config(source, method, seeds, previous))
     written = 0
     for index, _, samples in prompts:
         item = suite[f"{SUITE}/{index:05d}"]

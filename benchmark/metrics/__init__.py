@@ -23,6 +23,7 @@ class MetricContext:
     model_paths: dict = field(default_factory=dict)  # metric name -> local path or hub id
     domain: str = "natural"
     vocabulary: list[str] = field(default_factory=list)
+    suite: str = ""  # the run's suite, its name or file (GenEval clauses of records that do not carry them)
 
 
 class Metric:

@@ -16,9 +16,10 @@ boxes, scores and masks per class, and a colour classifier):
 
 Weights: `--metric-model geneval.detector=DIR --metric-model geneval.clip=PATH` (hub ids or local folders; the
 CLIP also takes an open_clip weights file). A domain may give its own judge (`Domain.instruments["geneval"]`, a
-factory of a `Judge`) unless a model is named. The prompt's clauses come from the record's `geneval` field, else
-from the suite line of its prompt id (`prompts/geneval.jsonl`), else from its objects when every object is one of
-the 80 classes (colour = attribute); other images get no verdict (NaN, with the reason).
+factory of a `Judge`) unless a model is named. The prompt's clauses come from the record's `geneval` field (its suite
+line's, copied when the image was made), else (a record made before records carried them) from the line of its
+prompt id in the run's own suite file, never a suite looked up by a name, else from its objects when every object is
+one of the 80 classes (colour = attribute); other images get no verdict (NaN, with the reason).
 
 docs/geneval.md: the rules, the judges, fetching the weights, published reference numbers.
 """
@@ -282,6 +283,7 @@ class GenEval(Metric):
     def __init__(self, judge: Judge | None = None):
         self.judge = judge
         self.domain = "natural"
+        self.suite = ""  # the run's suite (name or file), for records made before they carried their clauses
         self._suite_specs: dict[str, dict] = {}
         if judge is not None:
             self.convention = self.convention_for(judge)
@@ -305,7 +307,7 @@ class GenEval(Metric):
 
     def setup(self, context) -> None:
         check_available(self.name, context)
-        self.domain = context.domain
+        self.domain, self.suite = context.domain, context.suite
         if self.judge is not None:
             self.convention = self.convention_for(self.judge)
             return
@@ -340,7 +342,7 @@ class GenEval(Metric):
         self.convention = self.convention_for(self.judge)
 
     def suite_specs(self, suite: str) -> dict:
-        """{prompt id: clauses} of a suite of the run's domain ({} when it cannot be read)."""
+        """{prompt id: (prompt, clauses)} of a suite of the run's domain ({} when it cannot be read)."""
         if suite not in self._suite_specs:
             from ..domains import prompts_dir
             from ..suites import load_suite
@@ -349,16 +351,17 @@ class GenEval(Metric):
                 prompts = load_suite(suite, prompts_dir(self.domain))
             except (OSError, ValueError):  # SuiteError is a ValueError
                 prompts = []
-            self._suite_specs[suite] = {p.id: p.extra["geneval"] for p in prompts if "geneval" in p.extra}
+            self._suite_specs[suite] = {p.id: (p.prompt, p.extra["geneval"]) for p in prompts if "geneval" in p.extra}
         return self._suite_specs[suite]
 
     def spec_of(self, record: dict) -> tuple[dict | None, str]:
-        """The prompt's GenEval clauses: the record's own, its suite line's, or derived from its objects."""
+        """The prompt's GenEval clauses: the record's own, the run's suite line of the same id and prompt (an older
+        record), or derived from its objects."""
         if isinstance(record.get("geneval"), dict):
             return record["geneval"], ""
-        if record.get("suite"):
-            spec = self.suite_specs(str(record["suite"])).get(record.get("prompt_id"))
-            if spec is not None:
+        if self.suite:
+            prompt, spec = self.suite_specs(self.suite).get(record.get("prompt_id"), (None, None))
+            if spec is not None and prompt == record.get("prompt"):
                 return spec, ""
         return spec_from_objects(record.get("objects", []))
 
