@@ -357,12 +357,15 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     args.argv = list(sys.argv[1:] if argv is None else argv)  # what `run --processes N` starts again
     from sae.checkpoint import CheckpointError
+    from sae.finetune import TrainingDivergedError
     from sae.models import ModelNotFoundError
+
+    from .processes import say
 
     handlers = {"run": cmd_run, "ls": cmd_ls, "report": cmd_report, "score": cmd_score, "compare": cmd_compare,
                 "paper": cmd_paper, "trace": cmd_trace}
-    return run_command(handlers[args.command], args,
-                       (ModelNotFoundError, CheckpointError, ValueError, FileNotFoundError, json.JSONDecodeError))
+    return run_command(handlers[args.command], args, (ModelNotFoundError, CheckpointError, TrainingDivergedError,
+                                                      ValueError, FileNotFoundError, json.JSONDecodeError), say)
 
 
 if __name__ == "__main__":

@@ -22,7 +22,7 @@ import torch
 from PIL import Image
 from tqdm.auto import tqdm
 
-from sae.models import load_pipeline, resolve_device
+from sae.models import check_model_folder, load_pipeline, resolve_device
 from sae.tokens import encode_prompt_ids
 
 from .domains import get_domain, model_domain
@@ -108,6 +108,8 @@ class RunConfig:
         calls it before it starts itself again as several processes, so that a refusal is one line from one
         process; `run` calls it first."""
         self.validate()
+        if Path(self.model).expanduser().is_dir():
+            check_model_folder(Path(self.model).expanduser())
         domain = get_domain(model_domain(self.model))
         prompts = load_suite(self.suite, domain.suites_dir, domain.object_problem)
         if self.limit is not None:
@@ -250,6 +252,12 @@ def run(config: RunConfig) -> Path | None:
     out = Path(config.out)
     state = _distributed(config.device)
     device = str(state.device) if state.num_processes > 1 else config.device
+    if not config.progress:  # --no-progress: the libraries' loading bars too
+        import diffusers
+        import transformers
+
+        diffusers.utils.logging.disable_progress_bar()
+        transformers.utils.logging.disable_progress_bar()
     pipe = load_pipeline(config.model, device=device)
     scheduler = type(pipe.scheduler).__name__
     _check_prompts(pipe, prompts)

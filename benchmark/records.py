@@ -99,6 +99,14 @@ def image_problem(path: Path) -> str | None:
             pixels = pixels_sha256(image) if "pixels_sha256" in record else None
     except (OSError, SyntaxError, ValueError, KeyError, TypeError):
         return "cannot be read (damaged or truncated)"
+    problem = record_problem(path, record)
+    if problem is None and pixels is not None and pixels != record["pixels_sha256"]:
+        return "has other pixels than its record's hash (edited after it was made)"
+    return problem
+
+
+def record_problem(path: Path, record) -> str | None:
+    """Why an image's record does not name the image of its path, or None."""
     try:
         named = (record["method"], id_folder(str(record["prompt_id"])), f"{int(record['seed']):04d}.png")
     except (KeyError, TypeError, ValueError):
@@ -106,8 +114,6 @@ def image_problem(path: Path) -> str | None:
     if named != (path.parent.parent.name, path.parent.name, path.name):
         return (f"holds the image of {record['method']} {record['prompt_id']} seed {record['seed']}, not of its path "
                 "(a file copied over it)")
-    if pixels is not None and pixels != record["pixels_sha256"]:
-        return "has other pixels than its record's hash (edited after it was made)"
     return None
 
 
@@ -135,6 +141,10 @@ def scan_records(run_dir: Path) -> list[dict]:
             record = read_record(path)
         except (OSError, SyntaxError, ValueError, KeyError):
             move_aside(path)
+            continue
+        problem = record_problem(path, record)
+        if problem:
+            move_aside(path, problem)
             continue
         record["path"] = str(path.relative_to(run_dir))
         records.append(record)
@@ -175,11 +185,23 @@ def read_jsonl(path: Path, warn: bool = True) -> list[dict]:
 
 
 def read_scores(run_dir: Path) -> dict[tuple[str, str, int], dict[str, float]]:
-    """All metric columns per image; a later line for the same image and metric replaces an earlier one."""
+    """All metric columns per image; a later line for the same image and metric replaces an earlier one. A line of
+    another shape (edited by hand, another program's) is named and skipped: its image is scored again."""
     scores: dict[tuple[str, str, int], dict[str, float]] = {}
     for path in sorted((run_dir / "scores").glob("*.jsonl")):
+        skipped = 0
         for row in read_jsonl(path):
-            scores.setdefault(record_key(row), {}).update(row["values"])
+            try:
+                key, values = record_key(row), row["values"]
+                if not isinstance(values, dict):
+                    raise TypeError
+            except (KeyError, TypeError, ValueError):
+                skipped += 1
+                continue
+            scores.setdefault(key, {}).update(values)
+        if skipped:
+            print(f"warning: {path}: skipped {skipped} line(s) that are not score lines ({{method, prompt_id, seed, "
+                  "values}); their images are scored again by the next run or score", file=sys.stderr)
     return scores
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import signal
 import sys
 import time
 from pathlib import Path
@@ -216,20 +217,29 @@ def main(argv: list[str] | None = None) -> int:
                        (ModelNotFoundError, CheckpointError, TrainingDivergedError, ValueError, FileNotFoundError))
 
 
-def run_command(handler, args, refusals: tuple) -> int:
-    """A command's errors as one line each: refusals and OS errors (permissions, a full disk) exit 2, Ctrl-C 130;
-    what was written before stays, and the same command resumes."""
+INTERRUPTED = "interrupted: what was written stays; run the same command again to resume"
+
+
+def _to_stderr(line: str) -> None:
+    print(line, file=sys.stderr)
+
+
+def run_command(handler, args, refusals: tuple, say=_to_stderr) -> int:
+    """A command's errors as one line each (`say`): refusals and OS errors (permissions, a full disk) exit 2,
+    Ctrl-C 130; what was written before stays, and the same command resumes."""
+    if signal.getsignal(signal.SIGINT) not in (signal.SIG_IGN, signal.SIG_DFL):  # `_end_now` of the start
+        signal.signal(signal.SIGINT, signal.default_int_handler)
     try:
         return handler(args)
     except refusals as err:
-        print(f"error: {err}", file=sys.stderr)
+        say(f"error: {err}")
         return 2
     except OSError as err:
-        print(f"error: {err.strerror or err} ({err.filename or 'no file named'}); what was written stays: fix it "
-              "and run the same command again", file=sys.stderr)
+        say(f"error: {err.strerror or err} ({err.filename or 'no file named'}); what was written stays: fix it and "
+            "run the same command again")
         return 2
     except KeyboardInterrupt:
-        print("interrupted: what was written stays; run the same command again to resume", file=sys.stderr)
+        say(INTERRUPTED)
         return 130
 
 

@@ -7,6 +7,7 @@ architecture) whose every component is built here, the CLIP tokenizer included, 
 
 from __future__ import annotations
 
+import json
 import os
 from pathlib import Path
 
@@ -65,10 +66,7 @@ def load_pipeline(model: str | os.PathLike, device: str | torch.device | None = 
               "use_safetensors": None}
     local = Path(model).expanduser()
     if local.exists():
-        if not (local / "model_index.json").is_file():
-            raise ModelNotFoundError(
-                f"{model}: folder has no model_index.json; pass a diffusers pipeline folder "
-                f"(e.g. one written by `python -m sae tiny-model DIR` or `hf download ID`)")
+        check_model_folder(local)
         try:
             pipe = StableDiffusionPipeline.from_pretrained(str(local), **kwargs)
         except (OSError, ValueError, EnvironmentError) as err:  # a component's weights or config missing
@@ -89,6 +87,31 @@ def load_pipeline(model: str | os.PathLike, device: str | torch.device | None = 
             ) from err
     pipe.set_progress_bar_config(disable=True)
     return pipe.to(resolve_device(device) if not isinstance(device, torch.device) else device)
+
+
+def check_model_folder(folder: Path) -> None:
+    """A local pipeline folder has its index and every component the index names, or `ModelNotFoundError` says
+    what is missing (cheap: no weights read; `benchmark run` checks it before it starts its processes)."""
+    if not (folder / "model_index.json").is_file():
+        raise ModelNotFoundError(f"{folder}: folder has no model_index.json; pass a diffusers pipeline folder "
+                                 "(e.g. one written by `python -m sae tiny-model DIR` or `hf download ID`)")
+    missing = missing_components(folder)
+    if missing:  # diffusers would load the pipeline without them and fail at the first prompt
+        raise ModelNotFoundError(f"{folder}: the pipeline folder has no {', '.join(f'{m}/' for m in missing)} "
+                                 "(model_index.json names it); download the model again "
+                                 "(`hf download ID --local-dir DIR`)")
+
+
+def missing_components(folder: Path) -> list[str]:
+    """The components `model_index.json` names (a library and a class) that have no folder; [] when it cannot be
+    read (loading names that)."""
+    try:
+        index = json.loads((folder / "model_index.json").read_text())
+    except (OSError, ValueError):
+        return []
+    named = [name for name, value in index.items() if not name.startswith("_") and isinstance(value, list)
+             and len(value) == 2 and all(value)]
+    return [name for name in named if not (folder / name).is_dir()]
 
 
 def clip_tokenizer(model_max_length: int = 77):

@@ -150,3 +150,52 @@ def test_a_category_that_is_not_a_string_is_refused_at_load(tiny_model_dir, tmp_
     assert main(run_argv(tiny_model_dir, suite, tmp_path / "run")) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and f"{suite}:1:" in err[0] and "category" in err[0], err
+
+
+def test_score_lines_of_another_shape_are_named_skipped_and_scored_again(tiny_model_dir, small_suite, tmp_path,
+                                                                         capsys):
+    out = tmp_path / "run"
+    assert main(run_argv(tiny_model_dir, small_suite, out, "--metrics", "fake_metrics:MeanBrightness")) == 0
+    scores = out / "scores" / "brightness.jsonl"
+    whole = scores.read_text()
+    scores.write_text('[1, 2]\n{"method": "plain"}\n{"method": "plain", "prompt_id": "t/0", "seed": 0, "values": 3}\n'
+                      + whole)
+    capsys.readouterr()
+    assert main(["report", str(out)]) == 0
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == [f"warning: {scores}: skipped 3 line(s) that are not score lines ({{method, prompt_id, seed, "
+                   "values}); their images are scored again by the next run or score"], err
+    assert all("brightness" in row for row in read_jsonl(out / "samples.jsonl"))
+
+
+def test_an_image_whose_record_lacks_its_seed_is_set_aside_by_report_and_made_again_by_run(tiny_model_dir, small_suite,
+                                                                                          tmp_path, capsys):
+    out = tmp_path / "run"
+    argv = run_argv(tiny_model_dir, small_suite, out)
+    assert main(argv) == 0
+    victim = image_path(out, "plain", "t/0", 0)
+    with Image.open(victim) as image:
+        record, picture = read_record(victim), image.convert("RGB")
+    info = PngImagePlugin.PngInfo()
+    info.add_text(RECORD_KEY, json.dumps({k: v for k, v in record.items() if k != "seed"}))
+    picture.save(victim, pnginfo=info)
+    capsys.readouterr()
+    assert main(["report", str(out)]) == 0
+    assert "holds no whole record (method, prompt_id, seed)" in capsys.readouterr().err
+    assert main(argv) == 0
+    assert read_record(victim)["seed"] == 0
+
+
+def test_a_model_folder_without_its_tokenizer_is_one_line_before_any_process_starts(tiny_model_dir, small_suite,
+                                                                                    tmp_path, capsys, no_relaunch):
+    import shutil
+
+    model = tmp_path / "model"
+    shutil.copytree(tiny_model_dir, model)
+    shutil.rmtree(model / "tokenizer")
+    out = tmp_path / "run"
+    assert main(run_argv(model, small_suite, out)[:-1] + ["2"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == [f"error: {model}: the pipeline folder has no tokenizer/ (model_index.json names it); download the "
+                   "model again (`hf download ID --local-dir DIR`)"], err
+    assert not out.exists()

@@ -166,3 +166,22 @@ def running(pid: int) -> bool:
             return handle.read().rpartition(")")[2].split()[0] != "Z"
     except OSError:
         return False
+
+
+@needs_gloo
+@pytest.mark.slow
+def test_a_refusal_met_by_the_ranks_is_one_line_and_exit_2(sweep, uninterrupted, tmp_path):
+    """A refusal that needs the model (here: the folder's images were made with other steps) is met by both ranks
+    after they load it: the launcher prints it once, without torchrun's failure report, and exits 2."""
+    out = tmp_path / "run"
+    argv = sweep.command(uninterrupted["model"], uninterrupted["suite"], out, uninterrupted["cache"])
+    first = argv + ["--methods", "plain", "--seeds", "0", "--processes", "1"]
+    subprocess.run(first, env=sweep.environment(), check=True, capture_output=True, timeout=600)
+    again = first[:-1] + ["2", "--steps", "3"]
+    done = subprocess.run(again, env=sweep.environment(), capture_output=True, text=True, timeout=600)
+    assert done.returncode == 2, done.stderr[-3000:]
+    lines = [line for line in done.stderr.splitlines() if line.strip()]
+    assert lines[0].startswith("running as 2 processes") and "Traceback" not in done.stderr, done.stderr[-3000:]
+    errors = [line for line in lines if line.startswith("error:")]
+    assert len(errors) == 1 and errors == lines[-1:], lines  # once, and last: no failure report after it
+    assert errors[0].startswith(f"error: {out} holds a run made with other steps"), errors

@@ -185,3 +185,23 @@ def test_a_suite_without_categories_has_one_all_row_per_method():
     assert summary["images"].tolist() == [4, 4]
     paired = paired_differences(rows, ["plain", "sepen"], declared=["presence_all"])
     assert paired[["method", "category"]].values.tolist() == [["sepen", "all"]]
+
+
+def test_a_training_that_diverges_inside_a_run_is_one_line_and_keeps_the_images(tiny_model_dir, small_suite, tmp_path,
+                                                                                 capsys, monkeypatch):
+    import benchmark.methods
+    from sae.finetune import TrainingDivergedError
+
+    out = tmp_path / "run"
+    assert main(run_argv(tiny_model_dir, small_suite, out)) == 0
+    images = sorted(p.name for p in out.rglob("*.png"))
+
+    def diverges(*args, **kwargs):
+        raise TrainingDivergedError("loss became nan at step 3; lower the learning rate")
+
+    monkeypatch.setattr(benchmark.methods, "finetune", diverges)
+    capsys.readouterr()
+    assert main(run_argv(tiny_model_dir, small_suite, out, "--methods", "plain,sepen")) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == ["error: loss became nan at step 3; lower the learning rate"], err
+    assert sorted(p.name for p in out.rglob("*.png")) == images
