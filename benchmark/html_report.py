@@ -32,7 +32,7 @@ from PIL import Image
 
 from .geneval.report import geneval_tables
 from .trace import TRACE_DIR
-from .records import read_jsonl, read_run_config, slug, write_text_atomic
+from .records import note_made, read_jsonl, read_run_config, remove_made, slug, write_text_atomic
 from .report import (method_settings, model_label, ordered_methods, paired_cells, paired_title, set_columns,
                      summary_cells, write_report)
 
@@ -266,8 +266,8 @@ def write_html_report(run_dir: Path, images_per_page: int = IMAGES_PER_PAGE) -> 
     config, summary, paired, rows, described, geneval = _load(run_dir)
     report_dir = run_dir / REPORT_DIR
     report_dir.mkdir(parents=True, exist_ok=True)
-    for old in report_dir.glob("*.html"):  # pages of an earlier report (paging can change)
-        old.unlink()
+    remove_made(run_dir, list(report_dir.glob("*.html")))  # pages of an earlier report (paging can change)
+    written = []
     found = list(dict.fromkeys(r["method"] for r in rows))
     methods = ordered_methods(found, config.get("methods"))
     seeds = sorted({int(r["seed"]) for r in rows})
@@ -303,12 +303,13 @@ def write_html_report(run_dir: Path, images_per_page: int = IMAGES_PER_PAGE) -> 
                     + "".join(prompt_grid(run_dir, report_dir, by_prompt[p], methods, seeds) for p in chunk)
                     + f"<nav>{''.join(nav)}</nav>")
             write_text_atomic(report_dir / name, page_html(f"{category} - {config.get('suite')}", body, FILTER_SCRIPT))
+            written.append(report_dir / name)
         links.append(f'<li><a href="{pages[0]}">{html.escape(category)}</a>: {len(prompt_ids)} prompts, '
                      f"{len(in_category)} images{f', {len(pages)} pages' if len(pages) > 1 else ''}</li>")
 
-    for old in (report_dir / TRACE_DIR).glob("*.png"):  # figures of traces the folder no longer holds
-        old.unlink()
-    attention = write_attention_page(run_dir, report_dir)
+    # figures of traces the folder no longer holds
+    remove_made(run_dir, list((report_dir / TRACE_DIR).glob("*.png")))
+    attention, figures = write_attention_page(run_dir, report_dir)
     all_part = summary[summary["category"] == "all"]
     chart = bar_chart(all_part, methods, report_dir / "charts" / "all.png", "all categories")
     settings = f"suite {config.get('suite')}, model {model_label(config.get('model'))}"
@@ -325,17 +326,18 @@ def write_html_report(run_dir: Path, images_per_page: int = IMAGES_PER_PAGE) -> 
             + conventions_html(described))
     index = report_dir / "index.html"
     write_text_atomic(index, page_html(f"{config.get('suite')} report", body))
+    note_made(run_dir, [*written, *figures, index] + ([report_dir / "attention.html"] if attention else []))
     return index
 
 
-def write_attention_page(run_dir: Path, report_dir: Path) -> str:
+def write_attention_page(run_dir: Path, report_dir: Path) -> tuple[str, list[Path]]:
     """`attention.html` from the traces the run folder holds (`attention/`, written by `benchmark trace` or the
-    run); returns the link text, or "" when there are none. Nothing is generated here."""
+    run); returns the link text ("" when there are none) and the figures copied. Nothing is generated here."""
     from sae.visual import losses_table_html
 
     traces = sorted((run_dir / TRACE_DIR).glob("*.json"))
     out = report_dir / TRACE_DIR
-    sections, methods = [], {}
+    sections, methods, copied = [], {}, []
     for path in traces:
         trace = json.loads(path.read_text())
         figure = path.with_suffix(".png")
@@ -343,6 +345,7 @@ def write_attention_page(run_dir: Path, report_dir: Path) -> str:
             continue
         out.mkdir(parents=True, exist_ok=True)
         shutil.copyfile(figure, out / figure.name)  # the report folder stands alone
+        copied.append(out / figure.name)
         methods.update(dict.fromkeys(trace["methods"]))
         rows = [{"label": name, "losses": values["losses"]} for name, values in trace["methods"].items()]
         note = "".join(f'<p class="note">{html.escape(n)}</p>' for n in trace.get("notes", []))
@@ -353,11 +356,11 @@ def write_attention_page(run_dir: Path, report_dir: Path) -> str:
                         f'alt="attention maps of {html.escape(trace["prompt_id"])}">'
                         f'{losses_table_html(rows, trace["step_labels"])}</section>')
     if not sections:
-        return ""
+        return "", copied
     body = ('<h1>Cross-attention maps</h1><nav><a href="index.html">overview</a></nav>'
             '<p class="note">Per object, the 1/4-resolution cross-attention maps that the SepEn losses use '
             "(mean over the captured layers and heads, conditional half), at evenly spaced denoising steps of one "
             "seed regenerated with the run's settings, each scaled to its own peak and drawn over the final image. "
             "S: Separate, E: Enhance of those maps (sae.losses; lower is better).</p>" + "".join(sections))
     write_text_atomic(report_dir / "attention.html", page_html("attention maps", body))
-    return f"{len(sections)} prompts: {', '.join(methods)}"
+    return f"{len(sections)} prompts: {', '.join(methods)}", copied

@@ -239,6 +239,32 @@ def write_text_atomic(path: Path, text: str) -> None:
     os.replace(tmp, path)
 
 
+MANIFEST_NAME = ".benchmark-files"  # the report pages and traces a run folder's commands made: all they ever delete
+
+
+def made_files(run_dir: Path) -> set[str]:
+    path = Path(run_dir) / MANIFEST_NAME
+    return set(path.read_text().splitlines()) if path.is_file() else set()
+
+
+def note_made(run_dir: Path, paths) -> None:
+    """Add files just written to the folder's manifest (paths relative to it)."""
+    run_dir = Path(run_dir)
+    made = made_files(run_dir) | {str(Path(p).relative_to(run_dir)) for p in paths}
+    write_text_atomic(run_dir / MANIFEST_NAME, "".join(f"{name}\n" for name in sorted(made)))
+
+
+def remove_made(run_dir: Path, paths) -> None:
+    """Delete those of `paths` that the folder's commands made (its manifest); any other file, a user's, stays."""
+    run_dir = Path(run_dir)
+    made = made_files(run_dir)
+    gone = {name for name in (str(Path(p).relative_to(run_dir)) for p in paths) if name in made}
+    for name in gone:
+        (run_dir / name).unlink(missing_ok=True)
+    if gone:
+        write_text_atomic(run_dir / MANIFEST_NAME, "".join(f"{name}\n" for name in sorted(made - gone)))
+
+
 def finite(value):
     """`value` with every float that is not a finite number (NaN, infinity) as None: JSON has no such numbers,
     and a reader of a run's files gets `null` ("no value") rather than a bare NaN that strict parsers refuse."""

@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from .records import image_path, read_jsonl, read_run_config, slug, write_json
+from .records import image_path, note_made, read_jsonl, read_run_config, remove_made, slug, write_json
 
 TRACE_DIR = "attention"
 TRACE_METHODS = ("plain", "sepen")
@@ -100,8 +100,7 @@ def write_traces(run_dir: Path, count: int = 2, context=None, device: str = "aut
     config = read_run_config(run_dir)
     names = [m for m in TRACE_METHODS if m in config.get("methods", [])]
     out = run_dir / TRACE_DIR
-    for old in out.glob("*"):
-        old.unlink()
+    remove_made(run_dir, list(out.glob("*")))  # earlier traces (a file of the user's there stays)
     if not names or count < 1:
         return []
     if context is None:
@@ -140,5 +139,6 @@ def write_traces(run_dir: Path, count: int = 2, context=None, device: str = "aut
         attention_figure(figure_rows, step_labels, out / f"{name}.png")
         write_json(out / f"{name}.json", {"prompt_id": item.id, "prompt": item.prompt, "seed": seed, "objects": labels,
                                            "methods": values, "step_labels": step_labels, "notes": notes})
+        note_made(run_dir, [out / f"{name}.png", out / f"{name}.json"])
         traced.append(item.id)
     return traced

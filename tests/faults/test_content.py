@@ -199,3 +199,22 @@ def test_a_model_folder_without_its_tokenizer_is_one_line_before_any_process_sta
     assert err == [f"error: {model}: the pipeline folder has no tokenizer/ (model_index.json names it); download the "
                    "model again (`hf download ID --local-dir DIR`)"], err
     assert not out.exists()
+
+
+def test_report_and_trace_delete_only_the_files_they_made(tiny_model_dir, small_suite, tmp_path):
+    from benchmark.records import MANIFEST_NAME
+
+    out = tmp_path / "run"
+    argv = [a for a in run_argv(tiny_model_dir, small_suite, out, "--attention-prompts", "1") if a != "--no-html"]
+    assert main(argv) == 0
+    made = (out / MANIFEST_NAME).read_text().splitlines()
+    assert "report/index.html" in made and "attention/t_0.png" in made and "attention/t_0.json" in made
+    mine = {"report/notes.html": "<p>mine</p>", "report/attention/sketch.png": "mine", "attention/mine.json": "{}"}
+    for name, text in mine.items():
+        (out / name).write_text(text)
+    assert main(["trace", str(out), "--prompts", "0"]) == 0  # clears the traces: the run's, not the user's
+    assert not (out / "attention" / "t_0.png").exists() and not (out / "report" / "attention" / "t_0.png").exists()
+    assert main(["report", str(out), "--html"]) == 0
+    assert {name: (out / name).read_text() for name in mine} == mine
+    assert (out / "report" / "index.html").is_file()
+    assert "attention/t_0.png" not in (out / MANIFEST_NAME).read_text().splitlines()
