@@ -50,6 +50,7 @@ def snapshot(folder: Path) -> dict:
 
 
 def suite_file(path: Path, rows: list[dict]) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text("".join(json.dumps(row) + "\n" for row in rows))
     return path
 
