@@ -214,13 +214,14 @@ TRAIN_PROMPTS = ("release", "suite")
 
 
 def training_prompt(item: SuitePrompt, mode: str = "suite") -> str:
-    """What per-prompt SepEn trains on: the suite prompt, or the release's "a photo of {c1} and {c2}" with each
-    object's phrase (attribute and name). Counted objects ("two cats") have no such phrase: their suite prompt."""
+    """What per-prompt SepEn trains on: the suite prompt, or the release's "a photo of {c1} and {c2}" with the
+    object names as its scripts pass them ("a photo of bear and book": no articles, no colour words). Counted
+    objects ("two cats") have no such form: their suite prompt."""
     if mode not in TRAIN_PROMPTS:
         raise ValueError(f"SepEn training prompt must be one of {TRAIN_PROMPTS}, got {mode!r}")
     if mode == "suite" or any(o.count != 1 for o in item.objects):
         return item.prompt
-    return release_pair_prompt([f"{o.attribute} {o.name}" if o.attribute else o.name for o in item.objects])
+    return release_pair_prompt(item.object_words)
 
 
 def checkpoint_key(fingerprint: dict, item: SuitePrompt, config: FinetuneConfig, train_prompt: str = "suite") -> str:

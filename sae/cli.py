@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import signal
 import sys
@@ -75,9 +76,10 @@ def build_parser() -> argparse.ArgumentParser:
                        help="with the norm loss: one optimizer step on the sum, or a second step on the norm loss "
                             "alone (default: combined per pair, separate large-scale, as the release)")
     train.add_argument("--release-quirks", action="store_true",
-                       help="reproduce the release's quirks: heads kept apart (max over heads), only the second "
-                            "half of each batch used, and large-scale token positions fixed at 6 and 9 "
-                            "(docs/protocol.md)")
+                       help="reproduce the release's quirks: its head grouping (the second half of the batch's "
+                            "image x head rows in batch-size groups, each loss a max within a group), its scripts' "
+                            "effective learning rate unless --lr is given, and large-scale token positions fixed "
+                            "at 6 and 9 (docs/protocol.md)")
     train.add_argument("--seed", type=int, default=defaults.seed, help="seeds the latents, timesteps and pair draws")
     train.add_argument("--checkpoint-every", type=int, default=defaults.checkpoint_every,
                        help="steps between checkpoints (a rerun resumes from the last)")
@@ -103,7 +105,10 @@ def build_parser() -> argparse.ArgumentParser:
     sample.add_argument("--steps", type=int, default=50, help="denoising steps")
     sample.add_argument("--guidance", type=float, default=REPORT_GUIDANCE, help="classifier-free guidance scale")
     sample.add_argument("--batch-size", type=int, default=4, help="images per pipeline call")
-    sample.add_argument("--dtype", default="float32", help="float32, float16 or bfloat16")
+    sample.add_argument("--dtype", default="float32", help="float32, float16 or bfloat16 (the release: float16)")
+    sample.add_argument("--generator-device", choices=["cpu", "cuda"], default="cpu",
+                        help="where each seed's generator draws the initial noise: cpu (the same image on any "
+                             "device) or cuda (the release's: other noise, reproducible only on CUDA)")
 
     tiny = commands.add_parser("tiny-model", help="write a random offline pipeline (tests, smoke runs, GPU timing)",
                                formatter_class=DefaultsHelpFormatter)
@@ -147,8 +152,10 @@ def cmd_train(args) -> int:
                   checkpoint_every=args.checkpoint_every, mixed_precision=args.mixed_precision,
                   latent_scale=args.latent_scale, smoothing=args.smoothing)
     config = (FinetuneConfig.large_scale if large else FinetuneConfig)(**common, **overrides)
-    if args.release_quirks:
+    if args.release_quirks:  # its learning rate unless --lr says otherwise
         config = config.with_release_quirks(large_scale=large)
+        if args.lr is not None:
+            config = dataclasses.replace(config, learning_rate=args.lr)
     if large:
         source = ConceptPool(read_concepts(args.concepts))
     else:
@@ -184,14 +191,18 @@ def cmd_sample(args) -> int:
     from .models import load_pipeline
     from .sampling import generate, parse_seeds
 
+    import torch
+
     seeds = parse_seeds(args.seeds)
+    if args.generator_device == "cuda" and not torch.cuda.is_available():
+        raise ValueError("--generator-device cuda: this machine has no CUDA GPU; use --generator-device cpu")
     pipe = load_pipeline(args.model, device=args.device, dtype=args.dtype)
     if args.delta is not None:
         apply_delta(pipe.unet, args.delta)
     pipe.set_progress_bar_config(disable=False)
     args.out.mkdir(parents=True, exist_ok=True)
     images = generate(pipe, args.prompt, seeds, num_inference_steps=args.steps, guidance_scale=args.guidance,
-                      batch_size=args.batch_size)
+                      batch_size=args.batch_size, generator_device=args.generator_device)
     for seed, image in zip(seeds, images):
         image.save(args.out / f"seed{seed:04d}.png")
     print(f"wrote {len(images)} images to {args.out}")

@@ -40,10 +40,13 @@ PROJECTIONS = ("k", "q", "v")
 LATENT_SOURCES = ("noise", "samples")
 LATENT_SCALES = ("vae", "unit")
 NORM_STEPS = ("combined", "separate")
-HEAD_REDUCTIONS = ("mean", "max")
+HEAD_REDUCTIONS = ("mean", "release")
 # The release's large-scale script reads the maps of these token positions whatever the prompt: for
 # "a photo of a cat and a dog" they are "and" and the end token.
 RELEASE_TOKEN_POSITIONS = (6, 9)
+# The learning rates the release's scripts pass (`run_individual.sh`, `run_large.sh`), scaled by its `--scale_lr`:
+# times the batch size, and twice that with the norm loss (per pair 2e-6 x 4 = 8e-6; large-scale 5e-7 x 4 x 2 = 4e-6)
+RELEASE_PAIR_RATE, RELEASE_LARGE_RATE = 2e-6, 5e-7
 # latents="samples" draws its samples from seeds far from the benchmark's (0-63 and the tuning seeds 200-203),
 # so that no finetuning sees the starting noise of an image it is scored on.
 SAMPLE_SEED_BASE = 1_000_000
@@ -99,8 +102,9 @@ class FinetuneConfig:
     checkpoint_every: int = 50
     mixed_precision: str = "no"  # no | bf16 | fp16 (CUDA autocast; weights stay fp32)
     # The release's quirks, off by default (`with_release_quirks` turns them on; docs/protocol.md):
-    heads: str = "mean"  # "max": heads kept apart, the losses take the max over heads and pixels
-    conditional_half: bool = False  # True: only the second half of each batch enters the losses
+    # "release": the release's attention bookkeeping (`release_head_groups`): the second half of the batch's
+    # (image x head) rows, in `batch_size` groups of consecutive rows, each loss a max within its group
+    heads: str = "mean"
     token_positions: tuple[int, ...] | None = None  # fixed object token positions instead of the tokenizer's
 
     @classmethod
@@ -110,8 +114,11 @@ class FinetuneConfig:
                       **overrides})
 
     def with_release_quirks(self, large_scale: bool = False) -> "FinetuneConfig":
-        """This config with the release's quirks on; large-scale also reads its hard-coded token positions."""
-        return dataclasses.replace(self, heads="max", conditional_half=True,
+        """This config with the release's quirks on: its head grouping, its scripts' effective learning rate (the
+        rate they pass times the batch size, `--scale_lr`, and twice that with the norm loss) and, large-scale,
+        its hard-coded token positions."""
+        rate = (RELEASE_LARGE_RATE if large_scale else RELEASE_PAIR_RATE) * self.batch_size
+        return dataclasses.replace(self, heads="release", learning_rate=rate * (2 if self.lambda_norm > 0 else 1),
                                    token_positions=RELEASE_TOKEN_POSITIONS if large_scale else None)
 
     def __post_init__(self):
@@ -167,13 +174,10 @@ class FinetuneConfig:
         return dataclasses.asdict(self)
 
 
-def with_article(word: str) -> str:
-    return f"{'an' if word[:1].lower() in 'aeiou' else 'a'} {word}"
-
-
-def release_pair_prompt(phrases: list[str]) -> str:
-    """The release's per-pair training prompt, "a photo of {c1} and {c2}" (each concept with its article)."""
-    return "a photo of " + " and ".join(with_article(p) for p in phrases)
+def release_pair_prompt(concepts: list[str]) -> str:
+    """The release's per-pair training prompt, `"a photo of {} and {}".format(c1, c2)` with the concept names as
+    its scripts pass them: "a photo of bear and book" (no articles). Three or more concepts: joined by "and"."""
+    return "a photo of " + " and ".join(concepts)
 
 
 @dataclass
@@ -196,11 +200,11 @@ class ConceptPair:
 
 @dataclass
 class ConceptPool:
-    """Large-scale training: each batch element draws two distinct concepts and a connector."""
+    """Large-scale training: each batch draws one connector and two distinct concepts per element."""
 
     concepts_list: list[str]
     connectors: tuple[str, ...] = ("and", "with")
-    template: str = "a photo of {a} {connector} {b}"
+    template: str = "a photo of a {a} {connector} a {b}"  # the release's (always "a", whatever the word)
 
     def __post_init__(self):
         if len(set(self.concepts_list)) < 2:
@@ -214,13 +218,16 @@ class ConceptPool:
         return {"concepts": list(self.concepts_list), "connectors": list(self.connectors), "template": self.template}
 
     def draw(self, step: int, batch_size: int, seed: int) -> list[tuple[str, list[str]]]:
+        """The release's draw: one connector for the whole batch and 2 x batch_size concepts without repeats, so
+        no concept appears twice in a batch; a pool smaller than that draws each element's two concepts apart."""
         rng = random.Random(f"{seed}:{step}")  # per step, so that a resumed run draws the same pairs
-        batch = []
-        for _ in range(batch_size):
-            a, b = rng.sample(self.concepts_list, 2)
-            prompt = self.template.format(a=with_article(a), b=with_article(b), connector=rng.choice(self.connectors))
-            batch.append((prompt, [a, b]))
-        return batch
+        connector = rng.choice(self.connectors)
+        if len(self.concepts_list) >= 2 * batch_size:
+            drawn = rng.sample(self.concepts_list, 2 * batch_size)
+            pairs = [drawn[2 * i:2 * i + 2] for i in range(batch_size)]
+        else:
+            pairs = [rng.sample(self.concepts_list, 2) for _ in range(batch_size)]
+        return [(self.template.format(a=a, b=b, connector=connector), [a, b]) for a, b in pairs]
 
 
 def trainable_parameters(unet, projection: str = "k") -> dict[str, torch.nn.Parameter]:
@@ -243,29 +250,24 @@ def encode_prompts(pipe, prompts: list[str]) -> torch.Tensor:
 
 def sepen_losses(unet, noisy_latents, timesteps, text_embeddings, token_groups,
                  pair_reduction: str = "max", map_downscale: int = 4, maps_kind: str = "probs",
-                 smoothing: str = "release", heads: str = "mean", conditional_half: bool = False
-                 ) -> dict[str, torch.Tensor]:
+                 smoothing: str = "release", heads: str = "mean") -> dict[str, torch.Tensor]:
     """Separate and Enhance of one UNet pass (stopped after the last captured layer), averaged over the batch.
 
     `maps_kind` "sharpened" reads the losses off Attend-and-Excite's text maps instead of the raw probabilities
     (`sae.attention.sharpened_text_maps`): a departure from the paper, for models whose object tokens get a small
-    share of each pixel's attention (the shapes model: 3-4%). `heads="max"` and `conditional_half` reproduce the
-    release's quirks (FinetuneConfig).
+    share of each pixel's attention (the shapes model: 3-4%). `heads="release"` reproduces the release's
+    bookkeeping (`release_head_groups`).
     """
-    keep_heads = heads == "max"
-    with capture_cross_attention(unet, map_downscale, stop_after_last=True, keep_heads=keep_heads) as store:
+    grouped = heads == "release"
+    with capture_cross_attention(unet, map_downscale, stop_after_last=True, keep_heads=grouped) as store:
         try:
             unet(noisy_latents, timesteps, encoder_hidden_states=text_embeddings)
         except StopForward:
             pass
         token_maps = MAP_KINDS[maps_kind](store.maps().float())  # (batch[, heads], H, W, tokens)
-    if conditional_half:  # the release slices a guidance batch's conditional half from a batch that has none
-        half = token_maps.shape[0] // 2
-        token_maps = token_maps[half:]
-        if token_groups and isinstance(token_groups[0][0], (list, tuple)):
-            token_groups = token_groups[half:]
-    if keep_heads:  # (batch, heads, K, H, W): every head's maps, the losses' max taken over heads and pixels
-        maps = torch.stack([object_maps(token_maps[:, h], token_groups) for h in range(token_maps.shape[1])], 1)
+    if grouped:  # (groups, rows, K, H, W): the losses' max taken over each group's rows and pixels
+        groups = release_head_groups(token_maps)
+        maps = torch.stack([object_maps(groups[:, r], token_groups) for r in range(groups.shape[1])], 1)
         losses = {"en": (1 - enhance_peaks(maps, smoothing).amax(dim=1).amin(dim=-1)).mean()}
         if maps.shape[2] >= 2:
             losses["sep"] = separate_loss(maps, pair_reduction=pair_reduction).amax(dim=1).mean()
@@ -275,6 +277,21 @@ def sepen_losses(unet, noisy_latents, timesteps, text_embeddings, token_groups,
     if maps.shape[1] >= 2:
         losses["sep"] = separate_loss(maps, pair_reduction=pair_reduction).mean()
     return losses
+
+
+def release_head_groups(token_maps: torch.Tensor) -> torch.Tensor:
+    """The release's attention bookkeeping, `(batch, heads, H, W, tokens)` -> `(batch, rows, H, W, tokens)`.
+
+    Its attention store keeps the second half of each cross-attention call's (image x head) rows, the slice that
+    drops the unconditional half of a guidance batch, although training batches have none: images B/2 to B-1.
+    Its `aggregate_attention` then reshapes those B*heads/2 rows to B groups of heads/2 consecutive rows, so on
+    SD 1.4 (8 heads, batch 4) group 0 is heads 0-3 of image 2, group 1 heads 4-7 of image 2, and so on; group g
+    is read with the token positions of prompt g, and each loss takes its max within a group."""
+    batch, heads = token_maps.shape[:2]
+    if heads % 2:
+        raise ValueError(f"the release's head grouping needs an even number of heads, the model has {heads}")
+    rows = token_maps.reshape(batch * heads, *token_maps.shape[2:])[batch * heads // 2:]
+    return rows.reshape(batch, heads // 2, *token_maps.shape[2:])
 
 
 def sample_latents(pipe, prompt: str, config: FinetuneConfig) -> torch.Tensor:
@@ -330,12 +347,13 @@ def _noisy_batch(pipe, batch_size: int, latent_size: int, generator: torch.Gener
 
 
 def norm_prompts(source, batch: list[tuple[str, list[str]]]) -> list[str]:
-    """The norm loss's single-concept prompts: per pair, "a photo of {c1}" for the first half of the batch and
-    "a photo of {c2}" for the second; large-scale, "a photo of a {A}" with each element's first concept."""
+    """The norm loss's single-concept prompts, as the release writes them: per pair, "a photo of {c1}" for the
+    first half of the batch and "a photo of {c2}" for the second (no article); large-scale, "a photo of a {A}"
+    with each element's first concept (always "a")."""
     if isinstance(source, ConceptPool):
-        return [f"a photo of {with_article(objects[0])}" for _, objects in batch]
+        return [f"a photo of a {objects[0]}" for _, objects in batch]
     objects = source.objects
-    return [f"a photo of {with_article(objects[i * len(objects) // len(batch)])}" for i in range(len(batch))]
+    return [f"a photo of {objects[i * len(objects) // len(batch)]}" for i in range(len(batch))]
 
 
 @dataclass
@@ -520,7 +538,7 @@ def finetune(pipe, source: ConceptPair | ConceptPool, config: FinetuneConfig | N
         with autocast():
             losses = sepen_losses(unet, noisy, timesteps, embeddings, groups,
                                   config.pair_reduction, config.map_downscale, config.maps, config.smoothing,
-                                  config.heads, config.conditional_half)
+                                  config.heads)
             total = config.lambda_en * losses["en"] + config.lambda_sep * losses.get("sep", 0.0)
             if config.lambda_norm > 0 and not separate_norm_step:
                 losses["norm"] = norm_term(batch, generator)

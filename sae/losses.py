@@ -14,13 +14,15 @@ import torch.nn.functional as F
 PAIR_REDUCTIONS = ("max", "mean")
 
 
-def separate_loss(maps: torch.Tensor, pair_reduction: str = "max", eps: float = 1e-6) -> torch.Tensor:
+def separate_loss(maps: torch.Tensor, pair_reduction: str = "max") -> torch.Tensor:
     """Separate: the soft intersection-over-union of object maps, at its worst pixel.
 
-    For two maps: `max over pixels of M1 * M2 / (M1 + M2 + eps)`. For K >= 3 the paper's product of all K
-    maps vanishes, so the loss is taken over every pair (i < j) and reduced with `pair_reduction`: "max"
-    (default: the most overlapping pair, in the spirit of the max over pixels) or "mean" (all pairs).
-    No smoothing.
+    For two maps: `max over pixels of M1 * M2 / (M1 + M2)`, as the release writes it (no epsilon). The
+    denominator is zero only where both maps are (a probability that underflowed), and there the ratio is 0:
+    it is clamped at float's smallest normal number, which changes no other value. For K >= 3 the paper's
+    product of all K maps vanishes, so the loss is taken over every pair (i < j) and reduced with
+    `pair_reduction`: "max" (default: the most overlapping pair, in the spirit of the max over pixels) or "mean"
+    (all pairs). No smoothing.
     """
     if maps.dim() < 3 or maps.shape[-3] < 2:
         raise ValueError(f"separate_loss needs maps (..., K, H, W) with K >= 2, got shape {tuple(maps.shape)}")
@@ -28,7 +30,7 @@ def separate_loss(maps: torch.Tensor, pair_reduction: str = "max", eps: float = 
         raise ValueError(f"pair_reduction must be one of {PAIR_REDUCTIONS}, got {pair_reduction!r}")
     first, second = torch.triu_indices(maps.shape[-3], maps.shape[-3], offset=1, device=maps.device)
     a, b = maps[..., first, :, :], maps[..., second, :, :]
-    per_pair = (a * b / (a + b + eps)).amax(dim=(-2, -1))  # (..., pairs)
+    per_pair = (a * b / (a + b).clamp_min(torch.finfo(maps.dtype).tiny)).amax(dim=(-2, -1))  # (..., pairs)
     return per_pair.amax(dim=-1) if pair_reduction == "max" else per_pair.mean(dim=-1)
 
 

@@ -23,19 +23,27 @@ def parse_seeds(text: str) -> list[int]:
     return seeds
 
 
-def seed_generators(seeds: list[int]) -> list[torch.Generator]:
-    """One CPU generator per image: diffusers draws each image's initial latents from its own generator (on the
-    CPU, then moves them), so an image depends on its seed alone, not on the batch or the device."""
-    return [torch.Generator("cpu").manual_seed(int(seed)) for seed in seeds]
+GENERATOR_DEVICES = ("cpu", "cuda")
+
+
+def seed_generators(seeds: list[int], device: str = "cpu") -> list[torch.Generator]:
+    """One generator per image: diffusers draws each image's initial latents from its own generator, so an image
+    depends on its seed alone, not on the batch. On the CPU (the default) the same seed gives the same noise on
+    any machine and device; "cuda" is the release's choice (`torch.Generator("cuda")`): other noise for the same
+    seed, reproducible only on CUDA."""
+    if device not in GENERATOR_DEVICES:
+        raise ValueError(f"generator device must be one of {GENERATOR_DEVICES}, got {device!r}")
+    return [torch.Generator(device).manual_seed(int(seed)) for seed in seeds]
 
 
 def generate(pipe, prompt: str, seeds: list[int], num_inference_steps: int = 50, guidance_scale: float = 6.0,
-             batch_size: int = 4, height: int | None = None, width: int | None = None, **kwargs):
+             batch_size: int = 4, height: int | None = None, width: int | None = None, generator_device: str = "cpu",
+             **kwargs):
     """Images for `prompt`, one per seed, generated `batch_size` at a time."""
     images = []
     for start in range(0, len(seeds), batch_size):
         chunk = seeds[start:start + batch_size]
-        result = pipe(prompt=[prompt] * len(chunk), generator=seed_generators(chunk),
+        result = pipe(prompt=[prompt] * len(chunk), generator=seed_generators(chunk, generator_device),
                       num_inference_steps=num_inference_steps, guidance_scale=guidance_scale,
                       height=height, width=width, **kwargs)
         images.extend(result.images)

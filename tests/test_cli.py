@@ -113,5 +113,21 @@ def test_train_with_the_shipped_concepts_file_and_release_quirks(tiny_model_dir,
                  "--batch-size", "2", "--release-quirks", "--out", str(tmp_path / "large"), "--no-progress"])
     assert code == 0, capsys.readouterr().err
     config = load_delta(tmp_path / "large" / "sepen.safetensors").config
-    assert config["token_positions"] == [6, 9] and config["heads"] == "max" and config["conditional_half"]
+    assert config["token_positions"] == [6, 9] and config["heads"] == "release"
     assert config["norm_step"] == "separate" and config["latent_scale"] == "vae" and config["smoothing"] == "release"
+
+
+def test_sample_takes_the_releases_cuda_generators_only_where_there_is_cuda(tiny_model_dir, tmp_path, capsys):
+    import torch
+
+    from sae.sampling import seed_generators
+
+    assert [g.device.type for g in seed_generators([0, 1])] == ["cpu", "cpu"]
+    with pytest.raises(ValueError, match="generator device must be one of"):
+        seed_generators([0], "tpu")
+    if torch.cuda.is_available():
+        pytest.skip("this machine has CUDA: the refusal is for machines without it")
+    code = main(["sample", "--model", str(tiny_model_dir), "--prompt", "a cat", "--seeds", "0", "--out",
+                 str(tmp_path / "s"), "--generator-device", "cuda"])
+    assert code == 2 and "no CUDA GPU" in capsys.readouterr().err
+    assert not (tmp_path / "s").exists()

@@ -98,15 +98,19 @@ def test_out_folder_of_another_run_is_refused(tiny_pipe, tmp_path):
                  out_dir=tmp_path, progress=False)
 
 
-def test_concept_pool_draws_reproducible_distinct_pairs():
-    pool = ConceptPool(["cat", "dog", "apple", "bench"])
-    batch = pool.draw(step=3, batch_size=8, seed=0)
-    assert batch == pool.draw(step=3, batch_size=8, seed=0)
-    assert batch != pool.draw(step=4, batch_size=8, seed=0)
-    for prompt, (a, b) in batch:
-        assert a != b
-        assert prompt in {f"a photo of {x} {c} {y}" for c in ("and", "with")
-                          for x in (f"a {a}", f"an {a}") for y in (f"a {b}", f"an {b}")}
+def test_concept_pool_draws_as_the_release_one_connector_and_no_concept_twice_a_batch():
+    pool = ConceptPool([f"c{i}" for i in range(10)])
+    for step in range(20):
+        batch = pool.draw(step=step, batch_size=4, seed=0)
+        assert batch == pool.draw(step=step, batch_size=4, seed=0)
+        drawn = [c for _, pair in batch for c in pair]
+        assert len(set(drawn)) == 8  # 2 x batch concepts, none repeated
+        (connector,) = {prompt.split()[5] for prompt, _ in batch}  # one connector for the whole batch
+        assert connector in ("and", "with")
+        assert [prompt for prompt, _ in batch] == [f"a photo of a {a} {connector} a {b}" for _, (a, b) in batch]
+    assert {pool.draw(step=s, batch_size=4, seed=0)[0][0].split()[5] for s in range(20)} == {"and", "with"}
+    small = ConceptPool(["cat", "dog", "apple"])  # fewer than 2 x batch: each element's two concepts apart
+    assert all(a != b for _, (a, b) in small.draw(step=0, batch_size=4, seed=0))
     with pytest.raises(ValueError, match="two distinct"):
         ConceptPool(["cat", "cat"])
 
@@ -267,11 +271,10 @@ def test_norm_prompts_split_the_batch_per_pair_and_take_the_first_concept_large_
     from sae.finetune import norm_prompts
 
     batch = PAIR.draw(0, 4, 0)
-    assert norm_prompts(PAIR, batch) == ["a photo of a cat"] * 2 + ["a photo of a dog"] * 2
+    assert norm_prompts(PAIR, batch) == ["a photo of cat"] * 2 + ["a photo of dog"] * 2  # the release's words
     pool = ConceptPool(["cat", "dog", "owl", "apple"])
     drawn = pool.draw(3, 4, 0)
-    assert norm_prompts(pool, drawn) == [f"a photo of {'an' if o[0] == 'owl' or o[0] == 'apple' else 'a'} {o[0]}"
-                                         for _, o in drawn]
+    assert norm_prompts(pool, drawn) == [f"a photo of a {o[0]}" for _, o in drawn]  # "a" even before a vowel
 
 
 @pytest.mark.parametrize("norm_step, optimizer_steps", [("combined", 2), ("separate", 4)])
@@ -286,52 +289,53 @@ def test_separate_norm_step_takes_a_second_optimizer_step(tiny_pipe, tmp_path, n
     assert FinetuneConfig.large_scale().norm_step == "separate" and FinetuneConfig().norm_step == "combined"
 
 
-def test_conditional_half_quirk_reads_only_the_second_half_of_the_batch(tiny_pipe):
-    from sae.finetune import encode_prompts, sepen_losses
+def test_release_head_groups_are_the_releases_reshape_of_the_kept_rows():
+    """Batch 4, 4 heads: the release keeps rows 8-15 of the (image x head) rows and reshapes them to 4 groups of
+    2: image 2's heads 0-1 and 2-3, then image 3's."""
+    from sae.finetune import release_head_groups
 
-    torch.manual_seed(0)
-    noisy = torch.randn(4, 4, 32, 32)
-    t = torch.tensor([10, 300, 600, 900])
-    text = encode_prompts(tiny_pipe, ["a cat and a dog"] * 4)
-    groups = [[2], [5]]
-    with torch.no_grad():
-        quirk = sepen_losses(tiny_pipe.unet, noisy, t, text, groups, conditional_half=True)
-        second = sepen_losses(tiny_pipe.unet, noisy[2:], t[2:], text[2:], groups)
-        whole = sepen_losses(tiny_pipe.unet, noisy, t, text, groups)
-    for key in ("sep", "en"):
-        torch.testing.assert_close(quirk[key], second[key])
-        assert not torch.allclose(quirk[key], whole[key])
+    maps = torch.arange(4 * 4, dtype=torch.float32).reshape(4, 4, 1, 1, 1)  # value = image * 4 + head
+    groups = release_head_groups(maps)
+    assert groups.flatten().tolist() == [8, 9, 10, 11, 12, 13, 14, 15] and groups.shape == (4, 2, 1, 1, 1)
+    assert groups[:, :, 0, 0, 0].tolist() == [[8, 9], [10, 11], [12, 13], [14, 15]]
+    with pytest.raises(ValueError, match="even number of heads"):
+        release_head_groups(torch.zeros(4, 3, 1, 1, 1))
 
 
-def test_heads_quirk_takes_the_max_over_heads(tiny_pipe):
+def test_release_heads_take_each_losss_max_within_a_group_and_average_the_groups(tiny_pipe):
     from sae.attention import capture_cross_attention
     from sae.finetune import encode_prompts, sepen_losses
     from sae.losses import enhance_peaks
 
     torch.manual_seed(0)
-    noisy, t = torch.randn(2, 4, 32, 32), torch.tensor([100, 700])
-    text = encode_prompts(tiny_pipe, ["a cat and a dog"] * 2)
+    noisy, t = torch.randn(4, 4, 32, 32), torch.tensor([100, 300, 500, 700])
+    text = encode_prompts(tiny_pipe, ["a cat and a dog"] * 4)
     with torch.no_grad(), capture_cross_attention(tiny_pipe.unet, keep_heads=True) as store:
         tiny_pipe.unet(noisy, t, encoder_hidden_states=text)
         per_head = store.maps()
         with capture_cross_attention(tiny_pipe.unet) as averaged:
             tiny_pipe.unet(noisy, t, encoder_hidden_states=text)
-    assert per_head.shape == (2, 4, 8, 8, 77)  # (batch, heads, H, W, tokens)
+    assert per_head.shape == (4, 4, 8, 8, 77)  # (batch, heads, H, W, tokens)
     torch.testing.assert_close(per_head.mean(dim=1), averaged.maps())
-    objects = per_head[..., [2, 5]].permute(0, 1, 4, 2, 3)  # (batch, heads, K, H, W)
+    # images 2 and 3, two heads a group (written out, not through release_head_groups)
+    groups = torch.stack([per_head[2, :2], per_head[2, 2:], per_head[3, :2], per_head[3, 2:]])
+    objects = groups[..., [2, 5]].permute(0, 1, 4, 2, 3)  # (group, heads, K, H, W)
     with torch.no_grad():
-        losses = sepen_losses(tiny_pipe.unet, noisy, t, text, [[2], [5]], heads="max")
+        losses = sepen_losses(tiny_pipe.unet, noisy, t, text, [[2], [5]], heads="release")
     expected_en = (1 - enhance_peaks(objects).amax(dim=1).amin(dim=-1)).mean()
     a, b = objects[:, :, 0], objects[:, :, 1]
-    expected_sep = (a * b / (a + b + 1e-6)).amax(dim=(1, 2, 3)).mean()
+    expected_sep = (a * b / (a + b)).amax(dim=(1, 2, 3)).mean()
     torch.testing.assert_close(losses["en"], expected_en)
     torch.testing.assert_close(losses["sep"], expected_sep)
 
 
 def test_release_quirks_config():
     quirky = FinetuneConfig().with_release_quirks()
-    assert (quirky.heads, quirky.conditional_half, quirky.token_positions) == ("max", True, None)
-    assert FinetuneConfig.large_scale().with_release_quirks(large_scale=True).token_positions == (6, 9)
+    assert (quirky.heads, quirky.token_positions) == ("release", None)
+    assert quirky.learning_rate == pytest.approx(8e-6)  # run_individual.sh: 2e-6 x batch 4 (--scale_lr)
+    assert FinetuneConfig(lambda_norm=1.0).with_release_quirks().learning_rate == pytest.approx(16e-6)  # --use_norm
+    large = FinetuneConfig.large_scale().with_release_quirks(large_scale=True)
+    assert large.token_positions == (6, 9) and large.learning_rate == pytest.approx(4e-6)  # 5e-7 x 4 x 2
     assert FinetuneConfig(latent_scale="0.18").latent_scale == 0.18  # a std of its own (a probe's amplitude)
     for bad in ({"latent_scale": "half"}, {"smoothing": "box"}, {"norm_step": "twice"}, {"heads": "min"}):
         with pytest.raises(ValueError, match=next(iter(bad))):

@@ -5,7 +5,6 @@ import torch
 
 from sae.losses import enhance_loss, gaussian_smooth, norm_loss, separate_loss, smoothing_sigma
 
-EPS = 1e-6
 # 1-D Gaussian of size 3, sigma 0.5: exp(-x^2 / 0.5) at x = -1, 0, 1, normalised (the textbook kernel)
 _E = math.exp(-2.0)
 K_EDGE, K_CENTRE = _E / (1 + 2 * _E), 1 / (1 + 2 * _E)
@@ -17,10 +16,20 @@ R_EDGE, R_CENTRE = _R / (1 + 2 * _R), 1 / (1 + 2 * _R)
 def test_separate_two_maps_hand_computed():
     m1 = torch.tensor([[0.5, 0.0], [0.3, 0.1]])
     m2 = torch.tensor([[0.5, 0.2], [0.6, 0.0]])
-    # pixel-wise m1*m2/(m1+m2): 0.25/1.0, 0, 0.18/0.9 = 0.2, 0 -> max 0.25
-    loss = separate_loss(torch.stack([m1, m2]), eps=EPS)
+    # pixel-wise m1*m2/(m1+m2): 0.25/1.0, 0, 0.18/0.9 = 0.2, 0 -> max 0.25 (the release's: no epsilon)
+    loss = separate_loss(torch.stack([m1, m2]))
     assert loss.shape == ()
-    assert loss.item() == pytest.approx(0.25 / (1.0 + EPS), abs=1e-7)
+    assert loss.item() == 0.25
+
+
+def test_separate_is_zero_where_both_maps_are_and_changes_nothing_else():
+    """The release divides by M1 + M2 with no epsilon: where both maps underflowed to 0 the ratio is 0 (not NaN),
+    and every other pixel keeps its exact value."""
+    zero = torch.zeros(2, 2)
+    loss = separate_loss(torch.stack([zero, zero]))
+    assert loss.item() == 0.0
+    tiny = torch.full((2, 2), 1e-30)
+    assert separate_loss(torch.stack([tiny, tiny])).item() == pytest.approx(0.5e-30, rel=1e-6)
 
 
 def test_separate_three_maps_max_and_mean_over_pairs():

@@ -27,6 +27,8 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import NamedTuple
 
+import numpy as np
+
 THRESHOLD = 0.3  # a detection is kept above this score ...
 COUNTING_THRESHOLD = 0.9  # ... or above this one for counting prompts
 MAX_PER_CLASS = 16  # kept detections of one class, best first
@@ -141,7 +143,11 @@ def keep(detections: Mapping[str, Sequence[Detected]], tag: str) -> dict[str, li
     threshold = threshold_for(tag)
     kept = {}
     for name, found in detections.items():
-        best = sorted((d for d in found if d.score > threshold), key=lambda d: -d.score)[:MAX_PER_CLASS]
+        # GenEval's own ordering, `np.argsort(scores)[::-1]` over every detection of the class (float32, as its
+        # detector's arrays) before the threshold: tied scores come in numpy's order, reversed (a stable sort by
+        # descending score would keep them in detection order)
+        order = np.argsort(np.array([d.score for d in found], dtype=np.float32))[::-1]
+        best = [found[i] for i in order if found[i].score > threshold][:MAX_PER_CLASS]
         if best:
             kept[name] = best
     return kept

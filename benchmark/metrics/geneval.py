@@ -122,7 +122,7 @@ class Mask2FormerDetector:
         for label, score, box, mask in zip(labels.tolist(), scores.tolist(), boxes.tolist(), masks.cpu().numpy()):
             name = self.classes.get(int(label))
             if name is not None:
-                per_class.setdefault(name, []).append(Detected(tuple(box), round(score, 6), mask))  # as transformers
+                per_class.setdefault(name, []).append(Detected(tuple(box), score, mask))  # unrounded: GenEval's
         return per_class
 
 

@@ -150,7 +150,7 @@ def test_natural_models_sample_each_method_as_its_release_and_record_it(tiny_mod
     assert results["settings"]["sepen"] == {"steps": 3, "guidance": 6.0, "trains_on": "release"}
     assert "| sepen | 3 | 6.0 | release |" in (out / "summary.md").read_text()
     trained = json.loads(next(cache.rglob("prompt.json")).read_text())
-    assert trained["prompt"] == "a photo of a cat and a dog" and trained["train_prompt"] == "release"
+    assert trained["prompt"] == "a photo of cat and dog" and trained["train_prompt"] == "release"
     before = sorted(p.stat().st_mtime_ns for p in (out / "images").rglob("*.png"))
     assert main(args + ["--steps", "2,sepen=3", "--guidance", "sepen=5"]) == 2  # other images: refused
     assert main(args + ["--steps", "2,sepen=3", "--sepen-train-prompt", "suite"]) == 2
@@ -159,12 +159,12 @@ def test_natural_models_sample_each_method_as_its_release_and_record_it(tiny_mod
     assert main(args + ["--steps", "2", "--guidance", "attend_excite=3"]) == 2  # not a method of this run
 
 
-def test_the_release_training_prompt_names_each_object_with_its_attribute():
+def test_the_release_training_prompt_names_the_objects_as_the_release_passes_them():
     from benchmark.methods import training_prompt
     from benchmark.suites import SuiteObject, SuitePrompt
 
     item = SuitePrompt("x", "a cat and a red car", (SuiteObject("cat"), SuiteObject("car", "red")), "two", "s")
-    assert training_prompt(item, "release") == "a photo of a cat and a red car"
+    assert training_prompt(item, "release") == "a photo of cat and car"  # no articles, no colour (--c1/--c2)
     assert training_prompt(item, "suite") == "a cat and a red car"
     counted = SuitePrompt("y", "two cats and an owl", (SuiteObject("cats", count=2), SuiteObject("owl")), "c", "s")
     assert training_prompt(counted, "release") == "two cats and an owl"

@@ -51,6 +51,30 @@ def test_keep_at_most_16_per_class_best_first():
     assert len(kept["dog"]) == 1  # per class
 
 
+def test_keep_orders_tied_scores_as_genevals_argsort_reversed():
+    """GenEval takes `np.argsort(scores)[::-1]`: among equal scores the later detection comes first, which decides
+    which of two tied objects a colour or position clause reads."""
+    found = {"clock": [Detected((i, 0, i + 1, 1), score) for i, score in enumerate([0.5, 0.8, 0.5, 0.8, 0.4])]}
+    kept = [d.box[0] for d in keep(found, "colors")["clock"]]
+    scores = np.array([0.5, 0.8, 0.5, 0.8, 0.4], dtype=np.float32)
+    assert kept == [int(i) for i in np.argsort(scores)[::-1]] == [3, 1, 2, 0, 4]  # a stable sort: [1, 3, 0, 2, 4]
+
+
+def test_the_detector_passes_scores_unrounded_to_the_thresholds():
+    """A score just above a threshold is kept: GenEval compares its detector's scores as they are (rounding to 6
+    decimals, as transformers' post-processing does, would drop 0.3000004)."""
+    from types import SimpleNamespace
+
+    from benchmark.metrics.geneval import Mask2FormerDetector
+
+    masks = torch.zeros(2, 8, 8, dtype=torch.bool)
+    masks[:, 2:4, 2:4] = True
+    found = Mask2FormerDetector._per_class(SimpleNamespace(classes={0: "clock"}), torch.tensor([0, 0]),
+                                           torch.tensor([0.3000004, 0.9000004], dtype=torch.float64), masks)
+    assert [d.score for d in found["clock"]] == [0.3000004, 0.9000004]
+    assert len(keep(found, "two_object")["clock"]) == 2 and len(keep(found, "counting")["clock"]) == 1
+
+
 # ---- include / exclude -----------------------------------------------------------------------------------------
 
 def test_include_needs_count_kept_objects():
@@ -365,7 +389,7 @@ def test_instance_segments_equal_transformers_post_processing():
     for (labels, scores, masks), expected, size in zip(ours, reference, sizes):
         segments = expected["segments_info"]
         assert labels.tolist() == [s["label_id"] for s in segments]
-        assert [round(score, 6) for score in scores.tolist()] == [s["score"] for s in segments]
+        assert [round(score, 6) for score in scores.tolist()] == [s["score"] for s in segments]  # (it rounds)
         assert 9 not in labels.tolist() and 7 not in labels.tolist()  # empty mask; 0.35 times its mask score
         assert masks.shape == (len(segments), *size) and masks.dtype == torch.bool
         assert torch.equal(masks, expected["segmentation"].to(torch.bool))
