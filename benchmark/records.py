@@ -232,6 +232,21 @@ def read_run_config(run_dir: Path) -> dict:
     return config
 
 
+def read_derived_json(path: Path) -> dict | None:
+    """A JSON file a command rebuilds from the images (a set metric's values): None when absent or damaged, the
+    latter named on one line (it is made again)."""
+    if not path.is_file():
+        return None
+    try:
+        data = json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError):
+        data = None
+    if not isinstance(data, dict):
+        print(f"warning: {path} is damaged: left out, and made again by the next run or score", file=sys.stderr)
+        return None
+    return data
+
+
 def write_text_atomic(path: Path, text: str) -> None:
     """Every file of a run folder is written this way: a reader (or a kill) sees the old file or the new one."""
     tmp = path.with_name(f".{path.name}.tmp")

@@ -24,7 +24,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from .records import build_samples, read_jsonl, read_run_config, write_json, write_text_atomic
+from .records import build_samples, read_derived_json, read_jsonl, read_run_config, write_json, write_text_atomic
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 
@@ -69,7 +69,9 @@ def read_set_scores(run_dir: Path) -> tuple[dict, dict]:
     """Set metrics' values, {(method, category): (images, {column: value})}, and their descriptions."""
     values, described = {}, {}
     for path in sorted((Path(run_dir) / "scores").glob("*.sets.json")):
-        data = json.loads(path.read_text())
+        data = read_derived_json(path)
+        if data is None:
+            continue
         described[path.name.removesuffix(".sets.json")] = data["metric"]
         for group in data["groups"]:
             key = (group["method"], group["category"])

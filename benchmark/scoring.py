@@ -11,8 +11,8 @@ from pathlib import Path
 from tqdm.auto import tqdm
 
 from .metrics import MetricContext, MetricUnavailable, SetMetric, check_available, get_metric, suite_vocabulary
-from .records import (CONFIG_NAME, append_jsonl, read_run_config, read_scores, record_key, scan_records,
-                      write_json)
+from .records import (CONFIG_NAME, append_jsonl, read_derived_json, read_run_config, read_scores, record_key,
+                      scan_records, write_json)
 from .report import write_report
 
 
@@ -65,7 +65,7 @@ def score_sets(run_dir: Path, metric, progress: bool = True, again: bool = False
     described = metric.describe()
     fingerprint = hashlib.sha256(json.dumps([described, [record_key(r) for r in records]], default=str)
                                  .encode()).hexdigest()
-    if not again and path.exists() and json.loads(path.read_text()).get("fingerprint") == fingerprint:
+    if not again and (read_derived_json(path) or {}).get("fingerprint") == fingerprint:
         return 0
     if again:
         metric.reset()

@@ -218,3 +218,17 @@ def test_report_and_trace_delete_only_the_files_they_made(tiny_model_dir, small_
     assert {name: (out / name).read_text() for name in mine} == mine
     assert (out / "report" / "index.html").is_file()
     assert "attention/t_0.png" not in (out / MANIFEST_NAME).read_text().splitlines()
+
+
+def test_a_damaged_set_metric_file_is_named_left_out_and_made_again(tmp_path, capsys):
+    from benchmark.records import read_derived_json
+    from benchmark.report import read_set_scores
+
+    scores = tmp_path / "scores"
+    scores.mkdir()
+    (scores / "fid.sets.json").write_text('{"fingerprint": "abc", "groups": [')  # cut short
+    assert read_set_scores(tmp_path) == ({}, {})
+    assert read_derived_json(scores / "fid.sets.json") is None  # so score_sets computes it again
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err[0] == (f"warning: {scores / 'fid.sets.json'} is damaged: left out, and made again by the next run or "
+                      "score")
