@@ -13,13 +13,13 @@ import importlib
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
+from collections.abc import Callable
 
 DOMAIN_FILE = "benchmark_domain.json"
 NATURAL = "natural"  # a model folder without a domain file
 # name -> module holding its `DOMAIN`; the default `--model` is the first domain's shipped model that has one
 DOMAIN_MODULES = {"shapes": "benchmark.shapes.domain", NATURAL: "benchmark.natural"}
-_LOADED: dict[str, "Domain"] = {}
+_LOADED: dict[str, Domain] = {}
 
 
 @dataclass(frozen=True)
@@ -74,7 +74,7 @@ def _all_lines_carry(suite: str, key: str) -> bool:
     return bool(rows) and all(isinstance(row, dict) and key in row for row in rows)
 
 
-def register_domain(domain: "str | Domain", module: str | None = None) -> None:
+def register_domain(domain: str | Domain, module: str | None = None) -> None:
     """Add a domain: by name and the module holding its `DOMAIN` (imported when first asked for), or a `Domain`
     object itself. A name is registered once."""
     name = domain if isinstance(domain, str) else domain.name

@@ -262,10 +262,11 @@ def run(config: RunConfig) -> Path | None:
     scheduler = type(pipe.scheduler).__name__
     _check_prompts(pipe, prompts)
     context = GenerationContext(pipe=pipe, base_model=config.model, progress=config.progress and state.is_main_process)
-    for method, name in zip(methods, config.methods):
+    for method, name in zip(methods, config.methods, strict=True):
         method.sampling = config.sampling_of(name)
         method.check(context)  # settings a method cannot run with fail here, not after other methods' images
-    method_keys = json.loads(json.dumps({name: method.resume_key() for name, method in zip(config.methods, methods)},
+    method_keys = json.loads(json.dumps({name: method.resume_key()
+                                         for name, method in zip(config.methods, methods, strict=True)},
                                         default=str))  # as the folder stores them
     _check_run_folder(out, config, scheduler, method_keys)
     out.mkdir(parents=True, exist_ok=True)
@@ -295,8 +296,8 @@ def run(config: RunConfig) -> Path | None:
                                       **{m.name: described[m.name] for m in changed}}
         write_json(out / CONFIG_NAME, saved, default=str)
     run_settings = {**config.to_json(), "scheduler": scheduler, "domain": domain, "method_keys": method_keys,
-                    "options": {name: m.options_record() for name, m in zip(config.methods, methods)},
-                    "notes": {name: m.settings_note() for name, m in zip(config.methods, methods)},
+                    "options": {name: m.options_record() for name, m in zip(config.methods, methods, strict=True)},
+                    "notes": {name: m.settings_note() for name, m in zip(config.methods, methods, strict=True)},
                     "metrics_described": described}
 
     def write_config() -> None:
@@ -415,7 +416,7 @@ def generate_block(out: Path, method, context: GenerationContext, alike: list[Su
     written = 0
     for item in alike:
         records, images_written = [], []
-        for seed, image, cost in zip(block, images, seconds):
+        for seed, image, cost in zip(block, images, seconds, strict=True):
             if seed not in missing[item.id]:
                 continue  # written before an interruption: never rewritten
             path = image_path(out, method.name, item.id, seed)

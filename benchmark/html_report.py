@@ -102,7 +102,7 @@ def bar_chart(summary: pd.DataFrame, methods: list[str], path: Path, title: str)
     fig, axes = plt.subplots(1, len(metrics), figsize=(0.6 + 2.2 * len(metrics), 2.6), squeeze=False)
     rows = [summary[summary["method"] == m].iloc[0] for m in methods if (summary["method"] == m).any()]
     names = [r["method"] for r in rows]
-    for ax, metric in zip(axes[0], metrics):
+    for ax, metric in zip(axes[0], metrics, strict=True):
         if metric in means:
             values = np.array([r[f"{metric}_mean"] for r in rows], dtype=float)
             low = np.array([r[f"{metric}_ci_low"] for r in rows], dtype=float)

@@ -109,5 +109,5 @@ def rescore(run_dir: Path, metric_names: list[str] | None = None, metric_models:
 
 def append_scores(run_dir: Path, metric, records: list[dict], values: list[dict]) -> None:
     rows = [{"method": r["method"], "prompt_id": r["prompt_id"], "seed": r["seed"], "values": v}
-            for r, v in zip(records, values)]
+            for r, v in zip(records, values, strict=True)]
     append_jsonl(run_dir / "scores" / f"{metric.name}.jsonl", rows)

@@ -36,7 +36,7 @@ def layer_downscale(name: str, num_down_blocks: int, num_up_blocks: int) -> int:
     raise ValueError(f"cannot place attention layer {name!r} in the UNet's resolutions")
 
 
-_LAYERS: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()  # unet -> {downscale: names}
+_LAYERS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # unet -> {downscale: names}
 
 
 def cross_attention_layers(unet, downscale: int = 4) -> list[str]:

@@ -203,7 +203,7 @@ def cmd_sample(args) -> int:
     args.out.mkdir(parents=True, exist_ok=True)
     images = generate(pipe, args.prompt, seeds, num_inference_steps=args.steps, guidance_scale=args.guidance,
                       batch_size=args.batch_size, generator_device=args.generator_device)
-    for seed, image in zip(seeds, images):
+    for seed, image in zip(seeds, images, strict=True):
         image.save(args.out / f"seed{seed:04d}.png")
     print(f"wrote {len(images)} images to {args.out}")
     return 0

@@ -108,12 +108,12 @@ class FinetuneConfig:
     token_positions: tuple[int, ...] | None = None  # fixed object token positions instead of the tokenizer's
 
     @classmethod
-    def large_scale(cls, **overrides) -> "FinetuneConfig":
+    def large_scale(cls, **overrides) -> FinetuneConfig:
         """The paper's large-scale run: 10,000 steps, lr 4e-6, norm loss 0.5 in its own optimizer step."""
         return cls(**{"steps": 10_000, "learning_rate": 4e-6, "lambda_norm": 0.5, "norm_step": "separate",
                       **overrides})
 
-    def with_release_quirks(self, large_scale: bool = False) -> "FinetuneConfig":
+    def with_release_quirks(self, large_scale: bool = False) -> FinetuneConfig:
         """This config with the release's quirks on: its head grouping, its scripts' effective learning rate (the
         rate they pass times the batch size, `--scale_lr`, and twice that with the norm loss) and, large-scale,
         its hard-coded token positions."""
@@ -513,8 +513,8 @@ def finetune(pipe, source: ConceptPair | ConceptPool, config: FinetuneConfig | N
         if not pending:
             return
         rows = torch.stack([values for _, _, values in pending]).tolist()
-        for (step, names, _), row in zip(pending, rows):
-            named = dict(zip(names, row))
+        for (step, names, _), row in zip(pending, rows, strict=True):
+            named = dict(zip(names, row, strict=True))
             total = named.pop("total")
             if not all(math.isfinite(v) for v in (total, *named.values())):
                 raise diverged(step, total if not math.isfinite(total) else
@@ -565,10 +565,11 @@ def finetune(pipe, source: ConceptPair | ConceptPool, config: FinetuneConfig | N
             if graphed and graph is None and step - start >= GRAPH_WARM_UP_STEPS:
                 torch.cuda.current_stream(device).wait_stream(warm_up)
                 try:
-                    graph = _StepGraph(lambda n, t: train_step(step, batch, n, t)[1], noisy, timesteps)
+                    graph = _StepGraph(lambda n, t, step=step, batch=batch: train_step(step, batch, n, t)[1], noisy,
+                                       timesteps)
                 except RuntimeError as err:  # e.g. a model whose forward waits for the host: train on eagerly
                     warnings.warn(f"the training step could not be captured as a CUDA graph ({err}); training "
-                                  "on without it (cuda_graph=False skips the attempt)", RuntimeWarning)
+                                  "on without it (cuda_graph=False skips the attempt)", RuntimeWarning, stacklevel=2)
                     graphed = False
             if graph is not None:
                 values = graph(noisy, timesteps)

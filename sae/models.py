@@ -69,7 +69,7 @@ def load_pipeline(model: str | os.PathLike, device: str | torch.device | None = 
         check_model_folder(local)
         try:
             pipe = StableDiffusionPipeline.from_pretrained(str(local), **kwargs)
-        except (OSError, ValueError, EnvironmentError) as err:  # a component's weights or config missing
+        except (OSError, ValueError) as err:  # a component's weights or config missing
             reason = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
             raise ModelNotFoundError(f"{model}: the pipeline folder is incomplete or damaged ({reason}); "
                                      "download the model again (`hf download ID --local-dir DIR`)") from err

@@ -159,7 +159,7 @@ def losses_figure(losses_csv: Path, path: Path) -> Path:
 
     fig, ax = plt.subplots(figsize=(5, 3))
     for name, points in read_losses(losses_csv).items():
-        steps, values = zip(*points)
+        steps, values = zip(*points, strict=True)
         ax.plot(steps, values, label=name, linewidth=1)
     ax.set_xlabel("training step")
     ax.set_ylabel("loss")

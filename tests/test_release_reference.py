@@ -61,7 +61,7 @@ TOL = 5e-4
 
 
 def release_prompt(c1: str, c2: str) -> str:
-    return "a photo of {} and {}".format(c1, c2)  # train_individual.py, with --c1/--c2 as its script passes them
+    return f"a photo of {c1} and {c2}"  # train_individual.py, with --c1/--c2 as its script passes them
 
 
 def get_index(prompts: list[str], target: str) -> list[int]:

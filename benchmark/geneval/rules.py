@@ -171,9 +171,9 @@ def relation(box_a: Sequence[float], box_b: Sequence[float]) -> set[str]:
     centre_b = ((box_b[0] + box_b[2]) / 2, (box_b[1] + box_b[3]) / 2)
     size_a = (abs(box_a[2] - box_a[0]), abs(box_a[3] - box_a[1]))
     size_b = (abs(box_b[2] - box_b[0]), abs(box_b[3] - box_b[1]))
-    offset = [ca - cb for ca, cb in zip(centre_a, centre_b)]
+    offset = [ca - cb for ca, cb in zip(centre_a, centre_b, strict=True)]
     shrunk = [math.copysign(max(abs(o) - POSITION_SHRINK * (sa + sb), 0.0), o)
-              for o, sa, sb in zip(offset, size_a, size_b)]
+              for o, sa, sb in zip(offset, size_a, size_b, strict=True)]
     if all(abs(s) < NO_RELATION for s in shrunk):
         return set()
     length = math.hypot(*offset)

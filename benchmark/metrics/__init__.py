@@ -69,7 +69,7 @@ class SetMetric(Metric):
     def update(self, images: list, records: list[dict]) -> None:
         from ..records import record_key
 
-        for record, state in zip(records, self.embed(images, records)):
+        for record, state in zip(records, self.embed(images, records), strict=True):
             self.states[record_key(record)] = state
 
     def reset(self) -> None:

@@ -122,4 +122,4 @@ class BlipScore(Metric):
         matching = self.itm_probabilities(images, prompts).tolist()
         return [{"blip_similarity": float(embedding @ self.clip.text_embedding(prompt)), "blip_itm": float(p),
                  "blip_caption": caption}
-                for embedding, prompt, p, caption in zip(caption_embeddings, prompts, matching, captions)]
+                for embedding, prompt, p, caption in zip(caption_embeddings, prompts, matching, captions, strict=True)]

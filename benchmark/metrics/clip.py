@@ -124,7 +124,7 @@ class ClipScore(Metric):
             raise MetricUnavailable("clip metric used before setup()")
         embeddings = self.image_embeddings(images)
         out = []
-        for embedding, record in zip(embeddings, records):
+        for embedding, record in zip(embeddings, records, strict=True):
             prompt = record["prompt"]
             parts = [float(embedding @ self.text_embedding(p, self.use_templates)) for p in object_phrases(prompt)]
             raw = embedding @ self.text_embedding(prompt, templates=False)

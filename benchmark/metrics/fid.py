@@ -29,7 +29,7 @@ import json
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
+from collections.abc import Callable
 
 import numpy as np
 import torch
@@ -72,7 +72,7 @@ class FeatureStats:
     n: int
 
     @classmethod
-    def of(cls, features) -> "FeatureStats":
+    def of(cls, features) -> FeatureStats:
         x = _f64(features)
         if x.ndim != 2 or len(x) < 2:
             raise ValueError(f"need at least two feature vectors, got shape {tuple(x.shape)}")
@@ -88,7 +88,7 @@ class FeatureStats:
         os.replace(tmp, path)
 
     @classmethod
-    def load(cls, path: Path) -> tuple["FeatureStats", dict]:
+    def load(cls, path: Path) -> tuple[FeatureStats, dict]:
         try:
             with np.load(path, allow_pickle=False) as data:
                 mu, sigma = data["mu"].astype(np.float64), data["sigma"].astype(np.float64)
@@ -153,7 +153,7 @@ class InceptionFeatures:
         for indices in by_size.values():  # one forward per image size in the batch
             batch = torch.stack([torch.from_numpy(np.array(images[i].convert("RGB"))).permute(2, 0, 1)
                                  for i in indices]).to(self.device)
-            for i, row in zip(indices, self.model(batch).float().cpu()):
+            for i, row in zip(indices, self.model(batch).float().cpu(), strict=True):
                 out[i] = row
         return torch.stack(out)
 

@@ -95,7 +95,7 @@ class Mask2FormerDetector:
         self.classes = class_names(model.config.id2label)
 
     @classmethod
-    def from_pretrained(cls, source: str, device: str = "cpu") -> "Mask2FormerDetector":
+    def from_pretrained(cls, source: str, device: str = "cpu") -> Mask2FormerDetector:
         from transformers import AutoImageProcessor, Mask2FormerForUniversalSegmentation
 
         return cls(Mask2FormerForUniversalSegmentation.from_pretrained(source),
@@ -119,7 +119,8 @@ class Mask2FormerDetector:
             return per_class
         boxes = masks_to_boxes(masks)
         boxes[:, 2:] += 1  # the last pixel's far edge: a one-pixel object is one pixel wide
-        for label, score, box, mask in zip(labels.tolist(), scores.tolist(), boxes.tolist(), masks.cpu().numpy()):
+        for label, score, box, mask in zip(labels.tolist(), scores.tolist(), boxes.tolist(), masks.cpu().numpy(),
+                                           strict=True):
             name = self.classes.get(int(label))
             if name is not None:
                 per_class.setdefault(name, []).append(Detected(tuple(box), score, mask))  # unrounded: GenEval's
@@ -154,7 +155,7 @@ def instance_segments(class_logits, mask_logits, threshold: float, target_sizes)
         positive = logits > 0
         area = positive.sum(1)
         scores = scores * (torch.where(positive, logits.sigmoid(), 0.0).sum(1) / (area + 1e-6))
-        rows, cols = (nearest_source(n, m) for n, m in zip(MASK2FORMER_SIZE, size))
+        rows, cols = (nearest_source(n, m) for n, m in zip(MASK2FORMER_SIZE, size, strict=True))
         masks = positive.view(-1, *MASK2FORMER_SIZE)[:, rows][:, :, cols]
         kept = (scores >= threshold) & masks.flatten(1).any(dim=1)
         results.append((pairs[kept] % classes, scores[kept], masks[kept]))
@@ -169,7 +170,7 @@ class Owlv2BoxDetector:
         self.detector, self.iou, self.floor = detector, iou, floor
 
     @classmethod
-    def from_pretrained(cls, source: str, device: str = "cpu") -> "Owlv2BoxDetector":
+    def from_pretrained(cls, source: str, device: str = "cpu") -> Owlv2BoxDetector:
         from .presence import Owlv2Detector
 
         return cls(Owlv2Detector.from_pretrained(source, device=device))
@@ -181,7 +182,7 @@ class Owlv2BoxDetector:
             return []
         raw = self.detector.detect(images, [list(CLASSES)] * len(images))
         found = []
-        for image, detections in zip(images, raw):
+        for image, detections in zip(images, raw, strict=True):
             detections = [d for d in detections if d.score >= self.floor]
             per_class: dict[str, list[Detected]] = {}
             if detections:
@@ -207,7 +208,7 @@ class ClipColours:
         self._classifiers: dict[str, torch.Tensor] = {}
 
     @classmethod
-    def load(cls, source: str, device: str = "cpu") -> "ClipColours":
+    def load(cls, source: str, device: str = "cpu") -> ClipColours:
         from .clip import create_clip
 
         model, preprocess, tokenizer = create_clip(source, device, model_name=CLIP_MODEL)
@@ -371,7 +372,7 @@ class GenEval(Metric):
         images = [image.convert("RGB") for image in images]
         specs = [self.spec_of(record) for record in records]
         judged = [i for i, (spec, _) in enumerate(specs) if spec is not None]
-        detections = dict(zip(judged, self.judge.detector.detect([images[i] for i in judged])))
+        detections = dict(zip(judged, self.judge.detector.detect([images[i] for i in judged]), strict=True))
         kept = {i: keep(detections[i], specs[i][0]["tag"]) for i in judged}
         crops, owners = [], []  # every colour crop of the batch, for one CLIP call
         colours: dict[int, dict[str, list]] = {i: {} for i in judged}
@@ -383,7 +384,7 @@ class GenEval(Metric):
                         crops.append(colour_crop(images[i], obj))
                         owners.append((i, name, len(colours[i][name]) - 1))
         labels = self.judge.colours.classify(crops, [name for _, name, _ in owners]) if crops else []
-        for (i, name, slot), label in zip(owners, labels):
+        for (i, name, slot), label in zip(owners, labels, strict=True):
             colours[i][name][slot] = label
         out = []
         for i, (spec, why) in enumerate(specs):

@@ -83,7 +83,7 @@ class Owlv2Detector:
         self.model, self.processor, self.device = model.to(device).eval(), processor, device
 
     @classmethod
-    def from_pretrained(cls, source: str, device: str = "cpu") -> "Owlv2Detector":
+    def from_pretrained(cls, source: str, device: str = "cpu") -> Owlv2Detector:
         from transformers import Owlv2ForObjectDetection, Owlv2Processor
 
         return cls(Owlv2ForObjectDetection.from_pretrained(source), Owlv2Processor.from_pretrained(source), device)
@@ -101,7 +101,7 @@ class Owlv2Detector:
             corners = torch.stack([cx - w / 2, cy - h / 2, cx + w / 2, cy + h / 2], dim=-1).tolist()
             best, index = scores[i, :, :len(qs)].max(dim=-1)  # each box's best query among this image's own
             result.append([Detection(qs[j], s, tuple(corners[b]))
-                           for b, (s, j) in enumerate(zip(best.tolist(), index.tolist()))])
+                           for b, (s, j) in enumerate(zip(best.tolist(), index.tolist(), strict=True))])
         return result
 
 
@@ -141,7 +141,8 @@ class Presence(Metric):
         except Exception as err:  # offline hub, missing folder, wrong format
             raise MetricUnavailable(
                 f"cannot load the OWLv2 detector {source!r} ({type(err).__name__}); download it where there is "
-                f"network (`hf download {DEFAULT_DETECTOR} --local-dir DIR`) and pass --metric-model presence=DIR")
+                f"network (`hf download {DEFAULT_DETECTOR} --local-dir DIR`) and pass --metric-model presence=DIR"
+            ) from err
 
     def queries(self, record: dict) -> list[str]:
         """The detector's queries for a record: the vocabulary (plus any object of the prompt outside it), or
@@ -154,7 +155,8 @@ class Presence(Metric):
     def score(self, images, records):
         queries = [self.queries(r) for r in records]
         detections = self.detector.detect([image.convert("RGB") for image in images], queries)
-        return [presence_of(dets, r["objects"], self.threshold, self.query_of) for dets, r in zip(detections, records)]
+        return [presence_of(dets, r["objects"], self.threshold, self.query_of)
+                for dets, r in zip(detections, records, strict=True)]
 
     def query_of(self, obj: dict) -> str:
         """The detector's own name for an object where it has one (the shapes world's "colour shape")."""

@@ -69,14 +69,14 @@ def generate(pipe, object_lists, seed: int = 1000, steps: int = SHAPES_DEFAULTS[
 
 
 def score(images, object_lists) -> dict:
-    results = [presence(img, objs) for img, objs in zip(images, object_lists)]
+    results = [presence(img, objs) for img, objs in zip(images, object_lists, strict=False)]
     no_extra = [not r["extra"] and not r["unknown"] for r in results]
     return {"n": len(results),
             "all_found": float(np.mean([r["all_found"] for r in results])),
             "no_extra": float(np.mean(no_extra)),
-            "exact": float(np.mean([r["all_found"] and ne for r, ne in zip(results, no_extra)])),
+            "exact": float(np.mean([r["all_found"] and ne for r, ne in zip(results, no_extra, strict=False)])),
             "found_fraction": float(np.mean([len(r["found"]) / len(objs)
-                                             for r, objs in zip(results, object_lists)]))}
+                                             for r, objs in zip(results, object_lists, strict=False)]))}
 
 
 def evaluate(pipe, n_per_count: int = 48, seed: int = 1000, counts=(1, 2, 3, 4),
@@ -159,7 +159,7 @@ def save_grid(samples: dict, path, per_count: int = 8) -> None:
 
     images, titles = [], []
     for images_of_count, objects in samples.values():
-        for image, objs in list(zip(images_of_count, objects))[:per_count]:
+        for image, objs in list(zip(images_of_count, objects, strict=False))[:per_count]:
             images.append((np.asarray(image) * 255).round().astype(np.uint8))
             titles.append(" + ".join(f"{c} {s}" for c, s in objs))
     grid(images, ncols=per_count, titles=titles).save(path)

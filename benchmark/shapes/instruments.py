@@ -38,7 +38,7 @@ class ExactDetector:
         from .detector import detect
 
         result = []
-        for image, wanted in zip(images, queries):
+        for image, wanted in zip(images, queries, strict=True):
             found = detect(np.asarray(image.convert("RGB")))
             result.append([Detection(query=query, score=1.0, box=tuple(map(float, d.bbox)))
                            for d in found for query in (f"{d.colour} {d.shape}", d.shape) if query in wanted])
@@ -92,7 +92,7 @@ def _geneval(context):
                  "blob's palette colour (exact, no CLIP)")
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def world_clip_name() -> str:
     """The shipped world CLIP named with its weights' digest: a retrained CLIP is another instrument, so FID's
     cached reference statistics (keyed by this name) and the recorded conventions change with it."""
@@ -104,7 +104,7 @@ def world_clip_name() -> str:
     return f"benchmark/shapes/clip, weights sha256 {digest}"
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _world_clip(device: str):
     """The shipped world CLIP, loaded once per device: `clip` and `fid` share it (neither changes it)."""
     from .world_clip import SHIPPED, load

@@ -289,7 +289,7 @@ class _Tokens:
         if missing:
             ids = self.tokenizer(missing, padding="max_length", max_length=self.tokenizer.model_max_length,
                                  truncation=True, return_tensors="pt").input_ids
-            self.cache.update(zip(missing, ids))
+            self.cache.update(zip(missing, ids, strict=False))
         return torch.stack([self.cache[c] for c in captions])
 
 
@@ -363,7 +363,7 @@ def train_diffusion(cfg: TrainConfig, out: Path, vae, device, workers: int = 0, 
     store = captures.enter_context(capture_cross_attention(unet, cfg.grounding_downscale)) if cfg.grounding else None
     try:
         for step, (images, captions, *grounding_masks) in enumerate(bar, start=start):  # masks: with grounding
-            for group, base in zip(opt.param_groups, base_lrs):
+            for group, base in zip(opt.param_groups, base_lrs, strict=False):
                 group["lr"] = base * _lr_factor(step, cfg)
             gen = _step_generator(cfg.seed, DIFFUSION_STREAM, step)
             with torch.no_grad():

@@ -7,7 +7,7 @@ comes from a numpy Generator, so a seed fixes the scene. Captions read "a red ci
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Iterable, Sequence
+from collections.abc import Iterable, Sequence
 
 import numpy as np
 from PIL import Image
@@ -130,7 +130,7 @@ def scene_from_objects(objects: Sequence[tuple[str, str]], rng: np.random.Genera
                 break
         if len(placed) == len(objects):
             return Scene(tuple(SceneObject(c, sh, float(x), float(y), float(s))
-                               for (c, sh), (x, y, s) in zip(objects, placed)))
+                               for (c, sh), (x, y, s) in zip(objects, placed, strict=False)))
     raise RuntimeError(f"could not place {len(objects)} objects without overlap")
 
 

@@ -139,7 +139,7 @@ def zero_shot_accuracy(model, tokenizer, device, n: int = 256, seed: int = 12345
     labels = [objects[i] for i in rng.integers(len(objects), size=n)]
     images = np.stack([render(scene_from_objects([o], rng)) for o in labels])
     img = F.normalize(model.encode_image(_to_model_input(images, device)), dim=-1)
-    single = float(np.mean([objects[int(i)] == o for i, o in zip((img @ text.T).argmax(1), labels)]))
+    single = float(np.mean([objects[int(i)] == o for i, o in zip((img @ text.T).argmax(1), labels, strict=False)]))
     right = 0
     pairs = 0
     for _ in range(n):

@@ -22,10 +22,10 @@ SEPEN = {"single_object": [1, 1, 1, NAN], "two_object": [1, 1, 0, 1], "counting"
 ODD_REASON = "expected <b>cat</b> & dog, found 0"
 
 
-def make_geneval_run(out, verdicts={"plain": PLAIN, "sepen": SEPEN}, convention="GenEval-compatible (judge=stub): "
-                     "hand-written verdicts"):
+def make_geneval_run(out, verdicts=None, convention="GenEval-compatible (judge=stub): hand-written verdicts"):
     """A run folder with 8-px images and hand-written `geneval` scores; plus one image of another category
     (verdict 1, left out of the task table)."""
+    verdicts = verdicts or {"plain": PLAIN, "sepen": SEPEN}
     from benchmark.records import append_jsonl, image_path, write_image
 
     out.mkdir(parents=True)
