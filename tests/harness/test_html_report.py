@@ -169,3 +169,26 @@ def test_run_writes_the_report_with_attention_maps_of_plain_and_sepen(tiny_model
         path.unlink()
     write_html_report(out)
     assert not (report / "attention.html").exists() and not list((report / "attention").glob("*.png"))
+
+
+SCRIPT, BREAKOUT = "<script>alert(1)</script>", '"><img src=x onerror=alert(1)>'
+
+
+def test_a_hostile_prompt_and_category_are_escaped_in_every_page(tiny_model_dir, tmp_path):
+    """A suite is user input that lands in pages people open from shared folders: its text must never become
+    markup there."""
+    suite = tmp_path / "hostile.jsonl"
+    suite.write_text(json.dumps({"id": "h/0", "category": BREAKOUT, "prompt": f"a cat and a dog {SCRIPT}",
+                                 "objects": [{"name": "cat", "attribute": BREAKOUT}, {"name": "dog"}]}) + "\n")
+    out = tmp_path / "run"
+    assert main(["run", "--suite", str(suite), "--model", str(tiny_model_dir), "--seeds", "0", "--steps", "1",
+                 "--metrics", "", "--attention-prompts", "0", "--out", str(out), "--no-progress",
+                 "--processes", "1"]) == 0
+    pages = sorted((out / "report").glob("*.html"))
+    assert len(pages) >= 2
+    shown = 0
+    for page in pages:
+        source = page.read_text()
+        assert SCRIPT not in source and BREAKOUT not in source and "<img src=x" not in source, page.name
+        shown += "&lt;script&gt;alert(1)&lt;/script&gt;" in source
+    assert shown  # the prompt is on a page, as text
