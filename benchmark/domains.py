@@ -9,17 +9,20 @@ A model folder declares its domain in `benchmark_domain.json` ({"domain": "shape
 
 from __future__ import annotations
 
-import importlib
 import json
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from collections.abc import Callable
+
+from .registry import Registry
 
 DOMAIN_FILE = "benchmark_domain.json"
 NATURAL = "natural"  # a model folder without a domain file
 # name -> module holding its `DOMAIN`; the default `--model` is the first domain's shipped model that has one
-DOMAIN_MODULES = {"shapes": "benchmark.shapes.domain", NATURAL: "benchmark.natural"}
-_LOADED: dict[str, Domain] = {}
+# the built-in domains (the first is the embedded default) and those of installed packages (entry points
+# "benchmark.domains", each naming a `Domain`)
+DOMAINS = Registry("domain", "benchmark.domains",
+                   {"shapes": "benchmark.shapes.domain:DOMAIN", NATURAL: "benchmark.natural:DOMAIN"})
 
 
 @dataclass(frozen=True)
@@ -77,29 +80,24 @@ def _all_lines_carry(suite: str, key: str) -> bool:
 def register_domain(domain: str | Domain, module: str | None = None) -> None:
     """Add a domain: by name and the module holding its `DOMAIN` (imported when first asked for), or a `Domain`
     object itself. A name is registered once."""
-    name = domain if isinstance(domain, str) else domain.name
-    if name in DOMAIN_MODULES:
-        raise ValueError(f"a domain named {name!r} is already registered ({DOMAIN_MODULES[name]})")
-    DOMAIN_MODULES[name] = module or "(registered as an object)"
-    if not isinstance(domain, str):
-        _LOADED[name] = domain
+    if isinstance(domain, str):
+        DOMAINS.register(domain, f"{module}:DOMAIN")
+    else:
+        DOMAINS.register(domain.name, domain)
 
 
 def unregister_domain(name: str) -> None:
-    DOMAIN_MODULES.pop(name, None)
-    _LOADED.pop(name, None)
+    DOMAINS.unregister(name)
 
 
 def get_domain(name: str) -> Domain:
-    if name not in _LOADED:
-        if name not in DOMAIN_MODULES:
-            raise ValueError(f"unknown domain {name!r}: known are {', '.join(DOMAIN_MODULES)}")
-        _LOADED[name] = importlib.import_module(DOMAIN_MODULES[name]).DOMAIN
-    return _LOADED[name]
+    if name not in DOMAINS:
+        raise ValueError(f"unknown domain {name!r}: known are {', '.join(DOMAINS)}")
+    return DOMAINS[name]
 
 
 def domains() -> list[Domain]:
-    return [get_domain(name) for name in DOMAIN_MODULES]
+    return DOMAINS.values()
 
 
 def default_model() -> Path:

@@ -32,6 +32,7 @@ from sae.tokens import find_token_indices
 
 from .guidance import attend_and_excite, sepen_test_time
 from .plugins import load_class
+from .registry import Registry
 from .suites import SuitePrompt
 
 
@@ -160,14 +161,12 @@ class Method:
         raise NotImplementedError
 
 
-METHODS: dict[str, type[Method]] = {}
+# the methods below, and those of installed packages (entry points "benchmark.methods")
+METHODS = Registry("method", "benchmark.methods")
 
 
 def register_method(cls: type[Method]) -> type[Method]:
-    if cls.name in METHODS and METHODS[cls.name] is not cls:
-        raise ValueError(f"a method named {cls.name!r} is already registered ({METHODS[cls.name].__module__})")
-    METHODS[cls.name] = cls
-    return cls
+    return METHODS.add(cls)
 
 
 def method_class(spec: str) -> type[Method]:

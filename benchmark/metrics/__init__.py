@@ -9,6 +9,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from ..registry import Registry
+
 
 class MetricUnavailable(RuntimeError):
     """The metric cannot run here (e.g. its weights are missing); the message says how to provide them."""
@@ -79,7 +81,8 @@ class SetMetric(Metric):
         raise TypeError(f"{self.name} is a set metric: feed it with update() and read it with compute()")
 
 
-METRICS: dict[str, type[Metric]] = {}
+# the metrics of this package, and those of installed packages (entry points "benchmark.metrics")
+METRICS = Registry("metric", "benchmark.metrics")
 
 def domain_model(metric: str, context: MetricContext):
     """The domain's own instrument for this metric (its `Domain.instruments` factory), or None: then the metric
@@ -124,10 +127,7 @@ def suite_vocabulary(suite: str, domain: str, fallback=tuple) -> list[str]:
 
 
 def register_metric(cls: type[Metric]) -> type[Metric]:
-    if cls.name in METRICS and METRICS[cls.name] is not cls:
-        raise ValueError(f"a metric named {cls.name!r} is already registered ({METRICS[cls.name].__module__})")
-    METRICS[cls.name] = cls
-    return cls
+    return METRICS.add(cls)
 
 
 def get_metric(spec: str) -> Metric:
