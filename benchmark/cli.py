@@ -104,6 +104,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     ls = commands.add_parser("ls", help="list suites, methods or metrics")
     ls.add_argument("what", choices=["suites", "methods", "metrics"])
+    ls.add_argument("--model", help="with methods: only those that run on this model's family (a local folder)")
 
     report = commands.add_parser("report", help="rebuild samples.jsonl and the tables of a run folder")
     report.add_argument("run_dir", type=Path)
@@ -279,10 +280,15 @@ def cmd_ls(args) -> int:
                 description = domain.suite_descriptions.get(name, "")
                 print(f"  {name:16s} {len(prompts):4d} prompts  {description}  [{', '.join(categories)}]")
     elif args.what == "methods":
+        from sae.models import model_family
+
         from .methods import METHODS
 
+        family = model_family(args.model) if args.model else None
         for name, cls in METHODS.items():
-            print(f"{name:16s} {cls.description}")
+            if family is None or cls.families is None or family in cls.families:
+                runs_on = ", ".join(cls.families) if cls.families else "any"
+                print(f"{name:16s} {cls.description}  [families: {runs_on}]")
     else:
         from .metrics import METRICS
 

@@ -22,7 +22,7 @@ import torch
 from PIL import Image
 from tqdm.auto import tqdm
 
-from sae.models import check_model_folder, load_pipeline, resolve_device
+from sae.models import check_model_folder, load_pipeline, model_family, resolve_device
 from sae.tokens import encode_prompt_ids
 
 from .domains import get_domain, model_domain
@@ -115,6 +115,7 @@ class RunConfig:
         if self.limit is not None:
             prompts = prompts[:self.limit]
         methods = [get_method(name, self.options.get(name)) for name in self.methods]
+        check_families(self.model, methods)
         for name in self.metrics:
             get_metric(name)
         check_suite_matches(Path(self.out), self.suite, prompts)
@@ -184,6 +185,15 @@ def check_run_folder_is_ours(out: Path) -> None:
         shown = ", ".join(others[:3]) + (", ..." if len(others) > 3 else "")
         raise RunError(f"--out {out} holds files that are not a benchmark run's ({shown}): pass a new or empty "
                        "folder; a run writes only into its own folders")
+
+
+def check_families(model: str, methods: list) -> None:
+    """Every method runs on the model's family (`Method.families`), or the run is refused before anything loads."""
+    family = model_family(model)
+    for method in methods:
+        if method.families is not None and family not in method.families:
+            raise RunError(f"{method.name} runs on {', '.join(method.families)} models, not on {family} ({model}); "
+                           f"`python -m benchmark ls methods --model {model}` lists the methods that do")
 
 
 def check_suite_matches(out: Path, suite: str, prompts: list[SuitePrompt]) -> None:

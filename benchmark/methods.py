@@ -103,6 +103,9 @@ class Method:
     # Sampling settings of the method's own release, used on natural models unless the run overrides them.
     release_sampling: dict = {}
     Options: type | None = None
+    # The model families it runs on (`sae.models.FAMILIES`); None: any text-to-image pipeline. A run on another
+    # family is refused before anything is loaded.
+    families: tuple[str, ...] | None = None
 
     def __init__(self, **options):
         if self.Options is None:
@@ -199,6 +202,7 @@ class Plain(Method):
 @register_method
 class AttendExcite(Method):
     name = "attend_excite"
+    families = ("sd",)  # the SD 1.x/2.x UNet's cross-attention (other families: docs/backbones.md)
     description = "Attend-and-Excite: latent updates on max_k(1 - max A_k) in the first 25 of 50 steps"
     release_sampling = {"steps": 50, "guidance": 7.5}  # Attend-and-Excite's release
 
@@ -309,6 +313,7 @@ class SepEnOptions:
 @register_method
 class SepEn(Method):
     name = "sepen"
+    families = ("sd",)  # the SD 1.x/2.x UNet's cross-attention (other families: docs/backbones.md)
     description = "the base pipeline with SepEn-finetuned keys (per prompt, trained and cached, or large-scale)"
     release_sampling = {"steps": 50, "guidance": 6.0}  # the SepEn release's sampling script
     use_attend_excite = False
@@ -445,6 +450,7 @@ class SepEnAttendExcite(SepEn):
 @register_method
 class SepEnTestTime(Method):
     name = "sepen_tt"
+    families = ("sd",)  # the SD 1.x/2.x UNet's cross-attention (other families: docs/backbones.md)
     description = "SepEn test-time variant: latent updates on Separate + Enhance in the first 25 of 50 steps"
     release_sampling = {"steps": 50, "guidance": 6.0}  # sampled as the SepEn release samples
 

@@ -113,8 +113,9 @@ def build_parser() -> argparse.ArgumentParser:
     tiny = commands.add_parser("tiny-model", help="write a random offline pipeline (tests, smoke runs, GPU timing)",
                                formatter_class=DefaultsHelpFormatter)
     tiny.add_argument("out", type=Path)
-    tiny.add_argument("--arch", choices=["tiny", "sd14"], default="tiny",
-                      help="tiny (1.6M-weight UNet, 64 px) or sd14 (SD 1.4's real architecture, random weights)")
+    tiny.add_argument("--arch", choices=["tiny", "sd14", "sdxl"], default="tiny",
+                      help="tiny (SD 1.x's layout, 1.6M-weight UNet, 64 px), sd14 (SD 1.4's real architecture, "
+                           "random weights) or sdxl (SDXL's layout in miniature: two text encoders, 64 px)")
     tiny.add_argument("--seed", type=int, default=0)
     return parser
 
@@ -144,6 +145,11 @@ def cmd_train(args) -> int:
     from .models import load_pipeline
     from .tokens import find_token_indices
 
+    from .models import model_family
+
+    if model_family(args.model) != "sd":
+        raise ValueError(f"--model {args.model}: SepEn training runs on Stable Diffusion 1.x/2.x pipelines for now, "
+                         f"not on {model_family(args.model)} (docs/backbones.md)")
     large = args.concepts is not None
     overrides = {k: v for k, v in {"steps": args.steps, "learning_rate": args.lr, "lambda_norm": args.lambda_norm,
                                    "norm_step": args.norm_step}.items() if v is not None}

@@ -53,22 +53,49 @@ def _dtype_keyword() -> str:
     return "dtype" if Version(__version__).release >= (0, 40) else "torch_dtype"
 
 
+# Model families by the pipeline class a model folder names (`model_index.json`'s `_class_name`): what `benchmark`
+# methods declare they support. "sd": Stable Diffusion 1.x and 2.x; "sdxl": SDXL; others by their class.
+FAMILIES = {"StableDiffusionPipeline": "sd", "StableDiffusionXLPipeline": "sdxl",
+            "StableDiffusion3Pipeline": "sd3", "FluxPipeline": "flux", "PixArtSigmaPipeline": "pixart",
+            "PixArtAlphaPipeline": "pixart", "SanaPipeline": "sana"}
+
+
+def pipeline_class_name(model: str | os.PathLike) -> str | None:
+    """The pipeline class a local model folder names, or None (a hub id, or a folder without an index)."""
+    try:
+        return json.loads((Path(model).expanduser() / "model_index.json").read_text()).get("_class_name")
+    except (OSError, ValueError):
+        return None
+
+
+def model_family(model) -> str:
+    """A model's family (`FAMILIES`): of a loaded pipeline, or of a local folder; "sd" when it cannot be told
+    from disk (a hub id), as every model this loader took before other families."""
+    name = type(model).__name__ if not isinstance(model, (str, os.PathLike)) else pipeline_class_name(model)
+    return FAMILIES.get(name or "StableDiffusionPipeline", name or "sd")
+
+
 def load_pipeline(model: str | os.PathLike, device: str | torch.device | None = None,
                   dtype: str | torch.dtype | None = None):
-    """Load a `StableDiffusionPipeline` from a hub id or a local folder (safety checker off, no code run).
+    """Load a text-to-image pipeline from a hub id or a local folder (safety checker off, no code run): a
+    `StableDiffusionPipeline`, or for another family the class its folder names (SDXL, SD3, FLUX, PixArt, ...,
+    through diffusers' `DiffusionPipeline`).
 
     Raises `ModelNotFoundError` with a one-line remedy when the weights are not available.
     """
-    from diffusers import StableDiffusionPipeline
+    from diffusers import DiffusionPipeline, StableDiffusionPipeline
 
     model = str(model)
-    kwargs = {_dtype_keyword(): resolve_dtype(dtype), "safety_checker": None, "requires_safety_checker": False,
-              "use_safetensors": None}
+    kwargs = {_dtype_keyword(): resolve_dtype(dtype), "use_safetensors": None}
     local = Path(model).expanduser()
+    sd = model_family(local) == "sd" if local.exists() else True
+    if sd:  # (only its class takes these)
+        kwargs.update(safety_checker=None, requires_safety_checker=False)
+    cls = StableDiffusionPipeline if sd else DiffusionPipeline
     if local.exists():
         check_model_folder(local)
         try:
-            pipe = StableDiffusionPipeline.from_pretrained(str(local), **kwargs)
+            pipe = cls.from_pretrained(str(local), **kwargs)
         except (OSError, ValueError) as err:  # a component's weights or config missing
             reason = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
             raise ModelNotFoundError(f"{model}: the pipeline folder is incomplete or damaged ({reason}); "
@@ -76,9 +103,10 @@ def load_pipeline(model: str | os.PathLike, device: str | torch.device | None = 
     elif looks_like_path(model):
         raise ModelNotFoundError(f"{model}: no such folder; pass a diffusers pipeline folder, or a hub id "
                                  "such as CompVis/stable-diffusion-v1-4")
-    else:
+    else:  # the hub: the class its index names (a safety checker it would load is off, as for local folders)
         try:
-            pipe = StableDiffusionPipeline.from_pretrained(model, **kwargs)
+            pipe = DiffusionPipeline.from_pretrained(model, **{**kwargs, "safety_checker": None,
+                                                               "requires_safety_checker": False})
         except Exception as err:  # hub errors come in many classes (offline, 404, gated, bad id)
             raise ModelNotFoundError(
                 f"cannot load model {model!r}: not a local folder and not loadable from the Hugging Face hub "
@@ -162,7 +190,25 @@ def _sd14_configs():
     return unet, vae, text
 
 
-ARCHITECTURES = {"tiny": _tiny_configs, "sd14": _sd14_configs}
+def _sdxl_configs():
+    # SDXL's layout in miniature: three resolutions, cross-attention at 1/2 and 1/4 of the latent side (no attention
+    # at full size), two CLIP text encoders whose outputs are concatenated (cross_attention_dim = 32 + 32), and
+    # the pooled text embedding and six time ids added to the timestep embedding (6 x 8 + 32 = 80).
+    unet = dict(sample_size=32, in_channels=4, out_channels=4, layers_per_block=1, block_out_channels=(32, 32, 64),
+                down_block_types=("DownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D"),
+                up_block_types=("CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "UpBlock2D"),
+                attention_head_dim=(2, 4, 4), transformer_layers_per_block=(1, 1, 2), use_linear_projection=True,
+                addition_embed_type="text_time", addition_time_embed_dim=8, projection_class_embeddings_input_dim=80,
+                cross_attention_dim=64, norm_num_groups=16)
+    vae = dict(in_channels=3, out_channels=3, latent_channels=4, block_out_channels=(16, 32),
+               down_block_types=("DownEncoderBlock2D",) * 2, up_block_types=("UpDecoderBlock2D",) * 2,
+               layers_per_block=1, norm_num_groups=16, sample_size=64, scaling_factor=0.13025)
+    text = dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
+                projection_dim=32)
+    return unet, vae, text
+
+
+ARCHITECTURES = {"tiny": _tiny_configs, "sd14": _sd14_configs, "sdxl": _sdxl_configs}
 
 
 def build_tiny_pipeline(arch: str = "tiny", seed: int = 0):
@@ -177,9 +223,12 @@ def build_tiny_pipeline(arch: str = "tiny", seed: int = 0):
     unet = UNet2DConditionModel(**unet_cfg)
     vae = AutoencoderKL(**vae_cfg)
     tokenizer = clip_tokenizer()
-    text_encoder = CLIPTextModel(CLIPTextConfig(
-        vocab_size=len(tokenizer), max_position_embeddings=77, bos_token_id=tokenizer.bos_token_id,
-        eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id, **text_cfg))
+    text_config = CLIPTextConfig(vocab_size=len(tokenizer), max_position_embeddings=77,
+                                 bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
+                                 pad_token_id=tokenizer.pad_token_id, **text_cfg)
+    text_encoder = CLIPTextModel(text_config)
+    if arch == "sdxl":
+        return _tiny_sdxl(unet, vae, tokenizer, text_encoder, text_config)
     # SD 1.x's scheduler settings
     scheduler = PNDMScheduler(beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear",
                               num_train_timesteps=1000, skip_prk_steps=True, steps_offset=1,
@@ -187,6 +236,20 @@ def build_tiny_pipeline(arch: str = "tiny", seed: int = 0):
     return StableDiffusionPipeline(vae=vae, text_encoder=text_encoder, tokenizer=tokenizer, unet=unet,
                                    scheduler=scheduler, safety_checker=None, feature_extractor=None,
                                    requires_safety_checker=False)
+
+
+def _tiny_sdxl(unet, vae, tokenizer, text_encoder, text_config):
+    """SDXL's pipeline around the tiny parts: a second CLIP text encoder with its projection (the pooled
+    embedding), the same offline tokenizer twice, and SDXL's Euler sampler."""
+    from diffusers import EulerDiscreteScheduler, StableDiffusionXLPipeline
+    from transformers import CLIPTextModelWithProjection
+
+    text_encoder_2 = CLIPTextModelWithProjection(text_config)
+    scheduler = EulerDiscreteScheduler(beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear",
+                                       num_train_timesteps=1000, steps_offset=1, timestep_spacing="leading")
+    return StableDiffusionXLPipeline(vae=vae, text_encoder=text_encoder, text_encoder_2=text_encoder_2,
+                                     tokenizer=tokenizer, tokenizer_2=clip_tokenizer(), unet=unet,
+                                     scheduler=scheduler, force_zeros_for_empty_prompt=True)
 
 
 def write_tiny_model(out_dir: str | os.PathLike, arch: str = "tiny", seed: int = 0) -> Path:
