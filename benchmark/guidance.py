@@ -25,6 +25,8 @@ import torch
 from diffusers.utils.torch_utils import randn_tensor
 
 from sae.attention import StopForward, capture_cross_attention, object_maps, sharpened_text_maps
+from sae.backbones import conditioning
+from sae.models import model_family
 from sae.losses import enhance_loss, gaussian_smooth, separate_loss, smoothing_sigma
 
 
@@ -58,10 +60,13 @@ class LatentGuidance:
     max_refinement_steps: int = 20
     map_downscale: int = 4
 
-    def _loss(self, unet, latents, t, text, token_groups):
+    def _loss(self, unet, latents, t, text, token_groups, family_inputs=None):
+        """The loss per image at `latents`; `family_inputs`: the family's other UNet inputs and how its sampler
+        scales the input (`sae.backbones`; none for SD, whose samplers leave the input as it is)."""
+        extra, scale = family_inputs or ({}, None)
         with capture_cross_attention(unet, self.map_downscale, stop_after_last=True) as store:
             try:
-                unet(latents, t, encoder_hidden_states=text)
+                unet(scale(latents, t) if scale else latents, t, encoder_hidden_states=text, **extra)
             except StopForward:
                 pass
             return self.loss_fn(store.maps().float(), token_groups)
@@ -71,13 +76,14 @@ class LatentGuidance:
         scale = (mask & (loss != 0)).to(latents.dtype).view(-1, *[1] * (latents.dim() - 1))
         return latents - step_size * grad * scale
 
-    def update(self, unet, latents, t, index: int, text, token_groups, step_size: float) -> torch.Tensor:
+    def update(self, unet, latents, t, index: int, text, token_groups, step_size: float,
+               family_inputs=None) -> torch.Tensor:
         """The latent after step `index`'s optimisation (refinement, then one gradient step)."""
         if index >= self.max_iter_to_alter and index not in self.thresholds:
             return latents
         with torch.enable_grad():
             latents = latents.detach().requires_grad_(True)
-            loss = self._loss(unet, latents, t, text, token_groups)
+            loss = self._loss(unet, latents, t, text, token_groups, family_inputs)
             if index in self.thresholds:
                 target = max(0.0, 1.0 - self.thresholds[index])
                 active = loss > target
@@ -86,12 +92,12 @@ class LatentGuidance:
                     tries += 1
                     if tries > 1:  # the first try's loss is the one just measured at these latents
                         latents = latents.detach().requires_grad_(True)
-                        loss = self._loss(unet, latents, t, text, token_groups)
+                        loss = self._loss(unet, latents, t, text, token_groups, family_inputs)
                     latents = self._step(latents, loss, active, step_size)
                     active = active & (loss > target) & (tries < self.max_refinement_steps)
                 if tries:  # the loss at the refined latents, for the step below
                     latents = latents.detach().requires_grad_(True)
-                    loss = self._loss(unet, latents, t, text, token_groups)
+                    loss = self._loss(unet, latents, t, text, token_groups, family_inputs)
             if index < self.max_iter_to_alter:
                 latents = self._step(latents, loss, torch.ones_like(loss, dtype=torch.bool), step_size)
         return latents.detach()
@@ -103,20 +109,25 @@ class LatentGuidance:
         batch = len(generators)
         height = height or pipe.unet.config.sample_size * pipe.vae_scale_factor
         width = width or pipe.unet.config.sample_size * pipe.vae_scale_factor
-        text, _ = pipe.encode_prompt(prompt, device, batch, do_classifier_free_guidance=False)
+        if model_family(pipe) == "sd":
+            text, _ = pipe.encode_prompt(prompt, device, batch, do_classifier_free_guidance=False)
+            extra = None
+        else:  # SDXL: two encoders, the pooled embedding and the time ids; its Euler sampler scales the input
+            text, kwargs = conditioning(pipe, [prompt] * batch, height, width)
+            extra = (kwargs, pipe.scheduler.scale_model_input)
         pipe.scheduler.set_timesteps(num_inference_steps, device=device)
         timesteps = pipe.scheduler.timesteps
         step_sizes = self.scale_factor * np.sqrt(np.linspace(1.0, 0.5, len(timesteps)))
         shape = (batch, pipe.unet.config.in_channels, height // pipe.vae_scale_factor, width // pipe.vae_scale_factor)
         sigma = pipe.scheduler.init_noise_sigma
         latents = randn_tensor(shape, generator=generators, device=device, dtype=text.dtype) * sigma
-        latents = self.update(pipe.unet, latents, timesteps[0], 0, text, token_groups, float(step_sizes[0]))
+        latents = self.update(pipe.unet, latents, timesteps[0], 0, text, token_groups, float(step_sizes[0]), extra)
 
         def on_step_end(pipeline, i, t, tensors):
             following = i + 1
             if following < len(timesteps):
                 tensors["latents"] = self.update(pipeline.unet, tensors["latents"], timesteps[following], following,
-                                                 text, token_groups, float(step_sizes[following]))
+                                                 text, token_groups, float(step_sizes[following]), extra)
             return tensors
 
         return pipe(prompt=[prompt] * batch, latents=latents / sigma, generator=generators,

@@ -22,6 +22,7 @@ import torch
 from tqdm.auto import tqdm
 
 from sae.attention import cross_attention_layers
+from sae.backbones import METHOD_FAMILIES
 from safetensors import SafetensorError, safe_open
 
 from sae.checkpoint import (apply_delta, base_fingerprints, check_base_model, check_fits, fingerprint_key, load_delta,
@@ -202,7 +203,7 @@ class Plain(Method):
 @register_method
 class AttendExcite(Method):
     name = "attend_excite"
-    families = ("sd",)  # the SD 1.x/2.x UNet's cross-attention (other families: docs/backbones.md)
+    families = METHOD_FAMILIES  # the UNet families whose cross-attention it reads (docs/backbones.md)
     description = "Attend-and-Excite: latent updates on max_k(1 - max A_k) in the first 25 of 50 steps"
     release_sampling = {"steps": 50, "guidance": 7.5}  # Attend-and-Excite's release
 
@@ -313,7 +314,7 @@ class SepEnOptions:
 @register_method
 class SepEn(Method):
     name = "sepen"
-    families = ("sd",)  # the SD 1.x/2.x UNet's cross-attention (other families: docs/backbones.md)
+    families = METHOD_FAMILIES  # the UNet families whose cross-attention it reads (docs/backbones.md)
     description = "the base pipeline with SepEn-finetuned keys (per prompt, trained and cached, or large-scale)"
     release_sampling = {"steps": 50, "guidance": 6.0}  # the SepEn release's sampling script
     use_attend_excite = False
@@ -450,7 +451,7 @@ class SepEnAttendExcite(SepEn):
 @register_method
 class SepEnTestTime(Method):
     name = "sepen_tt"
-    families = ("sd",)  # the SD 1.x/2.x UNet's cross-attention (other families: docs/backbones.md)
+    families = METHOD_FAMILIES  # the UNet families whose cross-attention it reads (docs/backbones.md)
     description = "SepEn test-time variant: latent updates on Separate + Enhance in the first 25 of 50 steps"
     release_sampling = {"steps": 50, "guidance": 6.0}  # sampled as the SepEn release samples
 

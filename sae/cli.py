@@ -145,10 +145,11 @@ def cmd_train(args) -> int:
     from .models import load_pipeline
     from .tokens import find_token_indices
 
+    from .backbones import METHOD_FAMILIES
     from .models import model_family
 
-    if model_family(args.model) != "sd":
-        raise ValueError(f"--model {args.model}: SepEn training runs on Stable Diffusion 1.x/2.x pipelines for now, "
+    if model_family(args.model) not in METHOD_FAMILIES:
+        raise ValueError(f"--model {args.model}: SepEn training runs on {' and '.join(METHOD_FAMILIES)} pipelines, "
                          f"not on {model_family(args.model)} (docs/backbones.md)")
     large = args.concepts is not None
     overrides = {k: v for k, v in {"steps": args.steps, "learning_rate": args.lr, "lambda_norm": args.lambda_norm,

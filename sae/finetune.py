@@ -30,6 +30,7 @@ from torch.func import functional_call
 from tqdm.auto import tqdm
 
 from .attention import MAP_KINDS, StopForward, capture_cross_attention, object_maps
+from .backbones import conditioning
 from .checkpoint import base_fingerprints, load_delta, save_delta
 from .losses import SMOOTHING_KERNELS, enhance_peaks, norm_loss, separate_loss
 from .sampling import generate
@@ -242,26 +243,24 @@ def trainable_parameters(unet, projection: str = "k") -> dict[str, torch.nn.Para
 
 def encode_prompts(pipe, prompts: list[str]) -> torch.Tensor:
     """Text embeddings `(batch, 77, dim)` as the pipeline makes them (padded to the tokenizer's length)."""
-    tokens = pipe.tokenizer(prompts, padding="max_length", max_length=pipe.tokenizer.model_max_length,
-                            truncation=True, return_tensors="pt")
-    with torch.no_grad():
-        return pipe.text_encoder(tokens.input_ids.to(pipe.text_encoder.device))[0]
+    return conditioning(pipe, prompts)[0]
 
 
 def sepen_losses(unet, noisy_latents, timesteps, text_embeddings, token_groups,
                  pair_reduction: str = "max", map_downscale: int = 4, maps_kind: str = "probs",
-                 smoothing: str = "release", heads: str = "mean") -> dict[str, torch.Tensor]:
+                 smoothing: str = "release", heads: str = "mean", unet_kwargs: dict | None = None
+                 ) -> dict[str, torch.Tensor]:
     """Separate and Enhance of one UNet pass (stopped after the last captured layer), averaged over the batch.
 
     `maps_kind` "sharpened" reads the losses off Attend-and-Excite's text maps instead of the raw probabilities
     (`sae.attention.sharpened_text_maps`): a departure from the paper, for models whose object tokens get a small
     share of each pixel's attention (the shapes model: 3-4%). `heads="release"` reproduces the release's
-    bookkeeping (`release_head_groups`).
+    bookkeeping (`release_head_groups`). `unet_kwargs`: the family's other conditioning (`sae.backbones`).
     """
     grouped = heads == "release"
     with capture_cross_attention(unet, map_downscale, stop_after_last=True, keep_heads=grouped) as store:
         try:
-            unet(noisy_latents, timesteps, encoder_hidden_states=text_embeddings)
+            unet(noisy_latents, timesteps, encoder_hidden_states=text_embeddings, **(unet_kwargs or {}))
         except StopForward:
             pass
         token_maps = MAP_KINDS[maps_kind](store.maps().float())  # (batch[, heads], H, W, tokens)
@@ -454,16 +453,17 @@ def finetune(pipe, source: ConceptPair | ConceptPool, config: FinetuneConfig | N
 
     forward = forward_process(pipe)
     amplitude = latent_amplitude(pipe, config.latent_scale)
-    embeddings_cache: dict[tuple[str, ...], torch.Tensor] = {}
+    embeddings_cache: dict[tuple[str, ...], tuple[torch.Tensor, dict]] = {}
+    side = latent_size * pipe.vae_scale_factor
 
-    def text_embeddings(prompts: list[str]) -> torch.Tensor:
-        """The frozen text encoder's output, computed once per batch of prompts (a pair repeats its batch every
-        step); fp32 whatever the training precision."""
+    def text_embeddings(prompts: list[str]) -> tuple[torch.Tensor, dict]:
+        """The frozen text encoders' output and the UNet's other conditioning (`sae.backbones`), computed once per
+        batch of prompts (a pair repeats its batch every step); fp32 whatever the training precision."""
         key = tuple(prompts)
         if key not in embeddings_cache:
             if len(embeddings_cache) >= 8:  # a pool draws new prompts every step: keep few
                 embeddings_cache.clear()
-            embeddings_cache[key] = encode_prompts(pipe, prompts)
+            embeddings_cache[key] = conditioning(pipe, prompts, side, side)
         return embeddings_cache[key]
 
     def noisy_batch(generator):
@@ -473,11 +473,11 @@ def finetune(pipe, source: ConceptPair | ConceptPool, config: FinetuneConfig | N
     def norm_term(batch, generator):
         """The norm loss on fresh latents and timesteps, against the frozen base (its original projections)."""
         noisy, timesteps = noisy_batch(generator)
-        embeddings = text_embeddings(norm_prompts(source, batch))
-        prediction = unet(noisy, timesteps, encoder_hidden_states=embeddings).sample
+        embeddings, extra = text_embeddings(norm_prompts(source, batch))
+        prediction = unet(noisy, timesteps, encoder_hidden_states=embeddings, **extra).sample
         with torch.no_grad():
             frozen = functional_call(unet, base_values, (noisy, timesteps),
-                                     {"encoder_hidden_states": embeddings}).sample
+                                     {"encoder_hidden_states": embeddings, **extra}).sample
         return norm_loss(prediction, frozen)
 
     def diverged(step, value, values) -> TrainingDivergedError:
@@ -534,11 +534,11 @@ def finetune(pipe, source: ConceptPair | ConceptPool, config: FinetuneConfig | N
     def train_step(step, batch, noisy, timesteps) -> tuple[list[str], torch.Tensor]:
         """One optimisation step; returns the names of its losses and their values (on the device)."""
         groups = [token_groups(prompt, objects) for prompt, objects in batch]
-        embeddings = text_embeddings([prompt for prompt, _ in batch])
+        embeddings, extra = text_embeddings([prompt for prompt, _ in batch])
         with autocast():
             losses = sepen_losses(unet, noisy, timesteps, embeddings, groups,
                                   config.pair_reduction, config.map_downscale, config.maps, config.smoothing,
-                                  config.heads)
+                                  config.heads, extra)
             total = config.lambda_en * losses["en"] + config.lambda_sep * losses.get("sep", 0.0)
             if config.lambda_norm > 0 and not separate_norm_step:
                 losses["norm"] = norm_term(batch, generator)

@@ -1,6 +1,6 @@
 """Model families beyond SD 1.x/2.x: a tiny SDXL built offline (`python -m sae tiny-model DIR --arch sdxl`) runs
-through the harness as its own diffusers pipeline does, and the methods that need the SD UNet are refused on it
-in one line before anything is written."""
+through the harness as its own diffusers pipeline does, and Attend-and-Excite, SepEn and its test-time variant
+run on it; on a family they do not know, they are refused in one line before anything is written."""
 
 import json
 
@@ -42,25 +42,94 @@ def test_plain_on_sdxl_makes_the_pipelines_own_images(tiny_sdxl, small_suite, tm
         assert difference <= 1, difference  # one 8-bit level: a batch of two rounds otherwise than one image
 
 
+@pytest.fixture(scope="module")
+def tiny_flux_named(tiny_sdxl, tmp_path_factory):
+    """A folder whose index names another family (FLUX): enough to be refused before anything is loaded."""
+    import shutil
+
+    model = tmp_path_factory.mktemp("models") / "flux"
+    shutil.copytree(tiny_sdxl, model)
+    index = json.loads((model / "model_index.json").read_text())
+    (model / "model_index.json").write_text(json.dumps({**index, "_class_name": "FluxPipeline"}))
+    return model
+
+
 @pytest.mark.parametrize("method", ["attend_excite", "sepen", "sepen_tt", "sepen+ae"])
-def test_methods_of_the_sd_unet_are_refused_on_sdxl_in_one_line(tiny_sdxl, small_suite, tmp_path, capsys, method):
+def test_methods_of_the_unet_families_are_refused_elsewhere_in_one_line(tiny_flux_named, small_suite, tmp_path,
+                                                                        capsys, method):
     out = tmp_path / "run"
-    assert main(["run", "--suite", str(small_suite), "--model", str(tiny_sdxl), "--methods", f"plain,{method}",
+    assert main(["run", "--suite", str(small_suite), "--model", str(tiny_flux_named), "--methods", f"plain,{method}",
                  "--out", str(out), "--no-progress", "--processes", "2"]) == 2
     err = capsys.readouterr().err.strip().splitlines()
-    assert err == [f"error: {method} runs on sd models, not on sdxl ({tiny_sdxl}); `python -m benchmark ls methods "
-                   f"--model {tiny_sdxl}` lists the methods that do"], err
+    assert err == [f"error: {method} runs on sd, sdxl models, not on flux ({tiny_flux_named}); `python -m benchmark "
+                   f"ls methods --model {tiny_flux_named}` lists the methods that do"], err
     assert not out.exists()
-    assert main(["ls", "methods", "--model", str(tiny_sdxl)]) == 0
+    assert main(["ls", "methods", "--model", str(tiny_flux_named)]) == 0
     assert [line.split()[0] for line in capsys.readouterr().out.splitlines()] == ["plain"]
 
 
-def test_sepen_training_on_sdxl_is_one_line(tiny_sdxl, tmp_path, capsys):
+def test_sepen_on_sdxl_trains_only_the_keys_and_its_checkpoint_refuses_sd(tiny_sdxl, tiny_model_dir, tmp_path):
+    from sae.checkpoint import CheckpointError, apply_delta, load_delta
+    from sae.finetune import ConceptPair, FinetuneConfig, finetune
+
+    pipe = load_pipeline(tiny_sdxl, device="cpu")
+    before = {n: p.detach().clone() for n, p in pipe.unet.named_parameters()}
+    finetune(pipe, ConceptPair("a photo of cat and dog", ["cat", "dog"]),
+             FinetuneConfig(steps=2, batch_size=2, learning_rate=1e-3, lambda_norm=0.5), out_dir=tmp_path / "t",
+             progress=False)
+    changed = {n for n, p in pipe.unet.named_parameters() if not torch.equal(p, before[n])}
+    keys = {n for n in before if ".attn2.to_k." in n}
+    assert changed and changed <= keys  # the norm loss's gradient reaches keys past the maps too
+    delta = load_delta(tmp_path / "t" / "sepen.safetensors")
+    assert set(delta.tensors) == keys
+    with pytest.raises(CheckpointError):
+        apply_delta(load_pipeline(tiny_model_dir, device="cpu").unet, tmp_path / "t" / "sepen.safetensors")
+
+
+@pytest.mark.parametrize("method", ["attend_excite", "sepen_tt"])
+def test_latent_guidance_on_sdxl_steps_the_latents_and_leaves_the_loop_as_it_is(tiny_sdxl, method):
+    from benchmark.guidance import attend_and_excite, sepen_test_time
+    from sae.backbones import conditioning
+    from sae.sampling import seed_generators
+    from sae.tokens import find_token_indices
+
+    pipe = load_pipeline(tiny_sdxl, device="cpu")
+    prompt = "a cat and a dog"
+    groups = find_token_indices(pipe.tokenizer, prompt, ["cat", "dog"])
+    make = attend_and_excite if method == "attend_excite" else \
+        (lambda steps, **kw: sepen_test_time(num_inference_steps=steps, **kw))
+    text, extra = conditioning(pipe, [prompt])
+    pipe.scheduler.set_timesteps(4)
+    t = pipe.scheduler.timesteps[1]
+    latents = torch.randn(1, 4, 32, 32, generator=torch.Generator().manual_seed(0))
+    pipe.scheduler._step_index = 1
+    stepped = make(4).update(pipe.unet, latents, t, 1, text, groups, 20.0, (extra, pipe.scheduler.scale_model_input))
+    moved = (stepped - latents).abs().max().item()
+    assert 0 < moved < 10 and torch.isfinite(stepped).all()  # a gradient step on the latents, through SDXL's inputs
+    # with a zero step the guided loop is the pipeline's own loop: the same image
+    unmoved = make(4, scale_factor=0.0).generate(pipe, prompt, groups, seed_generators([0]), 4, 5.0)[0]
+    plain = pipe(prompt, num_inference_steps=4, guidance_scale=5.0, generator=seed_generators([0])).images[0]
+    assert np.abs(np.asarray(unmoved, dtype=int) - np.asarray(plain, dtype=int)).max() <= 1
+
+
+@pytest.mark.slow
+def test_the_main_job_runs_on_a_tiny_sdxl(tiny_sdxl, tmp_path):
+    out = tmp_path / "run"
+    assert main(["run", "--suite", "multi_object", "--model", str(tiny_sdxl), "--methods",
+                 "plain,attend_excite,sepen", "--limit", "2", "--num-seeds", "1", "--steps", "4", "--sepen-steps",
+                 "2", "--checkpoint-cache", str(tmp_path / "cache"), "--out", str(out), "--no-progress",
+                 "--processes", "1"]) == 0
+    rows = [json.loads(line) for line in (out / "samples.jsonl").read_text().splitlines()]
+    assert sorted({r["method"] for r in rows}) == ["attend_excite", "plain", "sepen"] and len(rows) == 6
+    assert (out / "report" / "index.html").is_file()
+
+
+def test_sepen_training_on_another_family_is_one_line(tiny_flux_named, tmp_path, capsys):
     from sae.cli import main as sae_main
 
     out = tmp_path / "train"
-    assert sae_main(["train", "--model", str(tiny_sdxl), "--prompt", "a cat and a dog", "--objects", "cat,dog",
+    assert sae_main(["train", "--model", str(tiny_flux_named), "--prompt", "a cat and a dog", "--objects", "cat,dog",
                      "--out", str(out), "--steps", "1"]) == 2
     err = capsys.readouterr().err.strip().splitlines()
-    assert err == [f"error: --model {tiny_sdxl}: SepEn training runs on Stable Diffusion 1.x/2.x pipelines for now, "
-                   "not on sdxl (docs/backbones.md)"] and not out.exists()
+    assert err == [f"error: --model {tiny_flux_named}: SepEn training runs on sd and sdxl pipelines, not on flux "
+                   "(docs/backbones.md)"] and not out.exists()
