@@ -208,7 +208,26 @@ def _sdxl_configs():
     return unet, vae, text
 
 
-ARCHITECTURES = {"tiny": _tiny_configs, "sd14": _sd14_configs, "sdxl": _sdxl_configs}
+def _sdxl_base_configs():
+    # SDXL base 1.0's published architecture (random weights): for timing real-size runs offline. Its second text
+    # encoder (OpenCLIP bigG) is larger than the first (CLIP ViT-L): its config rides along as "text_2".
+    unet = dict(sample_size=128, in_channels=4, out_channels=4, layers_per_block=2, block_out_channels=(320, 640, 1280),
+                down_block_types=("DownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D"),
+                up_block_types=("CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "UpBlock2D"),
+                attention_head_dim=(5, 10, 20), transformer_layers_per_block=(1, 2, 10), use_linear_projection=True,
+                addition_embed_type="text_time", addition_time_embed_dim=256,
+                projection_class_embeddings_input_dim=2816, cross_attention_dim=2048, norm_num_groups=32)
+    vae = dict(in_channels=3, out_channels=3, latent_channels=4, block_out_channels=(128, 256, 512, 512),
+               down_block_types=("DownEncoderBlock2D",) * 4, up_block_types=("UpDecoderBlock2D",) * 4,
+               layers_per_block=2, norm_num_groups=32, sample_size=1024, scaling_factor=0.13025)
+    text = dict(hidden_size=768, intermediate_size=3072, num_hidden_layers=12, num_attention_heads=12,
+                projection_dim=768, hidden_act="quick_gelu")
+    text["text_2"] = dict(hidden_size=1280, intermediate_size=5120, num_hidden_layers=32, num_attention_heads=20,
+                          projection_dim=1280, hidden_act="gelu")
+    return unet, vae, text
+
+
+ARCHITECTURES = {"tiny": _tiny_configs, "sd14": _sd14_configs, "sdxl": _sdxl_configs, "sdxl-base": _sdxl_base_configs}
 
 
 def build_tiny_pipeline(arch: str = "tiny", seed: int = 0):
@@ -223,12 +242,16 @@ def build_tiny_pipeline(arch: str = "tiny", seed: int = 0):
     unet = UNet2DConditionModel(**unet_cfg)
     vae = AutoencoderKL(**vae_cfg)
     tokenizer = clip_tokenizer()
-    text_config = CLIPTextConfig(vocab_size=len(tokenizer), max_position_embeddings=77,
-                                 bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
-                                 pad_token_id=tokenizer.pad_token_id, **text_cfg)
-    text_encoder = CLIPTextModel(text_config)
-    if arch == "sdxl":
-        return _tiny_sdxl(unet, vae, tokenizer, text_encoder, text_config)
+
+    def text_config(settings):
+        return CLIPTextConfig(vocab_size=len(tokenizer), max_position_embeddings=77,
+                              bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
+                              pad_token_id=tokenizer.pad_token_id, **settings)
+
+    second = text_cfg.pop("text_2", text_cfg)
+    text_encoder = CLIPTextModel(text_config(text_cfg))
+    if unet_cfg.get("addition_embed_type") == "text_time":  # SDXL's layout
+        return _tiny_sdxl(unet, vae, tokenizer, text_encoder, text_config(second))
     # SD 1.x's scheduler settings
     scheduler = PNDMScheduler(beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear",
                               num_train_timesteps=1000, skip_prk_steps=True, steps_offset=1,
@@ -239,8 +262,8 @@ def build_tiny_pipeline(arch: str = "tiny", seed: int = 0):
 
 
 def _tiny_sdxl(unet, vae, tokenizer, text_encoder, text_config):
-    """SDXL's pipeline around the tiny parts: a second CLIP text encoder with its projection (the pooled
-    embedding), the same offline tokenizer twice, and SDXL's Euler sampler."""
+    """SDXL's pipeline around the parts: a second CLIP text encoder with its projection (the pooled embedding),
+    the same offline tokenizer twice, and SDXL's Euler sampler."""
     from diffusers import EulerDiscreteScheduler, StableDiffusionXLPipeline
     from transformers import CLIPTextModelWithProjection
 

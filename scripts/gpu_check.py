@@ -37,7 +37,8 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from benchmark.guidance import attend_and_excite, sepen_test_time  # noqa: E402
-from sae.finetune import (ConceptPair, FinetuneConfig, encode_prompts, finetune, sepen_losses,  # noqa: E402
+from sae.backbones import conditioning  # noqa: E402
+from sae.finetune import (ConceptPair, FinetuneConfig, finetune, sepen_losses,  # noqa: E402
                           trainable_parameters)
 from sae.models import load_pipeline, write_tiny_model  # noqa: E402
 from sae.sampling import generate, seed_generators  # noqa: E402
@@ -78,25 +79,26 @@ def step_inputs(pipe, batch: int = 4):
     size = pipe.unet.config.sample_size
     latents = torch.randn(batch, 4, size, size, generator=g).to(pipe.unet.device)
     timesteps = torch.randint(0, 1000, (batch,), generator=g).to(pipe.unet.device)
-    return latents, timesteps, encode_prompts(pipe, [PROMPT] * batch)
+    text, extra = conditioning(pipe, [PROMPT] * batch)
+    return latents, timesteps, text, extra
 
 
 def step_ratio(pipe, rounds: int) -> dict:
     """One SepEn step (truncated UNet, keys only) against a full forward+backward into every weight."""
     unet = pipe.unet
-    latents, timesteps, text = step_inputs(pipe)
+    latents, timesteps, text, extra = step_inputs(pipe)
     keys = list(trainable_parameters(unet).values())
 
     def sepen():
         unet.requires_grad_(False)
         for k in keys:
             k.requires_grad_(True)
-        losses = sepen_losses(unet, latents, timesteps, text, [[5], [8]])
+        losses = sepen_losses(unet, latents, timesteps, text, [[5], [8]], unet_kwargs=extra)
         (losses["sep"] + 0.5 * losses["en"]).backward()
 
     def full():
         unet.requires_grad_(True)
-        out = unet(latents, timesteps, encoder_hidden_states=text).sample
+        out = unet(latents, timesteps, encoder_hidden_states=text, **extra).sample
         torch.nn.functional.mse_loss(out, latents).backward()
 
     times = {}
@@ -115,7 +117,7 @@ def step_profile(pipe, dtype) -> dict:
     from sae.speed import frozen_weights_in
 
     unet = pipe.unet
-    latents, timesteps, text = step_inputs(pipe)
+    latents, timesteps, text, extra = step_inputs(pipe)
     keys = list(trainable_parameters(unet).values())
     unet.requires_grad_(False)
     for k in keys:
@@ -123,7 +125,7 @@ def step_profile(pipe, dtype) -> dict:
 
     def step():
         with torch.autocast(unet.device.type, dtype=dtype or torch.float32, enabled=dtype is not None):
-            losses = sepen_losses(unet, latents, timesteps, text, [[5], [8]])
+            losses = sepen_losses(unet, latents, timesteps, text, [[5], [8]], unet_kwargs=extra)
         (losses["sep"] + 0.5 * losses["en"]).backward()
         unet.zero_grad(set_to_none=True)
 
@@ -280,7 +282,11 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", type=Path, help="existing sd14-architecture folder (default: write one)")
     parser.add_argument("--steps", type=int, default=200)
-    parser.add_argument("--arch", default="sd14", help="tiny: a dry run of this script on the CPU")
+    parser.add_argument("--arch", default="sd14",
+                        help="sd14 or sdxl-base (SDXL base 1.0's architecture: 1024 px; --parts finetune "
+                             "--variants bf16,bf16_graph for its per-pair goal); tiny or sdxl: a dry run on the CPU")
+    parser.add_argument("--variants", default=None,
+                        help="comma-separated finetune variants to run (default: all of the parts asked for)")
     parser.add_argument("--generation-steps", type=int, default=50)
     parser.add_argument("--rounds", type=int, default=5, help="timed rounds of the step ratio (best of)")
     parser.add_argument("--compile", default="none",
@@ -290,7 +296,7 @@ def main() -> int:
                         help="which parts to run, in this order (graphs: the CUDA-graph finetunes)")
     parser.add_argument("--json", type=Path)
     args = parser.parse_args()
-    if not CUDA and args.arch == "sd14":
+    if not CUDA and args.arch in ("sd14", "sdxl-base"):
         print("no CUDA device: this check is for GPU machines (--arch tiny dry-runs it on the CPU)", file=sys.stderr)
         return 1
     device = "cuda" if CUDA else "cpu"
@@ -315,12 +321,13 @@ def main() -> int:
         runs = {}
         if "finetune" in parts:
             names = ["fp32", "fp32_repeat", "tf32", "bf16"] + (["bf16_compiled"] if args.compile != "none" else [])
+            names = [n for n in names if args.variants is None or n in args.variants.split(",")]
             finetune_variants(check, names, model, device, args.steps, args.compile, tmp, runs)
         if "generate" in parts:
             generation(check, model, device, args.generation_steps, args.compile, tmp / "fp32" / "sepen.safetensors")
         if "graphs" in parts:  # last: a capture that fails must not cost the other figures
-            finetune_variants(check, ["bf16_graph", "tf32_graph"], model, device, args.steps, args.compile, tmp,
-                              runs)
+            names = [n for n in ("bf16_graph", "tf32_graph") if args.variants is None or n in args.variants.split(",")]
+            finetune_variants(check, names, model, device, args.steps, args.compile, tmp, runs)
     check.put("finished", time.strftime("%Y-%m-%d %H:%M:%S"))
     return 0
 

@@ -34,3 +34,16 @@ def test_gpu_check_dry_runs_on_the_cpu(tmp_path):
         # batched images against one at a time: the same images up to a batch's rounding
         assert generation[name]["max_level_difference_to_harness_batch1"] <= 1
     assert generation["attend_excite_batch4_s_per_image"] > 0 and generation["sepen_tt_batch4_s_per_image"] > 0
+
+
+@pytest.mark.slow
+def test_gpu_check_dry_runs_the_sdxl_finetune_on_the_cpu(tmp_path):
+    """The SDXL goal's command (`--arch sdxl-base --parts steps,finetune --variants bf16`), on the tiny SDXL."""
+    out = tmp_path / "check.json"
+    done = subprocess.run([sys.executable, str(ROOT / "scripts" / "gpu_check.py"), "--arch", "sdxl", "--parts",
+                           "steps,finetune", "--steps", "3", "--rounds", "1", "--variants", "bf16",
+                           "--json", str(out)], capture_output=True, text=True, timeout=900)
+    assert done.returncode == 0, done.stderr[-2000:]
+    report = json.loads(out.read_text())
+    assert report["step_ratio"]["ratio"] > 0 and report["finetune_bf16"]["steps"] == 3
+    assert "finetune_fp32" not in report  # only the variants asked for
