@@ -113,9 +113,10 @@ def build_parser() -> argparse.ArgumentParser:
     tiny = commands.add_parser("tiny-model", help="write a random offline pipeline (tests, smoke runs, GPU timing)",
                                formatter_class=DefaultsHelpFormatter)
     tiny.add_argument("out", type=Path)
-    tiny.add_argument("--arch", choices=["tiny", "sd14", "sdxl", "sdxl-base"], default="tiny",
+    tiny.add_argument("--arch", choices=["tiny", "sd14", "sd2", "sdxl", "sdxl-base"], default="tiny",
                       help="tiny (SD 1.x's layout, 1.6M-weight UNet, 64 px), sd14 (SD 1.4's real architecture, "
-                           "random weights), sdxl (SDXL's layout in miniature: two text encoders, 64 px) or "
+                           "random weights), sd2 (SD 2.x's layout in miniature: linear projections, heads of a "
+                           "fixed width, v-prediction), sdxl (SDXL's layout in miniature: two text encoders) or "
                            "sdxl-base (SDXL base 1.0's real architecture, random weights: 13 GB)")
     tiny.add_argument("--seed", type=int, default=0)
     return parser

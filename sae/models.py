@@ -190,6 +190,23 @@ def _sd14_configs():
     return unet, vae, text
 
 
+def _sd2_configs():
+    # SD 2.x's layout in miniature: SD 1.x's blocks with linear projections in the transformers, heads of a fixed
+    # width (more heads in wider blocks: 2, 2, 4), a wider text encoder (OpenCLIP's place) and v-prediction.
+    unet = dict(sample_size=32, in_channels=4, out_channels=4, layers_per_block=1,
+                block_out_channels=(32, 32, 64, 64),
+                down_block_types=("CrossAttnDownBlock2D",) * 3 + ("DownBlock2D",),
+                up_block_types=("UpBlock2D",) + ("CrossAttnUpBlock2D",) * 3,
+                cross_attention_dim=48, attention_head_dim=(2, 2, 4, 4), use_linear_projection=True,
+                norm_num_groups=16)
+    vae = dict(in_channels=3, out_channels=3, latent_channels=4, block_out_channels=(16, 32),
+               down_block_types=("DownEncoderBlock2D",) * 2, up_block_types=("UpDecoderBlock2D",) * 2,
+               layers_per_block=1, norm_num_groups=16, sample_size=64)
+    text = dict(hidden_size=48, intermediate_size=96, num_hidden_layers=2, num_attention_heads=4, projection_dim=48,
+                hidden_act="gelu")
+    return unet, vae, text
+
+
 def _sdxl_configs():
     # SDXL's layout in miniature: three resolutions, cross-attention at 1/2 and 1/4 of the latent side (no attention
     # at full size), two CLIP text encoders whose outputs are concatenated (cross_attention_dim = 32 + 32), and
@@ -227,7 +244,8 @@ def _sdxl_base_configs():
     return unet, vae, text
 
 
-ARCHITECTURES = {"tiny": _tiny_configs, "sd14": _sd14_configs, "sdxl": _sdxl_configs, "sdxl-base": _sdxl_base_configs}
+ARCHITECTURES = {"tiny": _tiny_configs, "sd14": _sd14_configs, "sd2": _sd2_configs, "sdxl": _sdxl_configs,
+                 "sdxl-base": _sdxl_base_configs}
 
 
 def build_tiny_pipeline(arch: str = "tiny", seed: int = 0):
@@ -252,10 +270,17 @@ def build_tiny_pipeline(arch: str = "tiny", seed: int = 0):
     text_encoder = CLIPTextModel(text_config(text_cfg))
     if unet_cfg.get("addition_embed_type") == "text_time":  # SDXL's layout
         return _tiny_sdxl(unet, vae, tokenizer, text_encoder, text_config(second))
-    # SD 1.x's scheduler settings
-    scheduler = PNDMScheduler(beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear",
-                              num_train_timesteps=1000, skip_prk_steps=True, steps_offset=1,
-                              set_alpha_to_one=False)
+    # SD 1.x's scheduler settings; SD 2.x's (768 px) DDIM with v-prediction
+    if arch == "sd2":
+        from diffusers import DDIMScheduler
+
+        scheduler = DDIMScheduler(beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear",
+                                  num_train_timesteps=1000, clip_sample=False, set_alpha_to_one=False, steps_offset=1,
+                                  prediction_type="v_prediction")
+    else:
+        scheduler = PNDMScheduler(beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear",
+                                  num_train_timesteps=1000, skip_prk_steps=True, steps_offset=1,
+                                  set_alpha_to_one=False)
     return StableDiffusionPipeline(vae=vae, text_encoder=text_encoder, tokenizer=tokenizer, unet=unet,
                                    scheduler=scheduler, safety_checker=None, feature_extractor=None,
                                    requires_safety_checker=False)

@@ -14,25 +14,42 @@ from sae.models import load_pipeline, model_family
 
 
 @pytest.fixture(scope="module")
-def tiny_sdxl(tmp_path_factory):
+def tiny_models(tmp_path_factory):
+    """Tiny models of SD 2.x's and SDXL's layouts, written once for the module."""
     from sae.models import write_tiny_model
 
-    return write_tiny_model(tmp_path_factory.mktemp("models") / "sdxl", arch="sdxl")
+    made = {}
+
+    def model(arch):
+        if arch not in made:
+            made[arch] = write_tiny_model(tmp_path_factory.mktemp("models") / arch, arch=arch)
+        return made[arch]
+
+    return model
 
 
-def test_a_folder_says_its_family(tiny_sdxl, tiny_model_dir):
+@pytest.fixture(scope="module")
+def tiny_sdxl(tiny_models):
+    return tiny_models("sdxl")
+
+
+def test_a_folder_says_its_family(tiny_sdxl, tiny_models, tiny_model_dir):
     assert model_family(tiny_sdxl) == "sdxl" and model_family(tiny_model_dir) == "sd"
+    assert model_family(tiny_models("sd2")) == "sd"  # SD 2.x: the same pipeline class, v-prediction
+    assert load_pipeline(tiny_models("sd2"), device="cpu").scheduler.config.prediction_type == "v_prediction"
     assert model_family("CompVis/stable-diffusion-v1-4") == "sd"  # a hub id: as before other families
     pipe = load_pipeline(tiny_sdxl, device="cpu")
     assert type(pipe).__name__ == "StableDiffusionXLPipeline" and model_family(pipe) == "sdxl"
 
 
-def test_plain_on_sdxl_makes_the_pipelines_own_images(tiny_sdxl, small_suite, tmp_path):
+@pytest.mark.parametrize("arch", ["sd2", "sdxl"])
+def test_plain_makes_the_pipelines_own_images(tiny_models, small_suite, tmp_path, arch):
+    model = tiny_models(arch)
     out = tmp_path / "run"
-    assert main(["run", "--suite", str(small_suite), "--model", str(tiny_sdxl), "--methods", "plain", "--limit", "1",
+    assert main(["run", "--suite", str(small_suite), "--model", str(model), "--methods", "plain", "--limit", "1",
                  "--seeds", "0,1", "--steps", "2", "--out", str(out), "--no-progress", "--no-html",
                  "--processes", "1"]) == 0
-    pipe = load_pipeline(tiny_sdxl, device="cpu")
+    pipe = load_pipeline(model, device="cpu")
     prompt = json.loads(small_suite.read_text().splitlines()[0])["prompt"]
     for seed in (0, 1):
         own = pipe(prompt, num_inference_steps=2, guidance_scale=7.5,
@@ -68,11 +85,12 @@ def test_methods_of_the_unet_families_are_refused_elsewhere_in_one_line(tiny_flu
     assert [line.split()[0] for line in capsys.readouterr().out.splitlines()] == ["plain"]
 
 
-def test_sepen_on_sdxl_trains_only_the_keys_and_its_checkpoint_refuses_sd(tiny_sdxl, tiny_model_dir, tmp_path):
+@pytest.mark.parametrize("arch", ["sd2", "sdxl"])
+def test_sepen_trains_only_the_keys_and_its_checkpoint_refuses_sd1(tiny_models, tiny_model_dir, tmp_path, arch):
     from sae.checkpoint import CheckpointError, apply_delta, load_delta
     from sae.finetune import ConceptPair, FinetuneConfig, finetune
 
-    pipe = load_pipeline(tiny_sdxl, device="cpu")
+    pipe = load_pipeline(tiny_models(arch), device="cpu")
     before = {n: p.detach().clone() for n, p in pipe.unet.named_parameters()}
     finetune(pipe, ConceptPair("a photo of cat and dog", ["cat", "dog"]),
              FinetuneConfig(steps=2, batch_size=2, learning_rate=1e-3, lambda_norm=0.5), out_dir=tmp_path / "t",
@@ -113,9 +131,10 @@ def test_latent_guidance_on_sdxl_steps_the_latents_and_leaves_the_loop_as_it_is(
 
 
 @pytest.mark.slow
-def test_the_main_job_runs_on_a_tiny_sdxl(tiny_sdxl, tmp_path):
+@pytest.mark.parametrize("arch", ["sd2", "sdxl"])
+def test_the_main_job_runs_on_each_family(tiny_models, tmp_path, arch):
     out = tmp_path / "run"
-    assert main(["run", "--suite", "multi_object", "--model", str(tiny_sdxl), "--methods",
+    assert main(["run", "--suite", "multi_object", "--model", str(tiny_models(arch)), "--methods",
                  "plain,attend_excite,sepen", "--limit", "2", "--num-seeds", "1", "--steps", "4", "--sepen-steps",
                  "2", "--checkpoint-cache", str(tmp_path / "cache"), "--out", str(out), "--no-progress",
                  "--processes", "1"]) == 0
