@@ -199,12 +199,17 @@ def _sd2_configs():
                 up_block_types=("UpBlock2D",) + ("CrossAttnUpBlock2D",) * 3,
                 cross_attention_dim=48, attention_head_dim=(2, 2, 4, 4), use_linear_projection=True,
                 norm_num_groups=16)
-    vae = dict(in_channels=3, out_channels=3, latent_channels=4, block_out_channels=(16, 32),
-               down_block_types=("DownEncoderBlock2D",) * 2, up_block_types=("UpDecoderBlock2D",) * 2,
-               layers_per_block=1, norm_num_groups=16, sample_size=64)
+    vae = _tiny_configs()[1]
     text = dict(hidden_size=48, intermediate_size=96, num_hidden_layers=2, num_attention_heads=4, projection_dim=48,
                 hidden_act="gelu")
     return unet, vae, text
+
+
+# SDXL's block layout (both its sizes): no attention at full size, linear projections, the pooled text embedding and
+# the time ids added to the timestep embedding
+SDXL_BLOCKS = dict(down_block_types=("DownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D"),
+                   up_block_types=("CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "UpBlock2D"),
+                   use_linear_projection=True, addition_embed_type="text_time")
 
 
 def _sdxl_configs():
@@ -212,14 +217,9 @@ def _sdxl_configs():
     # at full size), two CLIP text encoders whose outputs are concatenated (cross_attention_dim = 32 + 32), and
     # the pooled text embedding and six time ids added to the timestep embedding (6 x 8 + 32 = 80).
     unet = dict(sample_size=32, in_channels=4, out_channels=4, layers_per_block=1, block_out_channels=(32, 32, 64),
-                down_block_types=("DownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D"),
-                up_block_types=("CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "UpBlock2D"),
-                attention_head_dim=(2, 4, 4), transformer_layers_per_block=(1, 1, 2), use_linear_projection=True,
-                addition_embed_type="text_time", addition_time_embed_dim=8, projection_class_embeddings_input_dim=80,
-                cross_attention_dim=64, norm_num_groups=16)
-    vae = dict(in_channels=3, out_channels=3, latent_channels=4, block_out_channels=(16, 32),
-               down_block_types=("DownEncoderBlock2D",) * 2, up_block_types=("UpDecoderBlock2D",) * 2,
-               layers_per_block=1, norm_num_groups=16, sample_size=64, scaling_factor=0.13025)
+                attention_head_dim=(2, 4, 4), transformer_layers_per_block=(1, 1, 2), addition_time_embed_dim=8,
+                projection_class_embeddings_input_dim=80, cross_attention_dim=64, norm_num_groups=16, **SDXL_BLOCKS)
+    vae = {**_tiny_configs()[1], "scaling_factor": 0.13025}
     text = dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
                 projection_dim=32)
     return unet, vae, text
@@ -229,11 +229,9 @@ def _sdxl_base_configs():
     # SDXL base 1.0's published architecture (random weights): for timing real-size runs offline. Its second text
     # encoder (OpenCLIP bigG) is larger than the first (CLIP ViT-L): its config rides along as "text_2".
     unet = dict(sample_size=128, in_channels=4, out_channels=4, layers_per_block=2, block_out_channels=(320, 640, 1280),
-                down_block_types=("DownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D"),
-                up_block_types=("CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "UpBlock2D"),
-                attention_head_dim=(5, 10, 20), transformer_layers_per_block=(1, 2, 10), use_linear_projection=True,
-                addition_embed_type="text_time", addition_time_embed_dim=256,
-                projection_class_embeddings_input_dim=2816, cross_attention_dim=2048, norm_num_groups=32)
+                attention_head_dim=(5, 10, 20), transformer_layers_per_block=(1, 2, 10), addition_time_embed_dim=256,
+                projection_class_embeddings_input_dim=2816, cross_attention_dim=2048, norm_num_groups=32,
+                **SDXL_BLOCKS)
     vae = dict(in_channels=3, out_channels=3, latent_channels=4, block_out_channels=(128, 256, 512, 512),
                down_block_types=("DownEncoderBlock2D",) * 4, up_block_types=("UpDecoderBlock2D",) * 4,
                layers_per_block=2, norm_num_groups=32, sample_size=1024, scaling_factor=0.13025)
