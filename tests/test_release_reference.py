@@ -248,7 +248,8 @@ CASES = {"quirks on": dict(quirks=True), "quirks off": dict(quirks=False),
          "quirks on, norm loss": dict(quirks=True, norm=True)}
 
 
-@pytest.mark.parametrize("case", CASES)
+@pytest.mark.parametrize("case", [pytest.param(case, marks=() if case == "quirks on" else pytest.mark.slow)
+                                  for case in CASES])  # (each case about 20 s: one in the quick tier)
 def test_training_matches_the_release_restated(euler_model, before, case):
     ours, ours_keys = sae_training(euler_model, steps=STEPS, **CASES[case])
     release, release_keys = release_training(euler_model, steps=STEPS, **CASES[case])
