@@ -17,74 +17,67 @@ run's memory, and opened from disk without a server:
 
 Thumbnails (`thumbs/`) are at most 128 px: small images (the shapes world's 64 px) are enlarged by a whole factor
 with nearest neighbour, larger ones shrunk to JPEG; a thumbnail newer than its image is reused.
+
+The pages are jinja2 templates (`benchmark/templates/`) rendered with autoescape on: this module hands them plain
+values (text, numbers, lists, dicts), so a run folder's text (prompts, object names, methods, settings, reasons,
+notes) reaches a page only as escaped text.
 """
 
 from __future__ import annotations
 
-import html
 import json
 import shutil
+from functools import cache
 from pathlib import Path
 
+import jinja2
 import numpy as np
 import pandas as pd
 from PIL import Image
 
-from .geneval.report import geneval_tables
-from .trace import TRACE_DIR
 from .records import note_made, read_jsonl, read_run_config, remove_made, slug, write_text_atomic
 from .report import (method_settings, model_label, ordered_methods, paired_cells, paired_title, set_columns,
                      summary_cells, write_report)
+from .trace import TRACE_DIR
 
 REPORT_DIR = "report"
 THUMB_SIZE = 128
 IMAGES_PER_PAGE = 400
 
-STYLE = """body{font-family:sans-serif;margin:1.2em;color:#222}
-h1{font-size:1.4em}h2{font-size:1.2em;margin-top:1.5em}h3{font-size:1em;margin:1.2em 0 .3em}
-table.summary,table.losses{border-collapse:collapse;font-size:13px}
-.summary td,.summary th,.losses td,.losses th{border:1px solid #ccc;padding:2px 6px;text-align:right}
-.summary td:first-child,.summary td:nth-child(2){text-align:left}
-nav{margin:.5em 0}nav a,nav span{margin-right:.6em}
-.scroll{overflow-x:auto}
-table.grid{border-collapse:collapse}table.grid th{font-size:12px;font-weight:normal;padding:2px 4px}
-table.grid td{vertical-align:top;padding:2px}
-figure.cell{margin:0;border:3px solid #bbb;display:inline-block;background:#fff}
-figure.cell.found{border-color:#1a9a1a}figure.cell.missed{border-color:#d62020}
-figure.cell img{display:block;image-rendering:pixelated}
-figcaption{font-size:11px;line-height:1.2;max-width:128px;padding:1px 2px}
-.ok{color:#107010}.miss{color:#c01010}
-body.only-missed figure.cell.found{visibility:hidden}
-.note{color:#666;font-size:13px}"""
 
-FILTER_SCRIPT = """<script>
-document.getElementById("only-missed").addEventListener("change", function (event) {
-  document.body.classList.toggle("only-missed", event.target.checked);
-});
-</script>"""
+@cache
+def templates() -> jinja2.Environment:
+    # autoescape on every template, whatever its name; a misspelt value fails instead of rendering empty
+    return jinja2.Environment(loader=jinja2.PackageLoader("benchmark", "templates"), autoescape=True,
+                              undefined=jinja2.StrictUndefined, trim_blocks=True, lstrip_blocks=True,
+                              keep_trailing_newline=True)
 
 
-def page_html(title: str, body: str, script: str = "") -> str:
-    return (f'<!doctype html>\n<html lang="en"><head><meta charset="utf-8"><title>{html.escape(title)}</title>'
-            f'<link rel="icon" href="data:,"><style>{STYLE}</style></head>\n<body>\n{body}\n{script}</body></html>\n')
+def render(template: str, **values) -> str:
+    return templates().get_template(template).render(**values)
 
 
-def summary_table_html(summary: pd.DataFrame) -> str:
+def summary_table(summary: pd.DataFrame) -> dict:
     """The summary's rows with the same cells as `summary.md` (`report.summary_cells`)."""
-    return table_html(*summary_cells(summary))
+    header, rows = summary_cells(summary)
+    return {"header": header, "rows": rows}
 
 
-def paired_table_html(paired: pd.DataFrame) -> str:
+def paired_table(paired: pd.DataFrame) -> dict | None:
     """Each method against the baseline on the same prompts and seeds, as in `summary.md`."""
     if paired.empty:
-        return ""
-    return f"<h2>{html.escape(paired_title(paired)).replace('`', '')}</h2>" + table_html(*paired_cells(paired))
+        return None
+    header, rows = paired_cells(paired)
+    return {"title": paired_title(paired).replace("`", ""), "header": header, "rows": rows}
 
 
-def table_html(header: list[str], rows: list[list[str]]) -> str:
-    head = "".join(f"<th>{html.escape(h)}</th>" for h in header)
-    body = "".join("<tr>" + "".join(f"<td>{html.escape(c)}</td>" for c in cells) + "</tr>" for cells in rows)
-    return f'<table class="summary"><tr>{head}</tr>{body}</table>'
+def metric_sections(results: dict) -> list[dict]:
+    """The overview's sections of metric families beyond the per-image means, from results.json: each a title, a
+    note and one table of text cells (`macros.metric_section` renders them). GenEval's task tables so far."""
+    from .geneval.report import geneval_tables
+
+    return [{"title": title, "note": note.replace("`", ""), "header": header, "rows": rows}
+            for title, note, header, rows in geneval_tables(results.get("geneval", {}))]
 
 
 def bar_chart(summary: pd.DataFrame, methods: list[str], path: Path, title: str) -> Path | None:
@@ -179,70 +172,55 @@ def verdicts(row: dict) -> list[tuple[str, float | None, str]]:
     return out
 
 
-def cell_html(run_dir: Path, report_dir: Path, row: dict) -> str:
+def grid_cell(run_dir: Path, report_dir: Path, row: dict) -> dict:
+    """One image of a grid: its thumbnail, frame state (found / missed / unscored) and caption lines."""
     src, width, height = thumbnail(run_dir, report_dir, row["path"])
     marks = presence_marks(row)
     judged = verdicts(row)
     if marks is not None:
         state = "missed" if marks[1] else "found"
-    elif any(v is not None for _, v, _ in judged):  # no presence scores: the frame shows the GenEval verdict
+    elif any(v is not None for _, v, _ in judged):  # no presence scores: the frame shows the verdict
         state = "missed" if any(v == 0 for _, v, _ in judged) else "found"
     else:
         state = "unscored"
-    lines = []
+    caption = []
     if marks is not None:
         found, missed = marks
-        lines += [f'<span class="ok">&#10003; {html.escape(q)}</span>' for q in found]
-        lines += [f'<span class="miss">&#10007; {html.escape(q)}</span>' for q in missed]
+        caption += [{"css": "ok", "mark": "ok", "text": q} for q in found]
+        caption += [{"css": "miss", "mark": "miss", "text": q} for q in missed]
     for name, verdict, reason in judged:
         if verdict is None:
-            lines.append(f'<span class="reason">{html.escape(name)}: {html.escape(reason or "no verdict")}</span>')
+            caption.append({"css": "reason", "mark": "", "text": f"{name}: {reason or 'no verdict'}"})
         elif verdict:
-            lines.append(f'<span class="reason ok">&#10003; {html.escape(name)}</span>')
+            caption.append({"css": "reason ok", "mark": "ok", "text": name})
         else:
-            lines.append(f'<span class="reason miss">&#10007; {html.escape(name)}: {html.escape(reason)}</span>')
-    caption = "<figcaption>" + "<br>".join(lines) + "</figcaption>" if lines else ""
-    alt = html.escape(f"{row['method']} {row['prompt_id']} seed {row['seed']}")
-    return (f'<figure class="cell {state}"><a href="../{html.escape(row["path"])}">'
-            f'<img class="grid-image" src="{html.escape(src)}" width="{width}" height="{height}" loading="lazy" '
-            f'alt="{alt}"></a>{caption}</figure>')
+            caption.append({"css": "reason miss", "mark": "miss", "text": f"{name}: {reason}"})
+    return {"state": state, "path": row["path"], "src": src, "width": width, "height": height,
+            "alt": f"{row['method']} {row['prompt_id']} seed {row['seed']}", "caption": caption}
 
 
-def prompt_grid(run_dir: Path, report_dir: Path, prompt_rows: list[dict], methods: list[str], seeds: list[int]) -> str:
+def prompt_grid(run_dir: Path, report_dir: Path, prompt_rows: list[dict], methods: list[str], seeds: list[int]) -> dict:
+    """One prompt's grid: a row per method that has images of it, a cell per seed (None where there is none)."""
     first = prompt_rows[0]
     by_key = {(r["method"], int(r["seed"])): r for r in prompt_rows}
     shown = [m for m in methods if any(key[0] == m for key in by_key)]
-    head = "<tr><th></th>" + "".join(f"<th>seed {s}</th>" for s in seeds) + "</tr>"
-    lines = []
-    for method in shown:
-        cells = "".join(f"<td>{cell_html(run_dir, report_dir, by_key[(method, s)])}</td>" if (method, s) in by_key
-                        else "<td></td>" for s in seeds)
-        lines.append(f"<tr><th>{html.escape(method)}</th>{cells}</tr>")
-    title = f"{first['prompt_id']}: {first['prompt']}"
-    return (f'<section class="prompt" id="{html.escape(slug(first["prompt_id"]))}"><h3>{html.escape(title)}</h3>'
-            f'<div class="scroll"><table class="grid">{head}{"".join(lines)}</table></div></section>')
+    rows = [{"method": method, "cells": [grid_cell(run_dir, report_dir, by_key[(method, s)])
+                                         if (method, s) in by_key else None for s in seeds]}
+            for method in shown]
+    return {"anchor": slug(first["prompt_id"]), "title": f"{first['prompt_id']}: {first['prompt']}", "rows": rows}
 
 
-def conventions_html(described: dict) -> str:
-    items = []
-    for name, info in described.items():
-        columns = ", ".join(f"{c} ({'higher' if up else 'lower'} is better)"
-                            for c, up in info.get("columns", {}).items())
-        items.append(f"<li><code>{html.escape(name)}</code>: {html.escape(columns)}. "
-                     f"{html.escape(info.get('convention', ''))}</li>")
-    return f"<h2>Conventions</h2><ul>{''.join(items)}</ul>" if items else ""
+def conventions(described: dict) -> list[dict]:
+    return [{"name": name, "convention": info.get("convention", ""),
+             "columns": ", ".join(f"{c} ({'higher' if up else 'lower'} is better)"
+                                  for c, up in info.get("columns", {}).items())}
+            for name, info in described.items()]
 
 
 def category_pages(category: str, prompts: int, per_page: int) -> list[str]:
     count = max(1, -(-prompts // per_page))
     base = f"category-{slug(category)}"
     return [f"{base}.html" if i == 0 else f"{base}-{i + 1}.html" for i in range(count)]
-
-
-def geneval_tables_html(results: dict) -> str:
-    """GenEval's task tables (results.json's "geneval"), as in `summary.md`."""
-    return "".join(f'<h2>{html.escape(title)}</h2><p class="note">{html.escape(note.replace("`", ""))}</p>'
-                   + table_html(header, rows) for title, note, header, rows in geneval_tables(results))
 
 
 def _load(run_dir: Path):
@@ -255,7 +233,7 @@ def _load(run_dir: Path):
     path = run_dir / "results.json"
     results = json.loads(path.read_text()) if path.exists() else {}
     described = results.get("metrics", {}) or config.get("metrics_described", {})
-    return config, summary, paired, rows, described, results.get("geneval", {})
+    return config, summary, paired, rows, described, results
 
 
 def write_html_report(run_dir: Path, images_per_page: int = IMAGES_PER_PAGE) -> Path:
@@ -263,7 +241,7 @@ def write_html_report(run_dir: Path, images_per_page: int = IMAGES_PER_PAGE) -> 
     run_dir = Path(run_dir)
     if not (run_dir / "run_config.json").exists():
         raise FileNotFoundError(f"{run_dir} is not a benchmark run folder (no run_config.json)")
-    config, summary, paired, rows, described, geneval = _load(run_dir)
+    config, summary, paired, rows, described, results = _load(run_dir)
     report_dir = run_dir / REPORT_DIR
     report_dir.mkdir(parents=True, exist_ok=True)
     remove_made(run_dir, list(report_dir.glob("*.html")))  # pages of an earlier report (paging can change)
@@ -284,28 +262,19 @@ def write_html_report(run_dir: Path, images_per_page: int = IMAGES_PER_PAGE) -> 
         pages = category_pages(category, len(prompt_ids), per_page)
         part = summary[summary["category"] == category]
         chart = bar_chart(part, methods, report_dir / "charts" / f"{slug(category)}.png", category)
-        chart_html = f'<img class="chart" src="charts/{slug(category)}.png" alt="{html.escape(category)} chart">' \
-            if chart else ""
         for number, name in enumerate(pages):
             chunk = prompt_ids[number * per_page:(number + 1) * per_page]
-            nav = ['<a href="index.html">overview</a>'] + [
-                f"<span>page {i + 1}</span>" if i == number else f'<a href="{p}">page {i + 1}</a>'
-                for i, p in enumerate(pages)] if len(pages) > 1 else ['<a href="index.html">overview</a>']
-            body = (f"<h1>{html.escape(category)}</h1><nav>{''.join(nav)}</nav>"
-                    f"{summary_table_html(part)}{chart_html}"
-                    f'<h2>Images (prompts {number * per_page + 1}-{number * per_page + len(chunk)} of '
-                    f'{len(prompt_ids)})</h2>'
-                    '<p class="note">Rows: methods; columns: seeds. Frame: green when the presence metric found every '
-                    'object (without presence scores: when GenEval judged the image correct), red when it missed '
-                    'one (GenEval: judged it wrong), grey when unscored; &#10003; found, &#10007; missed, '
-                    'GenEval\'s reason after its name.</p>'
-                    '<label><input type="checkbox" id="only-missed"> only images with a missed object</label>'
-                    + "".join(prompt_grid(run_dir, report_dir, by_prompt[p], methods, seeds) for p in chunk)
-                    + f"<nav>{''.join(nav)}</nav>")
-            write_text_atomic(report_dir / name, page_html(f"{category} - {config.get('suite')}", body, FILTER_SCRIPT))
+            nav = [{"href": p, "current": i == number} for i, p in enumerate(pages)] if len(pages) > 1 else []
+            page = render("category.html.j2", title=f"{category} - {config.get('suite')}", category=category,
+                          pages=nav, summary=summary_table(part),
+                          chart=f"charts/{slug(category)}.png" if chart else "",
+                          first=number * per_page + 1, last=number * per_page + len(chunk), prompts=len(prompt_ids),
+                          seeds=seeds,
+                          grids=[prompt_grid(run_dir, report_dir, by_prompt[p], methods, seeds) for p in chunk])
+            write_text_atomic(report_dir / name, page)
             written.append(report_dir / name)
-        links.append(f'<li><a href="{pages[0]}">{html.escape(category)}</a>: {len(prompt_ids)} prompts, '
-                     f"{len(in_category)} images{f', {len(pages)} pages' if len(pages) > 1 else ''}</li>")
+        links.append({"href": pages[0], "name": category, "prompts": len(prompt_ids), "images": len(in_category),
+                      "pages": len(pages)})
 
     # figures of traces the folder no longer holds
     remove_made(run_dir, list((report_dir / TRACE_DIR).glob("*.png")))
@@ -315,29 +284,30 @@ def write_html_report(run_dir: Path, images_per_page: int = IMAGES_PER_PAGE) -> 
     settings = f"suite {config.get('suite')}, model {model_label(config.get('model'))}"
     settings += "; " + "; ".join(f"{m}: {', '.join(f'{k} {v}' for k, v in row.items())}"
                                  for m, row in method_settings(config).items())
-    body = (f"<h1>{html.escape(str(config.get('suite')))} on {html.escape(model_label(config.get('model')))}</h1>"
-            f"<p>{html.escape(settings)}; {len(seeds)} seeds; {len(rows)} images; methods "
-            f"{html.escape(', '.join(methods))}.</p>"
-            "<h2>Summary (mean [95% bootstrap interval])</h2>" + summary_table_html(summary)
-            + ('<img class="chart" src="charts/all.png" alt="chart of all categories">' if chart else "")
-            + paired_table_html(paired) + geneval_tables_html(geneval)
-            + f"<h2>Images by category</h2><ul>{''.join(links)}</ul>"
-            + (f'<h2>Attention maps</h2><p><a href="attention.html">{attention}</a></p>' if attention else "")
-            + conventions_html(described))
     index = report_dir / "index.html"
-    write_text_atomic(index, page_html(f"{config.get('suite')} report", body))
+    write_text_atomic(index, render(
+        "index.html.j2", title=f"{config.get('suite')} report", suite=str(config.get("suite")),
+        model=model_label(config.get("model")), settings=settings, seeds=len(seeds), images=len(rows),
+        methods=methods, summary=summary_table(summary), chart="charts/all.png" if chart else "",
+        paired=paired_table(paired), sections=metric_sections(results), categories=links, attention=attention,
+        conventions=conventions(described)))
     note_made(run_dir, [*written, *figures, index] + ([report_dir / "attention.html"] if attention else []))
     return index
+
+
+def losses_rows(methods: dict) -> list[dict]:
+    """A trace's Separate and Enhance per method and shown step, as text cells ("-" where a step has none)."""
+    return [{"label": name, "loss": label,
+             "cells": ["-" if loss[key] is None else f"{loss[key]:.4f}" for loss in values["losses"]]}
+            for name, values in methods.items() for key, label in (("sep", "Separate"), ("en", "Enhance"))]
 
 
 def write_attention_page(run_dir: Path, report_dir: Path) -> tuple[str, list[Path]]:
     """`attention.html` from the traces the run folder holds (`attention/`, written by `benchmark trace` or the
     run); returns the link text ("" when there are none) and the figures copied. Nothing is generated here."""
-    from sae.visual import losses_table_html
-
     traces = sorted((run_dir / TRACE_DIR).glob("*.json"))
     out = report_dir / TRACE_DIR
-    sections, methods, copied = [], {}, []
+    shown, methods, copied = [], {}, []
     for path in traces:
         trace = json.loads(path.read_text())
         figure = path.with_suffix(".png")
@@ -347,20 +317,10 @@ def write_attention_page(run_dir: Path, report_dir: Path) -> tuple[str, list[Pat
         shutil.copyfile(figure, out / figure.name)  # the report folder stands alone
         copied.append(out / figure.name)
         methods.update(dict.fromkeys(trace["methods"]))
-        rows = [{"label": name, "losses": values["losses"]} for name, values in trace["methods"].items()]
-        note = "".join(f'<p class="note">{html.escape(n)}</p>' for n in trace.get("notes", []))
-        name = html.escape(figure.stem)
-        sections.append(f'<section class="attention" id="{name}"><h3>{html.escape(trace["prompt_id"])}: '
-                        f'{html.escape(trace["prompt"])} (seed {trace["seed"]})</h3>{note}'
-                        f'<img class="attention-figure" src="{TRACE_DIR}/{name}.png" '
-                        f'alt="attention maps of {html.escape(trace["prompt_id"])}">'
-                        f'{losses_table_html(rows, trace["step_labels"])}</section>')
-    if not sections:
+        shown.append({"anchor": figure.stem, "prompt_id": trace["prompt_id"], "prompt": trace["prompt"],
+                      "seed": trace["seed"], "notes": trace.get("notes", []), "src": f"{TRACE_DIR}/{figure.name}",
+                      "steps": trace["step_labels"], "losses": losses_rows(trace["methods"])})
+    if not shown:
         return "", copied
-    body = ('<h1>Cross-attention maps</h1><nav><a href="index.html">overview</a></nav>'
-            '<p class="note">Per object, the 1/4-resolution cross-attention maps that the SepEn losses use '
-            "(mean over the captured layers and heads, conditional half), at evenly spaced denoising steps of one "
-            "seed regenerated with the run's settings, each scaled to its own peak and drawn over the final image. "
-            "S: Separate, E: Enhance of those maps (sae.losses; lower is better).</p>" + "".join(sections))
-    write_text_atomic(report_dir / "attention.html", page_html("attention maps", body))
-    return f"{len(sections)} prompts: {', '.join(methods)}", copied
+    write_text_atomic(report_dir / "attention.html", render("attention.html.j2", title="attention maps", traces=shown))
+    return f"{len(shown)} prompts: {', '.join(methods)}", copied

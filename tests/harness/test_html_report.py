@@ -11,6 +11,7 @@ from PIL import Image
 
 from benchmark.cli import main
 from benchmark.html_report import presence_marks, thumbnail, write_html_report
+from benchmark.records import slug
 from benchmark.report import summary_cells
 
 
@@ -172,23 +173,78 @@ def test_run_writes_the_report_with_attention_maps_of_plain_and_sepen(tiny_model
 
 
 SCRIPT, BREAKOUT = "<script>alert(1)</script>", '"><img src=x onerror=alert(1)>'
+HOSTILE = SCRIPT + BREAKOUT
+HOSTILE_PROMPTS = [  # conftest's REPORT_PROMPTS with hostile text wherever a page shows it (ids stay folder names)
+    ("r/0", BREAKOUT, f"a cat and a dog {HOSTILE}",
+     [{"name": "cat", "query": f"cat {HOSTILE}"}, {"name": f"dog {HOSTILE}"}]),
+    ("r/1", "two_object", f"a red car and a frog {HOSTILE}", [{"name": "car", "attribute": "red"}, {"name": "frog"}]),
+]
 
 
-def test_a_hostile_prompt_and_category_are_escaped_in_every_page(tiny_model_dir, tmp_path):
-    """A suite is user input that lands in pages people open from shared folders: its text must never become
-    markup there."""
-    suite = tmp_path / "hostile.jsonl"
-    suite.write_text(json.dumps({"id": "h/0", "category": BREAKOUT, "prompt": f"a cat and a dog {SCRIPT}",
-                                 "objects": [{"name": "cat", "attribute": BREAKOUT}, {"name": "dog"}]}) + "\n")
-    out = tmp_path / "run"
-    assert main(["run", "--suite", str(suite), "--model", str(tiny_model_dir), "--seeds", "0", "--steps", "1",
-                 "--metrics", "", "--attention-prompts", "0", "--out", str(out), "--no-progress",
-                 "--processes", "1"]) == 0
-    pages = sorted((out / "report").glob("*.html"))
-    assert len(pages) >= 2
-    shown = 0
-    for page in pages:
-        source = page.read_text()
-        assert SCRIPT not in source and BREAKOUT not in source and "<img src=x" not in source, page.name
-        shown += "&lt;script&gt;alert(1)&lt;/script&gt;" in source
-    assert shown  # the prompt is on a page, as text
+class Tags(HTMLParser):
+    """Every start tag of a page with its attributes."""
+
+    def __init__(self, text: str):
+        super().__init__()
+        self.tags = []
+        self.feed(text)
+
+    def handle_starttag(self, tag, attrs):
+        self.tags.append((tag, dict(attrs)))
+
+
+def test_a_run_folders_text_is_escaped_in_every_page(report_run, tmp_path, monkeypatch, capsys):
+    """A run folder is user input (a suite, notes, a judge's reasons, traces) that lands in pages people open from
+    shared folders: its text must never become markup there, and must still be shown as text."""
+    monkeypatch.setitem(report_run.__globals__, "REPORT_PROMPTS", HOSTILE_PROMPTS)
+    run = report_run(tmp_path / "run", model=f"model {HOSTILE}")
+    config = json.loads((run / "run_config.json").read_text())
+    config["suite"] = f"suite {HOSTILE}"
+    config["notes"] = {"sepen": f"trains on {HOSTILE}"}  # a method's settings note
+    config["metrics_described"]["geneval"] = {"columns": {"geneval_correct": True},
+                                              "convention": f"GenEval-compatible (judge={BREAKOUT}) {SCRIPT}"}
+    (run / "run_config.json").write_text(json.dumps(config))
+    with open(run / "scores" / "geneval.jsonl", "w") as handle:  # plain judged wrong on r/1, with a reason
+        for method in ("plain", "sepen"):
+            for seed in (0, 1):
+                values = {"geneval_correct": float(method == "sepen"),
+                          "geneval_reason": "" if method == "sepen" else f"reason {HOSTILE}"}
+                handle.write(json.dumps({"method": method, "prompt_id": "r/1", "seed": seed, "values": values}) + "\n")
+    (run / "attention").mkdir()  # a trace as `benchmark trace` writes it: the report renders its text
+    Image.new("RGB", (8, 8)).save(run / "attention" / "r_0.png")
+    (run / "attention" / "r_0.json").write_text(json.dumps({
+        "prompt_id": "r/0", "prompt": f"a cat and a dog {HOSTILE}", "seed": 0, "objects": ["cat", "dog"],
+        "methods": {f"sepen {HOSTILE}": {"losses": [{"sep": 0.5, "en": None}]}}, "step_labels": [f"t=1 {HOSTILE}"],
+        "notes": [f"plain: no checkpoint {HOSTILE}"]}))
+    assert main(["report", str(run), "--html"]) == 0
+    capsys.readouterr()
+
+    report = run / "report"
+    pages = {p.relative_to(report).as_posix(): p for p in sorted(report.rglob("*.html"))}
+    breakout_page = f"category-{slug(BREAKOUT)}.html"
+    assert sorted(pages) == sorted(["index.html", "attention.html", "category-two_object.html", breakout_page])
+    shown = {  # the text each page shows, exactly as written in the folder
+        "index.html": [f"suite {HOSTILE} on model {HOSTILE}", f"trains_on trains on {HOSTILE}", BREAKOUT,
+                       f"1 prompts: sepen {HOSTILE}", f"GenEval-compatible (judge={BREAKOUT}) {SCRIPT}",
+                       f"Convention: GenEval-compatible (judge={BREAKOUT[:-1]}: GenEval's rules"],  # the judge label
+        breakout_page: [f"{BREAKOUT} - suite {HOSTILE}", f"r/0: a cat and a dog {HOSTILE}"],
+        "category-two_object.html": [f"r/1: a red car and a frog {HOSTILE}", f"\u2717 geneval: reason {HOSTILE}"],
+        "attention.html": [f"r/0: a cat and a dog {HOSTILE} (seed 0)", f"plain: no checkpoint {HOSTILE}",
+                           f"t=1 {HOSTILE}", f"sepen {HOSTILE}"],
+    }
+    for name, path in pages.items():
+        source = path.read_text()
+        for raw in (SCRIPT, BREAKOUT, "<script>alert", "<img src=x", "onerror=alert(1)>"):
+            assert raw not in source, (name, raw)
+        tags = Tags(source).tags
+        assert [t for t, _ in tags].count("script") == name.startswith("category-"), name  # the filter only
+        assert not [a for _, attrs in tags for a in attrs if a.startswith("on")], name
+        assert all(attrs.get("src") != "x" for t, attrs in tags if t == "img"), name
+        parser = Page(path)
+        check_links(path, parser)
+        text = "".join(parser.text)
+        for expected in shown[name]:
+            assert expected in text, (name, expected)
+    cat, dog = f"cat {HOSTILE}", f"dog {HOSTILE}"  # the objects' names in the captions: plain at seed 1 missed dog
+    assert [(f["class"], f["ok"], f["miss"]) for f in Page(pages[breakout_page]).figures] == [
+        ("found", [cat, dog], []), ("missed", [cat], [dog]), ("unscored", [], []), ("found", [cat, dog], [])]
