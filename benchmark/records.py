@@ -18,6 +18,8 @@ from pathlib import Path
 
 from PIL import Image, PngImagePlugin
 
+from sae.files import atomic_path, write_atomic
+
 RECORD_KEY = "sae_record"
 
 
@@ -53,9 +55,8 @@ def write_image(path: Path, image: Image.Image, record: dict) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     info = PngImagePlugin.PngInfo()
     info.add_text(RECORD_KEY, json_text({**record, "pixels_sha256": pixels_sha256(image)}))
-    tmp = path.with_name(f".{path.name}.tmp")
-    image.save(tmp, format="PNG", pnginfo=info)
-    os.replace(tmp, path)
+    with atomic_path(path) as tmp:
+        image.save(tmp, format="PNG", pnginfo=info)
 
 
 def read_record(path: Path) -> dict:
@@ -249,9 +250,7 @@ def read_derived_json(path: Path) -> dict | None:
 
 def write_text_atomic(path: Path, text: str) -> None:
     """Every file of a run folder is written this way: a reader (or a kill) sees the old file or the new one."""
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
+    write_atomic(path, text)
 
 
 MANIFEST_NAME = ".benchmark-files"  # the report pages and traces a run folder's commands made: all they ever delete

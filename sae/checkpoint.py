@@ -18,6 +18,8 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, safe_open, save_file
 
+from .files import atomic_path
+
 FORMAT = "sae-delta/1"
 # Each UNet tensor contributes at most this many leading values to the fingerprint: enough to tell models
 # apart, and cheap on SD's 860M weights.
@@ -106,9 +108,8 @@ def save_delta(path: str | os.PathLike, tensors: dict[str, torch.Tensor], *, bas
     bad = [name for name, t in cpu.items() if not torch.isfinite(t).all()]
     if bad:
         raise CheckpointError(f"refusing to save {path}: tensor {bad[0]} holds NaN or infinite values")
-    tmp = path.with_name(path.name + ".tmp")
-    save_file(cpu, str(tmp), metadata=metadata)
-    os.replace(tmp, path)
+    with atomic_path(path) as tmp:
+        save_file(cpu, str(tmp), metadata=metadata)
     return path
 
 

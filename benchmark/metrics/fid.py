@@ -34,6 +34,8 @@ from collections.abc import Callable
 import numpy as np
 import torch
 
+from sae.files import atomic_path
+
 from . import MetricContext, MetricUnavailable, SetMetric, register_metric
 from ..records import file_sha256
 
@@ -81,11 +83,10 @@ class FeatureStats:
     def save(self, path: Path, convention: dict) -> None:
         """Atomic: a reader sees the whole file or none."""
         path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-        with open(tmp, "wb") as handle:
+        # a temporary file per process: ranks may write the same reference's statistics at once
+        with atomic_path(path, unique=True) as tmp, open(tmp, "wb") as handle:
             np.savez(handle, mu=self.mu, sigma=self.sigma, n=np.array(self.n),
                      convention=np.array(json.dumps(convention)))
-        os.replace(tmp, path)
 
     @classmethod
     def load(cls, path: Path) -> tuple[FeatureStats, dict]:

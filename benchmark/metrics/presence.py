@@ -42,21 +42,19 @@ class Detection:
     box: tuple[float, float, float, float]  # x0, y0, x1, y1 (any consistent unit)
 
 
-def box_iou(a, b) -> float:
-    ix = max(0.0, min(a[2], b[2]) - max(a[0], b[0]))
-    iy = max(0.0, min(a[3], b[3]) - max(a[1], b[1]))
-    inter = ix * iy
-    union = (a[2] - a[0]) * (a[3] - a[1]) + (b[2] - b[0]) * (b[3] - b[1]) - inter
-    return inter / union if union > 0 else 0.0
-
-
 def count_objects(detections: list[Detection], query: str, threshold: float) -> int:
-    """Distinct objects of `query` above `threshold`: greedy suppression of overlapping boxes, best first."""
-    kept: list[Detection] = []
-    for det in sorted((d for d in detections if d.query == query and d.score >= threshold), key=lambda d: -d.score):
-        if all(box_iou(det.box, k.box) <= SAME_OBJECT_IOU for k in kept):
-            kept.append(det)
-    return len(kept)
+    """Distinct objects of `query` above `threshold`: greedy non-maximum suppression of overlapping boxes, best
+    first (a box is dropped when its IoU with a kept one is over SAME_OBJECT_IOU)."""
+    from torchvision.ops import nms
+
+    found = sorted((d for d in detections if d.query == query and d.score >= threshold), key=lambda d: -d.score)
+    if not found:
+        return 0
+    # float64: the boxes' IoU as Python floats give it. nms gets the rank, not the score: equal scores (every
+    # detection of the shapes world scores 1.0) then keep the detector's order, which nms's own sort does not promise
+    boxes = torch.tensor([d.box for d in found], dtype=torch.float64)
+    rank = torch.arange(len(found), 0, -1, dtype=torch.float64)
+    return len(nms(boxes, rank, SAME_OBJECT_IOU))
 
 
 def object_query(obj: dict) -> str:

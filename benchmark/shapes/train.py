@@ -48,6 +48,7 @@ import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 from sae.attention import capture_cross_attention
+from sae.files import atomic_path
 
 from . import model as M
 from .captions import parse_mix
@@ -118,9 +119,8 @@ def _to_tensor(images: np.ndarray, device) -> torch.Tensor:
 
 
 def _atomic_save(obj, path: Path) -> None:
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    torch.save(obj, tmp)
-    os.replace(tmp, path)
+    with atomic_path(path) as tmp:
+        torch.save(obj, tmp)
 
 
 def _lr_factor(step: int, cfg: TrainConfig) -> float:

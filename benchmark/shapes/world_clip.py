@@ -30,7 +30,6 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import os
 import time
 from pathlib import Path
 
@@ -38,6 +37,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
+
+from sae.files import atomic_path
 
 from .data import CLIP_STREAM, BatchStream, object_count
 from .captions import draw_kind, parse_mix, scene_of_kind
@@ -251,9 +252,8 @@ def train(out: Path, steps: int = 3000, batch: int = 256, lr: float = 1e-3, warm
     if export is not None:
         export = Path(export)
         export.mkdir(parents=True, exist_ok=True)
-        tmp = export / "open_clip_model.safetensors.tmp"
-        save_file({k: v.half() if v.is_floating_point() else v for k, v in state.items()}, str(tmp))
-        os.replace(tmp, export / "open_clip_model.safetensors")
+        with atomic_path(export / "open_clip_model.safetensors") as tmp:
+            save_file({k: v.half() if v.is_floating_point() else v for k, v in state.items()}, str(tmp))
         (export / f"{MODEL_NAME}.json").write_text(json.dumps(CONFIG, indent=1) + "\n")
         (export / "train_report.json").write_text(json.dumps(report, indent=1) + "\n")
     return report
