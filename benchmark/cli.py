@@ -43,6 +43,17 @@ def _defaults(key: str) -> str:
     return ", ".join(one(d) for d in domains())
 
 
+def _release_guidance() -> str:
+    """Each method's release guidance, as "sepen, sepen+ae 6.0; plain, attend_excite <SD's>"."""
+    from .methods import METHODS
+
+    by_value: dict = {}
+    for name, cls in METHODS.items():
+        if "guidance" in cls.release_sampling:
+            by_value.setdefault(cls.release_sampling["guidance"], []).append(name)
+    return "; ".join(f"{', '.join(names)} {value}" for value, names in by_value.items())
+
+
 def _domains():
     from .domains import domains
 
@@ -70,8 +81,7 @@ def build_parser() -> argparse.ArgumentParser:
                           "method's release settings")
     run.add_argument("--guidance", default=None, metavar="G|METHOD=G,...",
                      help="classifier-free guidance scale, for every method or per method as --steps; default: "
-                          "each method's release on natural models (sepen, sepen+ae, sepen_tt 6.0; plain, "
-                          "attend_excite 7.5), " + ", ".join(
+                          "each method's release on natural models (" + _release_guidance() + "), " + ", ".join(
                          f"{d.run_defaults['guidance']} ({d.name} models)"
                          for d in _domains() if not d.release_sampling))
     run.add_argument("--batch-size", type=int, default=4, help="images per pipeline call")
@@ -96,11 +106,13 @@ def build_parser() -> argparse.ArgumentParser:
                      help="prompts whose cross-attention maps the HTML report shows (plain beside sepen)")
     from .methods import METHODS
 
-    added = set()
-    for cls in METHODS.values():  # each method's own flags, once per class that declares them
-        if cls.add_arguments.__func__ not in added:
-            added.add(cls.add_arguments.__func__)
-            cls.add_arguments(run)
+    sharing: dict = {}  # each Options class's flags once, for the methods that share it
+    for cls in METHODS.values():
+        if cls.Options is not None:
+            sharing.setdefault(cls.Options, []).append(cls)
+    for classes in sharing.values():
+        classes[0].add_arguments(run, f"{' and '.join(c.name for c in classes)} options (defaults: the method's, "
+                                      "unless the model's domain sets its own: docs/protocol.md)")
 
     ls = commands.add_parser("ls", help="list suites, methods or metrics")
     ls.add_argument("what", choices=["suites", "methods", "metrics"])
@@ -165,6 +177,10 @@ def per_method(value: str | None, kind, option: str) -> tuple:
     return common, methods
 
 
+def _names(text: str) -> list[str]:
+    return [name.strip() for name in text.split(",") if name.strip()]
+
+
 def _metric_models(pairs: list[str]) -> dict:
     models = {}
     for pair in pairs:
@@ -197,54 +213,30 @@ def cmd_run(args) -> int:
     import pandas as pd
 
     from .domains import default_model, get_domain, model_domain
-    from .generate import RunConfig, check_run_folder_is_ours, method_sampling, run
+    from .generate import RunConfig, check_run_folder_is_ours, run
     from .methods import method_class
+    from .metrics import report_sections
     from .report import markdown_table
 
     model = args.model or str(default_model())
-    domain = get_domain(model_domain(model))
-    defaults = domain.defaults_for(args.suite)
     steps, steps_per = per_method(args.steps, int, "--steps")
     guidance, guidance_per = per_method(args.guidance, float, "--guidance")
-
-    def given(key):
-        value = getattr(args, key)
-        return defaults[key] if value is None else value
-
-    methods = [m.strip() for m in given("methods").split(",") if m.strip()]
-    classes = {name: method_class(name) for name in methods}  # an unknown name fails here, before anything else
-    unknown = sorted((set(steps_per) | set(guidance_per)) - set(methods))
-    if unknown:
-        raise ValueError(f"--steps/--guidance name {', '.join(unknown)}, not a method of this run "
-                         f"({', '.join(methods)})")
-    # a value given on the command line (for one method or all) beats the method's release settings
-    overrides = {name: {k: v for k, v in (("steps", steps_per.get(name, steps)),
-                                          ("guidance", guidance_per.get(name, guidance))) if v is not None}
-                 for name in methods}
-    sampling = method_sampling(methods, defaults["steps"] if steps is None else steps,
-                               defaults["guidance"] if guidance is None else guidance, domain.release_sampling,
-                               overrides)
-    given_options = _method_options(args.option)
-    stray = sorted(set(given_options) - set(methods))
-    if stray:
-        raise ValueError(f"--option names {', '.join(stray)}, not a method of this run ({', '.join(methods)})")
-    # each option: the domain's value, then the method's flags, then --option
-    options = {name: {**domain.method_options.get(cls.name, {}),
-                      **(cls.options_from_args(args) if cls.Options is not None else {}),
-                      **given_options.get(name, {})} for name, cls in classes.items()}
-    if args.num_seeds is not None and args.num_seeds < 1:
-        raise ValueError(f"--num-seeds {args.num_seeds}: give N >= 1")
-    seeds = parse_seeds(args.seeds) if args.seeds is not None else list(range(given("num_seeds")))
-    config = RunConfig(suite=args.suite, model=model, methods=methods,
-                       seeds=seeds, limit=args.limit, steps=defaults["steps"] if steps is None else steps,
-                       guidance=defaults["guidance"] if guidance is None else guidance,
-                       sampling=sampling, options={n: o for n, o in options.items() if o},
-                       batch_size=args.batch_size, out=args.out or Path("runs") / Path(args.suite).stem,
-                       device=args.device,
-                       metrics=[m.strip() for m in given("metrics").split(",") if m.strip()],
-                       metric_models=_metric_models(args.metric_model),
-                       progress=not args.no_progress, html=not args.no_html,
-                       attention_prompts=args.attention_prompts)
+    per_method_sampling: dict = {}
+    for key, values in (("steps", steps_per), ("guidance", guidance_per)):
+        for name, value in values.items():
+            per_method_sampling.setdefault(name, {})[key] = value
+    methods = _names(args.methods) if args.methods is not None else None
+    options = _method_options(args.option)  # --option beats a method's flags
+    for name in methods if methods is not None else _names(get_domain(model_domain(model)).defaults_for(
+            args.suite)["methods"]):
+        options[name] = {**method_class(name).options_from_args(args), **options.get(name, {})}
+    config = RunConfig.resolve(
+        args.suite, model, methods=methods, seeds=parse_seeds(args.seeds) if args.seeds is not None else None,
+        num_seeds=args.num_seeds, steps=steps, guidance=guidance, per_method=per_method_sampling, options=options,
+        metrics=_names(args.metrics) if args.metrics is not None else None, limit=args.limit,
+        batch_size=args.batch_size, out=args.out or Path("runs") / Path(args.suite).stem, device=args.device,
+        metric_models=_metric_models(args.metric_model), progress=not args.no_progress, html=not args.no_html,
+        attention_prompts=args.attention_prompts)
     from sae.models import resolve_device
 
     from .processes import launched, relaunch, resolve_processes
@@ -252,17 +244,18 @@ def cmd_run(args) -> int:
     # a refusal here is one line from this process, before any torchrun rank starts
     config.preflight()
     check_run_folder_is_ours(config.out)
-    processes = resolve_processes(given("processes"), on_cpu=resolve_device(args.device).type == "cpu")
+    default_processes = get_domain(model_domain(model)).defaults_for(args.suite)["processes"]
+    processes = resolve_processes(args.processes if args.processes is not None else default_processes,
+                                  on_cpu=resolve_device(args.device).type == "cpu")
     if processes > 1 and not launched():  # this command again, as that many ranks (benchmark.processes)
         return relaunch(args.argv, processes)
     out = run(config)
     if out is not None:  # the main process
         print(markdown_table(pd.read_csv(out / "summary.csv")), end="")
-        geneval = json.loads((out / "results.json").read_text()).get("geneval")
-        if geneval:  # GenEval's six tasks and overall score, as the field quotes them
-            from .geneval.report import geneval_markdown
-
-            print(geneval_markdown(geneval), end="")
+        results = json.loads((out / "results.json").read_text())
+        for section in report_sections(results.get("metrics", {})):  # e.g. GenEval's six tasks and overall
+            if results.get(section.key):
+                print(section.markdown(results[section.key]), end="")
         print(f"wrote {out}/samples.jsonl, summary.csv, summary.md, results.json"
               + ("" if args.no_html else ", report/index.html"))
     return 0

@@ -27,6 +27,7 @@ from diffusers.utils.torch_utils import randn_tensor
 from sae.attention import StopForward, capture_cross_attention, object_maps, sharpened_text_maps
 from sae.backbones import conditioning
 from sae.models import model_family
+from sae.sampling import DEFAULT_GUIDANCE
 from sae.losses import enhance_loss, gaussian_smooth, separate_loss, smoothing_sigma
 
 
@@ -103,7 +104,7 @@ class LatentGuidance:
         return latents.detach()
 
     def generate(self, pipe, prompt: str, token_groups, generators, num_inference_steps: int = 50,
-                 guidance_scale: float = 7.5, height: int | None = None, width: int | None = None):
+                 guidance_scale: float = DEFAULT_GUIDANCE, height: int | None = None, width: int | None = None):
         """Images for one prompt, one per generator, through the plain pipeline with latent updates."""
         device = pipe._execution_device
         batch = len(generators)

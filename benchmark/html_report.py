@@ -72,12 +72,13 @@ def paired_table(paired: pd.DataFrame) -> dict | None:
 
 
 def metric_sections(results: dict) -> list[dict]:
-    """The overview's sections of metric families beyond the per-image means, from results.json: each a title, a
-    note and one table of text cells (`macros.metric_section` renders them). GenEval's task tables so far."""
-    from .geneval.report import geneval_tables
+    """The overview's sections a run's metrics add beyond the per-image means (`Metric.report_section`), from
+    results.json: each a title, a note and one table of text cells (`macros.metric_section` renders them)."""
+    from .metrics import report_sections
 
     return [{"title": title, "note": note.replace("`", ""), "header": header, "rows": rows}
-            for title, note, header, rows in geneval_tables(results.get("geneval", {}))]
+            for section in report_sections(results.get("metrics", {})) if results.get(section.key)
+            for title, note, header, rows in section.tables(results[section.key])]
 
 
 def bar_chart(summary: pd.DataFrame, methods: list[str], path: Path, title: str) -> Path | None:

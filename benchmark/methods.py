@@ -19,6 +19,7 @@ from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 
 import torch
+from filelock import FileLock
 from tqdm.auto import tqdm
 
 from sae.attention import cross_attention_layers
@@ -28,7 +29,8 @@ from safetensors import SafetensorError, safe_open
 from sae.checkpoint import (apply_delta, base_fingerprints, check_base_model, check_fits, fingerprint_key, load_delta,
                             require_same_base)
 from sae.finetune import ConceptPair, FinetuneConfig, finetune, release_pair_prompt, trainable_parameters
-from sae.sampling import seed_generators
+from sae.options import add_flags, flag_fields, given_flags, option, same_option
+from sae.sampling import DEFAULT_GUIDANCE, seed_generators
 from sae.tokens import find_token_indices
 
 from .guidance import attend_and_excite, sepen_test_time
@@ -38,17 +40,16 @@ from .suites import SuitePrompt
 
 
 DEFAULT_CHECKPOINT_CACHE = Path.home() / ".cache" / "sae" / "checkpoints"
+DEFAULT_STEPS = 50  # denoising steps of a method made without a run's sampling and with no release settings
 
 
 @dataclass
 class GenerationContext:
-    """What every method needs: the pipeline, the sampling settings of the method being run, and swapping trained
-    key weights in and out of the UNet (methods that apply checkpoints)."""
+    """What every method of a run shares: the pipeline, and swapping trained key weights in and out of the UNet
+    (methods that apply checkpoints)."""
 
     pipe: object
     base_model: str
-    num_inference_steps: int = 50
-    guidance_scale: float = 7.5
     progress: bool = True
     _hashes: dict = field(default_factory=dict)
     _base_keys: dict | None = None
@@ -57,10 +58,9 @@ class GenerationContext:
     def token_groups(self, item: SuitePrompt) -> list[list[int]]:
         return find_token_indices(self.pipe.tokenizer, item.prompt, item.object_words)
 
-    def plain_images(self, item: SuitePrompt, seeds: list[int], **kwargs):
+    def plain_images(self, item: SuitePrompt, seeds: list[int], sampling: dict, **kwargs):
         return self.pipe(prompt=[item.prompt] * len(seeds), generator=seed_generators(seeds),
-                         num_inference_steps=self.num_inference_steps, guidance_scale=self.guidance_scale,
-                         **kwargs).images
+                         num_inference_steps=sampling["steps"], guidance_scale=sampling["guidance"], **kwargs).images
 
     # --- the base keys, so that checkpoints can be swapped per prompt and the base restored
     def base_fingerprint(self) -> dict:
@@ -95,9 +95,11 @@ class GenerationContext:
 
 
 class Method:
-    """A way of generating images. A method with settings of its own declares them as a dataclass `Options`
-    (its defaults are the method's defaults); a run records them per method and resumes only with the same
-    `resume_key`."""
+    """A way of generating images, made with its sampling settings ({"steps", "guidance"}: the run's for this
+    method; default its release's) and its options. A method with settings of its own declares them once, as a
+    dataclass `Options` whose fields are `sae.options.option(default, "help")`: its defaults are the method's,
+    each field with help is also a flag (`--<flag_prefix><field>`) and any field an `--option METHOD.FIELD=V`; a
+    run records them per method and resumes only with the same `resume_key`."""
 
     name = ""
     description = ""
@@ -108,7 +110,9 @@ class Method:
     # family is refused before anything is loaded.
     families: tuple[str, ...] | None = None
 
-    def __init__(self, **options):
+    def __init__(self, sampling: dict | None = None, **options):
+        self.sampling = {"steps": DEFAULT_STEPS, "guidance": DEFAULT_GUIDANCE, **self.release_sampling,
+                         **(sampling or {})}
         if self.Options is None:
             if options:
                 raise ValueError(f"method {self.name} takes no options, got {', '.join(sorted(options))}")
@@ -122,13 +126,21 @@ class Method:
         self.options = self.Options(**options)
 
     @classmethod
-    def add_arguments(cls, parser) -> None:
-        """Command-line flags of this method's options (any option can also be set as --option NAME.FIELD=V)."""
+    def flag_prefix(cls) -> str:
+        """What its options' flags begin with (methods sharing an `Options` class share their flags)."""
+        return cls.name.replace("_", "-") + "-"
+
+    @classmethod
+    def add_arguments(cls, parser, title: str | None = None) -> None:
+        """Command-line flags of this method's options, from the fields of `Options` declared with help."""
+        if cls.Options is not None and flag_fields(cls.Options):
+            group = parser.add_argument_group(title or f"{cls.name} options")
+            add_flags(group, cls.Options, cls.flag_prefix(), dest_prefix=cls.Options.__name__ + ".")
 
     @classmethod
     def options_from_args(cls, args) -> dict:
-        """The options given by the flags of `add_arguments` (those left out: not in the dict)."""
-        return {}
+        """The options the flags of `add_arguments` gave (those left out: not in the dict)."""
+        return given_flags(cls.Options, args, cls.Options.__name__ + ".") if cls.Options is not None else {}
 
     def options_record(self) -> dict:
         """The options as the run folder records them (JSON)."""
@@ -139,8 +151,12 @@ class Method:
         return self.options_record()
 
     def settings_note(self) -> str:
-        """One phrase for the summary's settings table (e.g. what a finetuning method trains on), or ""."""
-        return ""
+        """One phrase for the summary's settings table: the options that differ from their defaults, or ""."""
+        if self.options is None:
+            return ""
+        defaults = self.Options()
+        return ", ".join(f"{f.name}={getattr(self.options, f.name)}" for f in fields(self.Options)
+                         if getattr(self.options, f.name) != getattr(defaults, f.name))
 
     def check(self, context: GenerationContext) -> None:
         """Raise ValueError on settings this method cannot run with; called before any work."""
@@ -186,18 +202,18 @@ def method_class(spec: str) -> type[Method]:
                      "or name one as module:Class")
 
 
-def get_method(spec: str, options: dict | None = None) -> Method:
-    return method_class(spec)(**(options or {}))
+def get_method(spec: str, options: dict | None = None, sampling: dict | None = None) -> Method:
+    return method_class(spec)(sampling, **(options or {}))
 
 
 @register_method
 class Plain(Method):
     name = "plain"
     description = "the base pipeline"
-    release_sampling = {"steps": 50, "guidance": 7.5}  # Stable Diffusion's and Attend-and-Excite's baseline
+    release_sampling = {"steps": 50, "guidance": DEFAULT_GUIDANCE}  # SD's and Attend-and-Excite's baseline
 
     def generate(self, context, item, seeds):
-        return context.plain_images(item, seeds)
+        return context.plain_images(item, seeds, self.sampling)
 
 
 @register_method
@@ -205,13 +221,12 @@ class AttendExcite(Method):
     name = "attend_excite"
     families = METHOD_FAMILIES  # the UNet families whose cross-attention it reads (docs/backbones.md)
     description = "Attend-and-Excite: latent updates on max_k(1 - max A_k) in the first 25 of 50 steps"
-    release_sampling = {"steps": 50, "guidance": 7.5}  # Attend-and-Excite's release
+    release_sampling = {"steps": 50, "guidance": DEFAULT_GUIDANCE}  # Attend-and-Excite's release
 
     def generate(self, context, item, seeds):
-        return attend_and_excite(context.num_inference_steps).generate(
-            context.pipe, item.prompt, context.token_groups(item),
-                                            seed_generators(seeds), context.num_inference_steps,
-                                            context.guidance_scale)
+        steps = self.sampling["steps"]
+        return attend_and_excite(steps).generate(context.pipe, item.prompt, context.token_groups(item),
+                                                 seed_generators(seeds), steps, self.sampling["guidance"])
 
 
 TRAIN_PROMPTS = ("release", "suite")
@@ -239,11 +254,8 @@ def checkpoint_key(fingerprint: dict, item: SuitePrompt, config: FinetuneConfig,
 @contextmanager
 def training_lock(folder: Path):
     """One process trains a cached checkpoint at a time; the others wait, then find it finished."""
-    import fcntl
-
     folder.mkdir(parents=True, exist_ok=True)
-    with open(folder / ".train.lock", "a") as handle:
-        fcntl.flock(handle, fcntl.LOCK_EX)
+    with FileLock(folder / ".train.lock"):
         yield
 
 
@@ -276,15 +288,21 @@ class SepEnOptions:
     run), what it trains on, and where checkpoints live. `checkpoint`: one large-scale checkpoint for every
     prompt instead of per-prompt finetuning."""
 
-    steps: int = FinetuneConfig.steps
-    learning_rate: float = FinetuneConfig.learning_rate
-    maps: str = FinetuneConfig.maps
-    map_downscale: int = FinetuneConfig.map_downscale
-    latents: str = FinetuneConfig.latents
-    latent_scale: str | float = FinetuneConfig.latent_scale
-    train_prompt: str = "release"  # the release's "a photo of {c1} and {c2}", or "suite": the suite prompt
-    checkpoint: str | None = None
-    cache: str = str(DEFAULT_CHECKPOINT_CACHE)
+    steps: int = same_option(FinetuneConfig, "steps", help="per-prompt finetuning steps", shown_default=None)
+    learning_rate: float = same_option(FinetuneConfig, "learning_rate", help="per-prompt finetuning learning rate",
+                                       shown_default=None)
+    maps: str = same_option(FinetuneConfig, "maps")
+    map_downscale: int = same_option(FinetuneConfig, "map_downscale")
+    latents: str = same_option(FinetuneConfig, "latents", help="what per-prompt finetuning noises: noise (Gaussian "
+                               "latents, the paper) or samples (the base model's own samples of the prompt, at the "
+                               "run's steps and guidance)")
+    latent_scale: str | float = same_option(FinetuneConfig, "latent_scale")
+    # the release's "a photo of {c1} and {c2}", or "suite": the suite prompt
+    train_prompt: str = option("release", "what per-prompt SepEn trains on: the release's 'a photo of {c1} and {c2}' "
+                                          "or the suite prompt itself", choices=TRAIN_PROMPTS)
+    checkpoint: str | None = option(None, "a large-scale SepEn checkpoint used for every prompt")
+    cache: str = option(str(DEFAULT_CHECKPOINT_CACHE), "where per-prompt SepEn checkpoints are cached and reused",
+                        flag="--checkpoint-cache")
     finetune: dict = field(default_factory=dict)  # any other `FinetuneConfig` field, e.g. {"batch_size": 1}
 
     def __post_init__(self):
@@ -304,7 +322,7 @@ class SepEnOptions:
         fields_ = {"steps": self.steps, "learning_rate": self.learning_rate, "maps": self.maps,
                    "map_downscale": self.map_downscale, "latents": self.latents, "latent_scale": self.latent_scale}
         if self.latents == "samples" and sampling is not None:
-            fields_.update(sample_steps=sampling.get("steps", 50), sample_guidance=sampling.get("guidance", 7.5))
+            fields_.update(sample_steps=sampling["steps"], sample_guidance=sampling["guidance"])
         try:
             return FinetuneConfig(**{**fields_, **self.finetune})
         except TypeError as err:
@@ -320,52 +338,13 @@ class SepEn(Method):
     use_attend_excite = False
     Options = SepEnOptions
 
-    def __init__(self, **options):
-        super().__init__(**options)
+    def __init__(self, sampling: dict | None = None, **options):
+        super().__init__(sampling, **options)
         self.checkpoint_sha256: str | None = None  # of the large-scale checkpoint, once checked
-        self.sampling: dict = {}  # the run's steps and guidance for this method (latents="samples" uses them)
 
     @classmethod
-    def add_arguments(cls, parser) -> None:
-        # defaults stated here are SepEnOptions'; a domain may set its own (`Domain.method_options`)
-        group = parser.add_argument_group("SepEn (sepen, sepen+ae); defaults: the release's, unless the model's "
-                                          "domain sets its own (docs/protocol.md)")
-        group.add_argument("--sepen-steps", type=int, help=f"per-prompt finetuning steps ({SepEnOptions.steps})")
-        group.add_argument("--sepen-lr", type=float,
-                           help=f"per-prompt finetuning learning rate ({SepEnOptions.learning_rate})")
-        group.add_argument("--sepen-maps", choices=("probs", "sharpened"),
-                           help="maps the SepEn losses read: probs (softmax over all tokens, the paper) or sharpened "
-                                "(Attend-and-Excite's text maps)")
-        group.add_argument("--sepen-map-downscale", type=int,
-                           help="maps the SepEn losses read, at 1/N of the latent side (4: SD's 16x16, the paper)")
-        group.add_argument("--sepen-latents", choices=("noise", "samples"),
-                           help="what per-prompt finetuning noises: noise (Gaussian latents, the paper) or samples "
-                                "(the base model's own samples of the prompt, at the run's steps and guidance)")
-        group.add_argument("--sepen-latent-scale", metavar="vae|unit|STD",
-                           help="std of the Gaussian latents per-prompt finetuning noises: the VAE's scaling_factor "
-                                "(vae, the release), 1 (unit), or a number")
-        group.add_argument("--sepen-train-prompt", choices=TRAIN_PROMPTS,
-                           help="what per-prompt SepEn trains on: the release's 'a photo of {c1} and {c2}' or the "
-                                "suite prompt itself")
-        group.add_argument("--sepen-checkpoint", help="a large-scale SepEn checkpoint used for every prompt")
-        group.add_argument("--checkpoint-cache", type=Path,
-                           help="where per-prompt SepEn checkpoints are cached and reused "
-                                f"({DEFAULT_CHECKPOINT_CACHE})")
-
-    @classmethod
-    def options_from_args(cls, args) -> dict:
-        flags = {"steps": "sepen_steps", "learning_rate": "sepen_lr", "maps": "sepen_maps",
-                 "map_downscale": "sepen_map_downscale", "latents": "sepen_latents",
-                 "latent_scale": "sepen_latent_scale", "train_prompt": "sepen_train_prompt",
-                 "checkpoint": "sepen_checkpoint", "cache": "checkpoint_cache"}
-        given = {field_: getattr(args, flag, None) for field_, flag in flags.items()}
-        if given["latent_scale"] not in (None, "vae", "unit"):
-            try:
-                given["latent_scale"] = float(given["latent_scale"])
-            except ValueError:
-                raise ValueError(f"--sepen-latent-scale takes vae, unit or a number, got "
-                                 f"{given['latent_scale']!r}") from None
-        return {k: v if k != "cache" else str(v) for k, v in given.items() if v is not None}
+    def flag_prefix(cls) -> str:
+        return "sepen-"  # shared with sepen+ae
 
     def finetune_config(self) -> FinetuneConfig:
         """Per-prompt finetuning settings. With latents="samples" the samples are drawn with the run's steps and
@@ -435,8 +414,8 @@ class SepEn(Method):
         context.apply_checkpoint(self.checkpoint_path(context, item))
         try:
             if self.use_attend_excite:
-                return AttendExcite().generate(context, item, seeds)
-            return context.plain_images(item, seeds)
+                return AttendExcite(self.sampling).generate(context, item, seeds)
+            return context.plain_images(item, seeds, self.sampling)
         finally:
             context.restore_base()
 
@@ -457,7 +436,7 @@ class SepEnTestTime(Method):
 
     def generate(self, context, item, seeds):
         config = FinetuneConfig()  # the losses' weights and kernel, as per-prompt finetuning uses them
-        return sepen_test_time(config.lambda_sep, config.lambda_en, context.num_inference_steps,
-                               smoothing=config.smoothing).generate(
-            context.pipe, item.prompt, context.token_groups(item), seed_generators(seeds),
-            context.num_inference_steps, context.guidance_scale)
+        steps = self.sampling["steps"]
+        return sepen_test_time(config.lambda_sep, config.lambda_en, steps, smoothing=config.smoothing).generate(
+            context.pipe, item.prompt, context.token_groups(item), seed_generators(seeds), steps,
+            self.sampling["guidance"])

@@ -28,7 +28,7 @@ from pathlib import Path
 import pandas as pd
 
 from .domains import default_model, get_domain, model_domain
-from .generate import RunConfig, method_sampling, run
+from .generate import RunConfig, run
 from .geneval.report import geneval_markdown
 from .records import write_text_atomic
 
@@ -121,19 +121,14 @@ def paper(model: str | None, num_seeds: int = 64, limit: int | None = None, out:
 
     model = str(model or default_model())
     domain = get_domain(model_domain(model))
-    recipe, defaults = domain.paper, domain.run_defaults
+    recipe = domain.paper
     out = Path(out or Path("results") / "paper" / (recipe.out_name or Path(model).name))
     main_suite = recipe.main_suite
-    sepen = {**domain.method_options.get("sepen", {}),
-             **({"cache": str(checkpoint_cache)} if checkpoint_cache is not None else {})}
-    base = RunConfig(suite=main_suite, model=model, methods=list(METHOD_NAMES),
-                     seeds=list(range(num_seeds)), limit=limit, steps=defaults["steps"],
-                     guidance=defaults["guidance"], batch_size=4, out=out / "main", device=device,
-                     metrics=["presence", "clip", "blip", "fid"], metric_models=metric_models or {},
-                     options={"sepen": sepen},
-                     sampling=method_sampling(list(METHOD_NAMES), defaults["steps"], defaults["guidance"],
-                                              domain.release_sampling),
-                     progress=progress)
+    base = RunConfig.resolve(main_suite, model, methods=list(METHOD_NAMES), seeds=list(range(num_seeds)),
+                             options={"sepen": {"cache": str(checkpoint_cache)}} if checkpoint_cache else None,
+                             metrics=["presence", "clip", "blip", "fid"], limit=limit, batch_size=4,
+                             out=out / "main", device=device, metric_models=metric_models or {}, progress=progress)
+    sepen = base.options.get("sepen", {})  # the domain's SepEn options and the cache
     main_dir = run(base)
     text = [f"# The paper's tables on {model} ({domain.name} suites)\n", f"Command: `{command}`\n" if command else "",
             f"## Main comparison: `{main_suite}`, {num_seeds} seeds"

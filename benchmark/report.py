@@ -10,8 +10,8 @@ image: the same prompt and seed start from the same noise, so the mean of the pe
 bootstrap interval over those differences, separates two methods with far fewer images than two independent
 means would.
 
-A run scored by a GenEval metric also gets GenEval's task table (`metric_sections`, `benchmark.geneval.report`) in
-`summary.md` and under "geneval" in `results.json`.
+A metric may add tables of its own (`Metric.report_section`): GenEval's task table goes into `summary.md` and under
+"geneval" in `results.json` that way (`metric_sections`).
 """
 
 from __future__ import annotations
@@ -292,12 +292,20 @@ def timings(rows: list[dict], run_dir: Path) -> dict:
 
 
 def metric_sections(rows: list[dict], described: dict, method_order: list[str] | None) -> dict:
-    """Tables of a metric family beyond the per-image means: {results.json key: (values, summary.md text)}, only
-    for families the run carries. GenEval's task table (`benchmark.geneval.report`) is the one so far."""
-    from .geneval.report import geneval_markdown, geneval_results
+    """Tables the run's metrics add beyond the per-image means (`Metric.report_section`): {results.json key:
+    (values, summary.md text)}, for the sections whose metrics the run carries (described, or found in the rows'
+    columns of a folder written by hand)."""
+    from .metrics import METRICS, report_sections
 
-    geneval = geneval_results(rows, described, method_order)
-    return {"geneval": (geneval, geneval_markdown(geneval))} if geneval else {}
+    columns = {column for row in rows for column in row}
+    names = list(described) + [name for name in METRICS if name not in described
+                               and any(column.startswith(f"{name}_") for column in columns)]
+    found = {}
+    for section in report_sections(names):
+        values = section.values(rows, described, method_order)
+        if values:
+            found[section.key] = (values, section.markdown(values))
+    return found
 
 
 def write_report(run_dir: Path) -> pd.DataFrame:

@@ -3,8 +3,8 @@
 A line: `{"id": "two_object/0003", "suite": ..., "category": "animal_object", "prompt": "a cat and a red car",
 "objects": [{"name": "cat", "count": 1}, {"name": "car", "attribute": "red", "count": 1}]}`; an object may
 also carry `query`, what a detector should look for when the word has several senses ("computer mouse").
-A line may carry GenEval's clauses under `geneval` ({tag, include, exclude}; `prompts/geneval.jsonl`): they are
-checked when the suite loads (`benchmark.geneval.rules.spec_problem`) and kept in `SuitePrompt.extra`.
+Other fields of a line are kept in `SuitePrompt.extra` for the metrics that read them (GenEval's clauses under
+`geneval`: `prompts/geneval.jsonl`); a metric checks them before a run loads anything (`Metric.check_prompts`).
 """
 
 from __future__ import annotations
@@ -41,6 +41,7 @@ class SuitePrompt:
     category: str
     suite: str
     extra: dict = field(default_factory=dict, compare=False, hash=False)
+    where: str = field(default="", compare=False, hash=False)  # "file:line", for messages
 
     @property
     def object_words(self) -> list[str]:
@@ -90,15 +91,6 @@ def _check_id(prompt_id: str, folders: dict) -> str | None:
     return None
 
 
-def _check_geneval(row: dict) -> str | None:
-    """What is wrong with a line's GenEval clauses (classes, counts, colours, position indices), or None."""
-    if "geneval" not in row:
-        return None
-    from .geneval.rules import spec_problem
-
-    return spec_problem(row["geneval"])
-
-
 def available_suites(prompts_dir: Path = PROMPTS_DIR) -> list[str]:
     return sorted(p.stem for p in prompts_dir.glob("*.jsonl"))
 
@@ -134,7 +126,8 @@ def load_suite(name: str, prompts_dir: Path = PROMPTS_DIR, object_problem=None) 
             item = SuitePrompt(id=str(row["id"]), prompt=row["prompt"], objects=objects,
                                category=row.get("category", "all"), suite=row.get("suite", path.stem),
                                extra={k: v for k, v in row.items()
-                                      if k not in ("id", "prompt", "objects", "category", "suite")})
+                                      if k not in ("id", "prompt", "objects", "category", "suite")},
+                               where=f"{path}:{number}")
         except (json.JSONDecodeError, KeyError, TypeError) as err:
             raise SuiteError(f"{path}:{number}: not a suite line ({type(err).__name__}: {err}); each line needs "
                              "id, prompt and objects [{name, ...}]") from err
@@ -142,7 +135,7 @@ def load_suite(name: str, prompts_dir: Path = PROMPTS_DIR, object_problem=None) 
             raise SuiteError(f"{path}:{number}: prompt {item.id} lists no objects")
         if item.id in ids:
             raise SuiteError(f"{path}:{number}: duplicate prompt id {item.id}")
-        problem = (_check_id(item.id, folders) or _check_geneval(row)
+        problem = (_check_id(item.id, folders)
                    or next(filter(None, map(object_problem or (lambda o: None), objects)), None))
         if problem:
             raise SuiteError(f"{path}:{number}: {problem}")

@@ -52,10 +52,9 @@ def methods_from_config(config: dict, names) -> dict:
 
     methods = {}
     for name in names:
-        method = get_method(name, (config.get("options") or {}).get(name))
-        method.sampling = {"steps": config["steps"], "guidance": config["guidance"],
-                           **(config.get("sampling") or {}).get(name, {})}
-        methods[name] = method
+        methods[name] = get_method(name, (config.get("options") or {}).get(name),
+                                   {"steps": config["steps"], "guidance": config["guidance"],
+                                    **(config.get("sampling") or {}).get(name, {})})
     return methods
 
 
@@ -75,7 +74,6 @@ def trace_method(context, method, item, seed: int, pair_reduction: str = "max") 
     import torch
     from sae.visual import evenly_spaced, map_losses, trace_object_maps
 
-    context.num_inference_steps, context.guidance_scale = method.sampling["steps"], method.sampling["guidance"]
     checkpoint = method.checkpoint_path(context, item)
     if checkpoint is not None and not checkpoint.exists():
         return None  # no per-prompt checkpoint in the cache: training one is the run's work, not the trace's

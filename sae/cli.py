@@ -40,8 +40,8 @@ def _add_runtime_args(parser: argparse.ArgumentParser) -> None:
 
 def build_parser() -> argparse.ArgumentParser:
     from .finetune import FinetuneConfig
+    from .options import add_flags
 
-    defaults = FinetuneConfig()
     parser = argparse.ArgumentParser(prog="python -m sae", description=__doc__, epilog=EPILOG,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     commands = parser.add_subparsers(dest="command", required=True)
@@ -56,37 +56,12 @@ def build_parser() -> argparse.ArgumentParser:
                            "object whose 'train' (or 'concepts') key lists them (prompts/sepen_large_concepts.json)")
     train.add_argument("--objects", help="comma-separated object words of --prompt, e.g. cat,dog")
     train.add_argument("--out", required=True, type=Path, help="output folder (resumed if it holds this run)")
-    train.add_argument("--steps", type=int, help="default: 200 per pair, 10000 large-scale")
-    train.add_argument("--batch-size", type=int, default=defaults.batch_size, help="noisy latents per step")
-    train.add_argument("--lr", type=float, help="default: 5e-6 per pair, 4e-6 large-scale")
-    train.add_argument("--lambda-sep", type=float, default=defaults.lambda_sep, help="weight of the Separate loss")
-    train.add_argument("--lambda-en", type=float, default=defaults.lambda_en, help="weight of the Enhance loss")
-    train.add_argument("--lambda-norm", type=float, help="default: 0 per pair, 0.5 large-scale")
-    train.add_argument("--projection", choices=["k", "q", "v"], default="k",
-                       help="which attn2 projection to train (k is the method; q and v are the ablation)")
-    train.add_argument("--pair-reduction", choices=["max", "mean"], default=defaults.pair_reduction,
-                       help="Separate over object pairs when a prompt has 3+ objects")
-    train.add_argument("--latent-scale", default=defaults.latent_scale, metavar="vae|unit|STD",
-                       help="std of the Gaussian clean latents: the VAE's scaling_factor (the release; 0.18 on SD "
-                            "1.x), 1, or a number")
-    train.add_argument("--smoothing", choices=["release", "textbook"], default=defaults.smoothing,
-                       help="Enhance's Gaussian kernel: the release's [0.212, 0.576, 0.212] or the textbook "
-                            "[0.107, 0.787, 0.107]")
-    train.add_argument("--norm-step", choices=["combined", "separate"],
-                       help="with the norm loss: one optimizer step on the sum, or a second step on the norm loss "
-                            "alone (default: combined per pair, separate large-scale, as the release)")
+    add_flags(train.add_argument_group("training settings (FinetuneConfig)"), FinetuneConfig)
     train.add_argument("--release-quirks", action="store_true",
                        help="reproduce the release's quirks: its head grouping (the second half of the batch's "
                             "image x head rows in batch-size groups, each loss a max within a group), its scripts' "
                             "effective learning rate unless --lr is given, and large-scale token positions fixed "
                             "at 6 and 9 (docs/protocol.md)")
-    train.add_argument("--seed", type=int, default=defaults.seed, help="seeds the latents, timesteps and pair draws")
-    train.add_argument("--checkpoint-every", type=int, default=defaults.checkpoint_every,
-                       help="steps between checkpoints (a rerun resumes from the last)")
-    train.add_argument("--mixed-precision", choices=["no", "bf16", "fp16"], default="no",
-                       help="CUDA autocast: the trained keys stay fp32, the frozen weights are cast once; with "
-                            "the CUDA graph, bf16 trains 200 steps in 5.3 s on one H200 (fp32 without "
-                            "the graph: 16.6 s; docs/speed.md)")
     train.add_argument("--no-cuda-graph", action="store_true",
                        help="run every step eagerly instead of replaying a CUDA graph of it (GPU, per pair)")
     train.add_argument("--no-progress", action="store_true", help="hide the progress bar")
@@ -145,6 +120,7 @@ def read_concepts(path: Path) -> list[str]:
 def cmd_train(args) -> int:
     from .finetune import ConceptPair, ConceptPool, FinetuneConfig, finetune
     from .models import load_pipeline
+    from .options import given_flags
     from .tokens import find_token_indices
 
     from .backbones import METHOD_FAMILIES
@@ -154,17 +130,12 @@ def cmd_train(args) -> int:
         raise ValueError(f"--model {args.model}: SepEn training runs on {' and '.join(METHOD_FAMILIES)} pipelines, "
                          f"not on {model_family(args.model)} (docs/backbones.md)")
     large = args.concepts is not None
-    overrides = {k: v for k, v in {"steps": args.steps, "learning_rate": args.lr, "lambda_norm": args.lambda_norm,
-                                   "norm_step": args.norm_step}.items() if v is not None}
-    common = dict(batch_size=args.batch_size, lambda_sep=args.lambda_sep, lambda_en=args.lambda_en,
-                  projection=args.projection, pair_reduction=args.pair_reduction, seed=args.seed,
-                  checkpoint_every=args.checkpoint_every, mixed_precision=args.mixed_precision,
-                  latent_scale=args.latent_scale, smoothing=args.smoothing)
-    config = (FinetuneConfig.large_scale if large else FinetuneConfig)(**common, **overrides)
+    # the flags given; the rest are the per-pair or large-scale defaults
+    config = (FinetuneConfig.large_scale if large else FinetuneConfig)(**given_flags(FinetuneConfig, args))
     if args.release_quirks:  # its learning rate unless --lr says otherwise
         config = config.with_release_quirks(large_scale=large)
-        if args.lr is not None:
-            config = dataclasses.replace(config, learning_rate=args.lr)
+        if args.learning_rate is not None:
+            config = dataclasses.replace(config, learning_rate=args.learning_rate)
     if large:
         source = ConceptPool(read_concepts(args.concepts))
     else:
@@ -179,7 +150,7 @@ def cmd_train(args) -> int:
 
         prompt, objects = source.draw(0, 1, config.seed)[0]
         groups = find_token_indices(pipe.tokenizer, prompt, objects)
-        image, maps, _ = sample_with_maps(pipe, prompt, groups, args.seed, args.report_steps, REPORT_GUIDANCE)
+        image, maps, _ = sample_with_maps(pipe, prompt, groups, config.seed, args.report_steps, REPORT_GUIDANCE)
     started = time.perf_counter()
     result = finetune(pipe, source, config, out_dir=args.out, base_model=args.model,
                       progress=not args.no_progress, cuda_graph=not args.no_cuda_graph)
@@ -190,7 +161,7 @@ def cmd_train(args) -> int:
         from .visual import write_training_report
 
         page = write_training_report(args.out, pipe, prompt, objects, groups, {"image": image, "maps": maps},
-                                     args.report_steps, REPORT_GUIDANCE, seed=args.seed)
+                                     args.report_steps, REPORT_GUIDANCE, seed=config.seed)
         print(f"wrote {page}")
     return 0
 

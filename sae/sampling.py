@@ -24,6 +24,9 @@ def parse_seeds(text: str) -> list[int]:
 
 
 GENERATOR_DEVICES = ("cpu", "cuda")
+# Stable Diffusion's classifier-free guidance scale (diffusers' default), which Attend-and-Excite's release samples
+# at; the one place the value is written
+DEFAULT_GUIDANCE = 7.5
 
 
 def seed_generators(seeds: list[int], device: str = "cpu") -> list[torch.Generator]:

@@ -64,6 +64,41 @@ def test_the_shapes_world_is_reached_only_through_the_domain_registry():
     assert not reaching, "\n".join(reaching)
 
 
+def import_graph() -> dict[str, set[str]]:
+    """Our module -> our modules it imports (at its top or inside a function)."""
+    files = sorted((ROOT / "sae").rglob("*.py")) + sorted((ROOT / "benchmark").rglob("*.py"))
+    ours = {module_name(p) for p in files}
+    return {module_name(p): {t for t in imports(p) if t in ours and t != module_name(p)} for p in files}
+
+
+def find_cycle(graph: dict[str, set[str]]) -> list[str] | None:
+    """One import circle of the graph, as the modules along it, or None (depth-first search)."""
+    state: dict[str, str] = {}
+    path: list[str] = []
+
+    def visit(node):
+        state[node], path[len(path):] = "open", [node]
+        for target in sorted(graph.get(node, ())):
+            if state.get(target) == "open":
+                return path[path.index(target):] + [target]
+            if target not in state and (found := visit(target)):
+                return found
+        state[node] = "done"
+        path.pop()
+        return None
+
+    return next(filter(None, (visit(n) for n in sorted(graph) if n not in state)), None)
+
+
+def test_no_import_circle():
+    """A module never imports, even inside a function, a module that imports it back: a metric adds its report
+    section through `Metric.report_section`, not by the report importing the metric's code."""
+    assert find_cycle({"a": {"b"}, "b": {"c"}, "c": {"a"}, "d": {"a"}}) == ["a", "b", "c", "a"]
+    assert find_cycle({"a": {"b"}, "b": set(), "c": {"a", "b"}}) is None
+    cycle = find_cycle(import_graph())
+    assert cycle is None, " -> ".join(cycle)
+
+
 def test_the_reader_sees_relative_and_function_level_imports(tmp_path):
     """The checks above would pass vacuously if imports were missed: read a known file."""
     found = imports(ROOT / "benchmark" / "generate.py")

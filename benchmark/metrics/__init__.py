@@ -1,146 +1,61 @@
 """Metrics, registered by name. Each declares its columns (with higher-is-better), its convention and its
 models; it loads them once per run (`setup`) and scores images in batches (`score`), torchmetrics-style.
-A `SetMetric` (FID) gives one value per method and suite category instead of one per image.
+A `SetMetric` (FID) gives one value per method and suite category instead of one per image. A metric may add its
+own tables to the report (`ReportSection`) and check the suite lines it reads (`Metric.check_prompts`).
 
-A metric can also be named as `module:Class` on the command line (a metric of your own, or of the tests).
+A metric can also be named as `module:Class` on the command line (a metric of your own, or of the tests), or
+registered by an installed package (entry points "benchmark.metrics").
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-
 from ..registry import Registry
+from .base import (Metric, MetricContext, MetricUnavailable, ReportSection, SetMetric, check_available,
+                   domain_model, object_vocabulary, suite_vocabulary)
 
+__all__ = ["METRICS", "Metric", "MetricContext", "MetricUnavailable", "ReportSection", "SetMetric",
+           "check_available", "domain_model", "get_metric", "object_vocabulary", "register_metric",
+           "report_sections", "suite_vocabulary"]
 
-class MetricUnavailable(RuntimeError):
-    """The metric cannot run here (e.g. its weights are missing); the message says how to provide them."""
-
-
-@dataclass
-class MetricContext:
-    """What a metric may use: the run's device, model paths given by the user, the pipeline's domain, and the
-    suite's object vocabulary (every distinct detector query of the whole suite; empty: each prompt's own)."""
-
-    device: str = "cpu"
-    model_paths: dict = field(default_factory=dict)  # metric name -> local path or hub id
-    domain: str = "natural"
-    vocabulary: list[str] = field(default_factory=list)
-    suite: str = ""  # the run's suite, its name or file (GenEval clauses of records that do not carry them)
-
-
-class Metric:
-    name = ""
-    description = ""
-    columns: dict[str, bool] = {}  # column -> higher is better
-    convention = ""
-    version = "1"
-
-    def setup(self, context: MetricContext) -> None:
-        """Load models once; raise `MetricUnavailable` with a remedy when they cannot be had."""
-
-    def score(self, images: list, records: list[dict]) -> list[dict[str, float]]:
-        """One dict of column values per image."""
-        raise NotImplementedError
-
-    def describe(self) -> dict:
-        return {"description": self.description, "columns": self.columns, "convention": self.convention,
-                "version": self.version}
-
-
-class SetMetric(Metric):
-    """A metric of a set of images: one value per method x suite category (and per method over all of its
-    images), not per image. The harness feeds `update` batches of images as they are generated or read back
-    from the run folder; `embed` turns each image into a state (e.g. a feature vector) kept by record key, and
-    `compute` gives the columns of one group from its images' states. The values of every group are stored
-    in `scores/<name>.sets.json` and the tables show them as one column (no interval)."""
-
-    def embed(self, images: list, records: list[dict]) -> list:
-        """One state per image (batched)."""
-        raise NotImplementedError
-
-    def compute(self, states: list) -> dict[str, float]:
-        """The columns of one group of images, from their states."""
-        raise NotImplementedError
-
-    @property
-    def states(self) -> dict:
-        if "_states" not in self.__dict__:
-            self._states = {}
-        return self._states
-
-    def update(self, images: list, records: list[dict]) -> None:
-        from ..records import record_key
-
-        for record, state in zip(records, self.embed(images, records), strict=True):
-            self.states[record_key(record)] = state
-
-    def reset(self) -> None:
-        self.states.clear()
-
-    def score(self, images, records):
-        raise TypeError(f"{self.name} is a set metric: feed it with update() and read it with compute()")
-
-
-# the metrics of this package, and those of installed packages (entry points "benchmark.metrics")
-METRICS = Registry("metric", "benchmark.metrics")
-
-def domain_model(metric: str, context: MetricContext):
-    """The domain's own instrument for this metric (its `Domain.instruments` factory), or None: then the metric
-    loads its usual model. A model the user named on the command line wins."""
-    from ..domains import get_domain
-
-    if metric in context.model_paths:
-        return None
-    return get_domain(context.domain).instruments.get(metric)
-
-
-def check_available(metric: str, context: MetricContext) -> None:
-    """Raise `MetricUnavailable` when the domain has no counterpart for this metric."""
-    from ..domains import get_domain
-
-    reason = get_domain(context.domain).unavailable.get(metric)
-    if reason:
-        raise MetricUnavailable(f"not available for this model: {reason} (the column is left out, never "
-                                "reported as zero)")
-
-
-def object_vocabulary(items) -> list[str]:
-    """Sorted distinct queries (`query`, else `name`) of the objects of suite prompts or records."""
-    queries = set()
-    for item in items:
-        for obj in item["objects"] if isinstance(item, dict) else item.objects:
-            obj = obj if isinstance(obj, dict) else obj.__dict__
-            queries.add(obj.get("query") or obj["name"])
-    return sorted(queries)
-
-
-def suite_vocabulary(suite: str, domain: str, fallback=tuple) -> list[str]:
-    """The object vocabulary of a whole suite of the domain, or of the records `fallback()` gives when the suite
-    cannot be read (a run folder whose suite file has moved)."""
-    from ..domains import prompts_dir
-    from ..suites import load_suite
-
-    try:
-        return object_vocabulary(load_suite(suite, prompts_dir(domain)))
-    except (OSError, ValueError):  # SuiteError is a ValueError
-        return object_vocabulary(fallback())
+# the metrics of this package (imported when first asked for) and those of installed packages
+METRICS = Registry("metric", "benchmark.metrics", {
+    "presence": "benchmark.metrics.presence:Presence",
+    "clip": "benchmark.metrics.clip:ClipScore",
+    "blip": "benchmark.metrics.blip:BlipScore",
+    "fid": "benchmark.metrics.fid:Fid",
+    "geneval": "benchmark.metrics.geneval:GenEval",
+    "geneval_owlv2": "benchmark.metrics.geneval:GenEvalOwlv2",
+})
 
 
 def register_metric(cls: type[Metric]) -> type[Metric]:
     return METRICS.add(cls)
 
 
-def get_metric(spec: str) -> Metric:
+def metric_class(spec: str) -> type[Metric]:
     """A registered name, or `package.module:ClassName`."""
     if spec in METRICS:
-        return METRICS[spec]()
+        return METRICS[spec]
     if ":" in spec:
         from ..plugins import load_class
 
-        return load_class(spec, "metric")()
+        return load_class(spec, "metric")
     raise ValueError(f"unknown metric {spec!r}: choose from {', '.join(METRICS) or '(none registered)'} "
                      "(`python -m benchmark ls metrics`) or name one as module:Class")
 
 
-# the metrics register themselves on import
-from . import blip, clip, fid, geneval, presence  # noqa: E402,F401
+def get_metric(spec: str) -> Metric:
+    return metric_class(spec)()
+
+
+def report_sections(names) -> list[ReportSection]:
+    """The report sections of the named metrics (each once; names that are not metrics are skipped)."""
+    sections = []
+    for name in names:
+        try:
+            section = metric_class(name).report_section
+        except ValueError:  # a metric of a package no longer installed: its columns still show
+            continue
+        if section is not None and section not in sections:
+            sections.append(section)
+    return sections

@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import torch
 
-from . import Metric, MetricUnavailable, check_available, register_metric
+from .base import Metric, MetricUnavailable, check_available
 from .clip import ClipScore
 
 DEFAULT_CAPTIONER = "Salesforce/blip-image-captioning-base"
@@ -51,7 +51,6 @@ def _load(kind: str, source: str, key: str, default: str):
     return model.eval(), processor
 
 
-@register_metric
 class BlipScore(Metric):
     name = "blip"
     description = "BLIP caption vs prompt CLIP text similarity (A&E, the paper's BLIP score) and BLIP ITM probability"

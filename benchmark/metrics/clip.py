@@ -22,7 +22,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from . import Metric, MetricUnavailable, domain_model, register_metric
+from .base import Metric, MetricUnavailable, domain_model
 
 MODEL_NAME = "ViT-B-16"
 HUB_FOLDER = "timm/vit_base_patch16_clip_224.openai"  # OpenAI's ViT-B/16 as an open_clip folder
@@ -63,7 +63,6 @@ def torchmetrics_clip_score(cosine: torch.Tensor) -> torch.Tensor:
     return torch.clamp(100 * cosine, min=0)
 
 
-@register_metric
 class ClipScore(Metric):
     name = "clip"
     description = "CLIP ViT-B/16 full-prompt and minimum-object similarity (A&E), and torchmetrics' CLIPScore"

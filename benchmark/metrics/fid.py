@@ -36,7 +36,7 @@ import torch
 
 from sae.files import atomic_path
 
-from . import MetricContext, MetricUnavailable, SetMetric, register_metric
+from .base import MetricContext, MetricUnavailable, SetMetric
 from ..records import file_sha256
 
 INCEPTION_URL = ("https://github.com/toshas/torch-fidelity/releases/download/v0.2.0/"
@@ -268,7 +268,6 @@ def reference_stats(source: str | Path, extractor, cache_dir: Path) -> tuple[Fea
 
 # --- the metric -----------------------------------------------------------------------------------------------
 
-@register_metric
 class Fid(SetMetric):
     name = "fid"
     description = ("FID against a reference set (torchmetrics' Inception unless the domain plugs its own), per "
@@ -284,7 +283,7 @@ class Fid(SetMetric):
         self.reference_info: dict = {}
 
     def setup(self, context) -> None:
-        from . import domain_model
+        from .base import domain_model
 
         factory = domain_model(self.name, context)
         domain = factory(context) if factory is not None else None

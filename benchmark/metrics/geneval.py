@@ -33,8 +33,9 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from ..geneval.rules import CLASSES, COLOURS, Detected, colour_requests, judge, keep, THRESHOLD
-from . import Metric, MetricUnavailable, check_available, domain_model, register_metric
+from ..geneval.report import geneval_markdown, geneval_results, geneval_tables
+from ..geneval.rules import CLASSES, COLOURS, Detected, colour_requests, judge, keep, spec_problem, THRESHOLD
+from .base import Metric, MetricUnavailable, ReportSection, check_available, domain_model
 
 DEFAULT_DETECTOR = "facebook/mask2former-swin-small-coco-instance"
 DEFAULT_OWLV2 = "google/owlv2-base-patch16-ensemble"
@@ -261,9 +262,13 @@ def spec_from_objects(objects: list[dict]) -> tuple[dict | None, str]:
     return {"tag": "objects", "include": include}, ""
 
 
-@register_metric
+# GenEval's task table (six tasks, overall, paired against plain), one for every GenEval judge of the run
+GENEVAL_SECTION = ReportSection("geneval", geneval_results, geneval_markdown, geneval_tables)
+
+
 class GenEval(Metric):
     name = "geneval"
+    report_section = GENEVAL_SECTION
     judge_name = "mask2former"
     description = ("GenEval's six tasks (objects, counting, colours, position) judged by Mask2Former + CLIP "
                    "ViT-L/14: 1 when every clause of the prompt holds")
@@ -305,6 +310,17 @@ class GenEval(Metric):
 
     default_detector = DEFAULT_DETECTOR
     detector_kind = "Mask2Former detector"
+
+    @classmethod
+    def check_prompts(cls, prompts) -> None:
+        """A line's GenEval clauses (classes, counts, colours, position indices) are checked before the run loads
+        anything; a line without clauses is judged by clauses derived from its objects."""
+        from ..suites import SuiteError
+
+        for item in prompts:
+            problem = spec_problem(item.extra["geneval"]) if "geneval" in item.extra else None
+            if problem:
+                raise SuiteError(f"{item.where}: {problem}")
 
     def setup(self, context) -> None:
         check_available(self.name, context)
@@ -396,7 +412,6 @@ class GenEval(Metric):
         return out
 
 
-@register_metric
 class GenEvalOwlv2(GenEval):
     name = "geneval_owlv2"
     judge_name = "owlv2"

@@ -27,7 +27,7 @@ from dataclasses import dataclass
 
 import torch
 
-from . import Metric, MetricUnavailable, domain_model, register_metric
+from .base import Metric, MetricUnavailable, domain_model
 
 DEFAULT_DETECTOR = "google/owlv2-base-patch16-ensemble"
 THRESHOLD = 0.3
@@ -103,7 +103,6 @@ class Owlv2Detector:
         return result
 
 
-@register_metric
 class Presence(Metric):
     name = "presence"
     description = "objects found by an open-vocabulary detector (OWLv2): all-present success rate, object rate"

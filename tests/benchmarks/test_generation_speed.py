@@ -27,8 +27,8 @@ ITEM = SuitePrompt(id="bench/0", prompt="a cat and a dog", objects=(SuiteObject(
 @pytest.mark.parametrize("strict", TIERS)
 @pytest.mark.parametrize("capture, goal", [(False, 1.03), (True, 1.15)], ids=["plain", "capture_on"])
 def test_harness_against_diffusers_call(benchmark, tiny_pipe, tmp_path, capture, goal, strict):
-    context = GenerationContext(pipe=tiny_pipe, base_model="tiny", num_inference_steps=STEPS, guidance_scale=7.5,
-                                progress=False)
+    context = GenerationContext(pipe=tiny_pipe, base_model="tiny", progress=False)
+    plain = Plain({"steps": STEPS, "guidance": 7.5})
     runs = itertools.count()
 
     def diffusers_call():
@@ -39,9 +39,9 @@ def test_harness_against_diffusers_call(benchmark, tiny_pipe, tmp_path, capture,
         out = tmp_path / str(next(runs))  # a fresh folder each round: nothing is skipped
         if capture:
             with capture_cross_attention(tiny_pipe.unet):
-                generate_block(out, Plain(), context, [ITEM], SEEDS)
+                generate_block(out, plain, context, [ITEM], SEEDS)
         else:
-            generate_block(out, Plain(), context, [ITEM], SEEDS)
+            generate_block(out, plain, context, [ITEM], SEEDS)
 
     candidate, baseline, ratio = measure_ratio(benchmark, harness, diffusers_call, rounds=rounds(strict, 25), threads=1)
     print(f"\nharness{' with capture' if capture else ''} {candidate * 1e3:.0f} ms, diffusers call "

@@ -14,6 +14,7 @@ import pytest
 import torch
 
 import benchmark.generate as generate_module
+from benchmark.run_folder import lock_run_folder
 from benchmark.generate import RunConfig, RunError
 from benchmark.records import read_jsonl
 
@@ -69,7 +70,7 @@ def test_two_processes_make_each_image_once_and_the_tables_of_one(sweep, uninter
                     workers = children(job.pid)
                     # the job's main process holds the lock, and another process is refused, naming it
                     with pytest.raises(RunError, match=f"being written by process {holder}:"):
-                        generate_module._lock_run_folder(out)
+                        lock_run_folder(out)
                     break
                 time.sleep(0.005)
             assert holder is not None, "the job ended before the lock could be tried"
@@ -121,7 +122,7 @@ def test_the_processes_wait_for_the_lock_and_list_the_same_work(tiny_model_dir, 
         return call
 
     monkeypatch.setattr(generate_module, "_distributed", lambda device: MainOfTwo())
-    for name, attribute in (("lock", "_lock_run_folder"), ("quarantine", "quarantine_damaged"),
+    for name, attribute in (("lock", "lock_run_folder"), ("quarantine", "quarantine_damaged"),
                             ("list", "split_units"), ("image", "write_image")):
         monkeypatch.setattr(generate_module, attribute, traced(name, getattr(generate_module, attribute)))
     generate_module.run(RunConfig(suite=str(small_suite), model=str(tiny_model_dir), seeds=[0], steps=1,

@@ -7,6 +7,8 @@ from collections import Counter
 import pytest
 
 from benchmark.geneval.suite import build_geneval_suite, prompt_word, write_geneval_suite
+from benchmark.generate import RunConfig
+from benchmark.metrics import metric_class
 from benchmark.suites import PROMPTS_DIR, SuiteError, load_suite
 
 # GenEval-format metadata written for the tests (one prompt of each kind of clause)
@@ -98,8 +100,12 @@ def test_suite_refuses_bad_clauses_with_the_line_number(tmp_path, spec, message)
     good = {"tag": "two_object", "include": [{"class": "cup", "count": 1}, {"class": "dog", "count": 1}]}
     path = tmp_path / "bad.jsonl"
     path.write_text(json.dumps(suite_line(0, good)) + "\n" + json.dumps(suite_line(1, spec)) + "\n")
+    prompts = load_suite(str(path))  # other fields of a line are the metrics' to check
     with pytest.raises(SuiteError) as err:
-        load_suite(str(path))
+        metric_class("geneval").check_prompts(prompts)
+    assert message in str(err.value)
+    with pytest.raises(SuiteError) as err:  # before a run loads anything
+        RunConfig(suite=str(path), model="unused", metrics=["geneval"], out=tmp_path / "run").preflight()
     assert message in str(err.value)
 
 

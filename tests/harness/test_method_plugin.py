@@ -9,13 +9,15 @@ from PIL import Image
 
 from benchmark.cli import main
 from benchmark.methods import Method
+from sae.options import option
 
 SPEC = "test_method_plugin:Dimmed"  # pytest puts this file's folder on sys.path (as tests/ for fake_metrics)
 
 
 @dataclass
-class DimmedOptions:
-    factor: float = 0.5
+class DimmedOptions:  # each field with help is also a flag: --dimmed-factor, --dimmed-channels
+    factor: float = option(0.5, "what the base images are multiplied by")
+    channels: str = option("rgb", "which colour channels are dimmed", choices=("rgb", "r", "g", "b"))
 
 
 class Dimmed(Method):
@@ -24,8 +26,11 @@ class Dimmed(Method):
     Options = DimmedOptions
 
     def generate(self, context, item, seeds):
-        images = context.plain_images(item, seeds)
-        return [Image.fromarray((np.asarray(im, dtype=float) * self.options.factor).round().astype(np.uint8))
+        images = context.plain_images(item, seeds, self.sampling)
+        keep = np.array([c not in self.options.channels for c in "rgb"] if self.options.channels != "rgb"
+                        else [False] * 3)
+        return [Image.fromarray(np.where(keep, np.asarray(im, dtype=float),
+                                         np.asarray(im, dtype=float) * self.options.factor).round().astype(np.uint8))
                 for im in images]
 
 
@@ -39,7 +44,8 @@ def test_a_method_from_a_module_runs_records_its_option_and_resumes(tiny_model_d
         dimmed = np.asarray(Image.open(out / "images" / "dimmed" / "t_0" / f"{seed:04d}.png"), dtype=float)
         assert np.abs(dimmed - (plain * 0.25).round()).max() <= 1  # one 8-bit level: another batch's rounding
     config = json.loads((out / "run_config.json").read_text())
-    assert config["options"][SPEC] == {"factor": 0.25} and config["method_keys"][SPEC] == {"factor": 0.25}
+    assert config["options"][SPEC] == {"factor": 0.25, "channels": "rgb"} == config["method_keys"][SPEC]
+    assert config["notes"][SPEC] == "factor=0.25"  # the options that differ from their defaults
     records = [json.loads(line) for line in (out / "samples.jsonl").read_text().splitlines()]
     assert sorted(r["method"] for r in records) == ["dimmed", "dimmed", "plain", "plain"]
 

@@ -65,3 +65,30 @@ def test_an_installed_package_cannot_take_a_builtin_name(installed):
     installed(EntryPoint("plain", "test_method_plugin:Dimmed", "benchmark.methods"))
     with pytest.raises(ValueError, match="registers a method named 'plain', which is taken"):
         "plain" in METHODS  # noqa: B015 (reading the registry is what reads the entry points)
+
+
+def test_an_installed_methods_options_are_flags_and_its_metric_adds_a_report_section(installed, tiny_model_dir,
+                                                                                     small_suite, tmp_path, capsys):
+    """A method with two options and a metric with its own report section, each one new file of a package."""
+    installed(EntryPoint("bright_share", "plugin_metric:BrightShare", "benchmark.metrics"),
+              EntryPoint("dimmed", "test_method_plugin:Dimmed", "benchmark.methods"))
+    with pytest.raises(SystemExit):
+        main(["run", "--help"])
+    shown = " ".join(capsys.readouterr().out.split())
+    assert "--dimmed-factor DIMMEDOPTIONS.FACTOR what the base images are multiplied by (default: 0.5)" in shown
+    assert "--dimmed-channels {rgb,r,g,b} which colour channels are dimmed (default: rgb)" in shown
+    out = tmp_path / "run"
+    assert main(["run", "--suite", str(small_suite), "--model", str(tiny_model_dir), "--methods", "plain,dimmed",
+                 "--metrics", "bright_share", "--limit", "1", "--seeds", "0,1", "--steps", "2", "--out", str(out),
+                 "--no-progress", "--attention-prompts", "0", "--dimmed-factor", "0.25", "--dimmed-channels", "r"]) == 0
+    printed = capsys.readouterr().out
+    config = json.loads((out / "run_config.json").read_text())
+    assert config["options"]["dimmed"] == {"factor": 0.25, "channels": "r"}
+    rows = [json.loads(line) for line in (out / "samples.jsonl").read_text().splitlines()]
+    share = {m: sum(r["bright"] for r in rows if r["method"] == m) / 2 for m in ("plain", "dimmed")}
+    results = json.loads((out / "results.json").read_text())
+    assert results["bright_share"] == {"methods": share}  # its section's values, computed from the rows
+    assert "## Bright images (plugin section)" in (out / "summary.md").read_text()
+    assert "## Bright images (plugin section)" in printed  # the command prints it after the tables
+    page = (out / "report" / "index.html").read_text()
+    assert "Bright images (plugin section)" in page and "share of bright images" in page
