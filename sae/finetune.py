@@ -412,253 +412,324 @@ def finetune(pipe, source: ConceptPair | ConceptPool, config: FinetuneConfig | N
     the norm loss, fp32 or bf16), the step is captured once as a CUDA graph after a few eager steps and
     replayed: the same kernels without the host's cost of launching two thousand of them every step.
     """
-    config = config or FinetuneConfig()
-    unet = pipe.unet
-    device = unet.device
-    latent_size = config.latent_size or unet.config.sample_size
-    unet.requires_grad_(False)
-    pipe.text_encoder.requires_grad_(False)
-    params = trainable_parameters(unet, config.projection)
-    for p in params.values():
-        p.requires_grad_(True)
-    base_values = {name: p.detach().clone() for name, p in params.items()}
-    fingerprint = base_fingerprints(unet)
-    deferred = device.type in DEFERRED_DEVICES
-    autocast_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(config.mixed_precision)
-    use_autocast = autocast_dtype is not None and device.type == "cuda"
-    scaler = torch.amp.GradScaler("cuda", enabled=use_autocast and autocast_dtype == torch.float16)
-    graphed = (cuda_graph and device.type == "cuda" and isinstance(source, ConceptPair) and config.lambda_norm == 0
-               and not scaler.is_enabled())
-    implementation = dict(fused=deferred or None, capturable=graphed)
-    optimizer = torch.optim.AdamW(params.values(), lr=config.learning_rate, betas=config.adam_betas,
-                                  weight_decay=config.weight_decay, eps=config.adam_eps, **implementation)
+    trainer = _Trainer(pipe, source, config or FinetuneConfig(), out_dir, base_model, log_every, cuda_graph)
+    if resume:
+        trainer.resume()
+    trainer.set_up_latents()  # after resuming: a finished run draws no samples
+    return trainer.train(progress)
 
-    out = Path(out_dir) if out_dir is not None else None
-    start, history = 0, []
-    if out is not None:
-        out.mkdir(parents=True, exist_ok=True)
-        state_path = out / STATE_NAME
-        if resume and state_path.exists():
-            start, history = _resume(state_path, params, optimizer, config, source, fingerprint)
-            for group in optimizer.param_groups:  # the saved groups carry the implementation they were saved with
-                group.update(foreach=None, **implementation)
-            if deferred:  # fused and capturable AdamW keep their step counts on the device
-                for state in optimizer.state.values():
-                    state["step"] = state["step"].to(device, torch.float32)
-    pool = None
-    if config.latents == "samples" and start < config.steps:
-        if not isinstance(source, ConceptPair):
-            raise ValueError("latents='samples' needs one concept pair (the model's samples of its prompt); "
-                             "large-scale training draws a new pair every step: use latents='noise'")
-        pool = sample_latents(pipe, source.prompt, config)
-    token_cache: dict[tuple[str, tuple[str, ...]], list[list[int]]] = {}
 
-    def token_groups(prompt, objects):
-        if config.token_positions is not None:  # the release's large-scale quirk: fixed positions, any prompt
-            return [[position] for position in config.token_positions]
+class _Trainer:
+    """One finetuning run: set up, resumed from its out folder, then trained step by step (`finetune`)."""
+
+    def __init__(self, pipe, source: ConceptPair | ConceptPool, config: FinetuneConfig,
+                 out_dir: str | os.PathLike | None, base_model: str, log_every: int, cuda_graph: bool):
+        self.pipe, self.unet, self.source, self.config, self.base_model = pipe, pipe.unet, source, config, base_model
+        self.device = self.unet.device
+        self.latent_size = config.latent_size or self.unet.config.sample_size
+        self._set_up_parameters()
+        # where the steps run ahead of the host, their losses wait on the device and are fetched every few steps
+        self.deferred = self.device.type in DEFERRED_DEVICES
+        self.fetch_every = max(1, log_every) if self.deferred else 1
+        self._set_up_optimizer(cuda_graph)
+        self.separate_norm_step = config.lambda_norm > 0 and config.norm_step == "separate"
+        self.out = Path(out_dir) if out_dir is not None else None
+        if self.out is not None:
+            self.out.mkdir(parents=True, exist_ok=True)
+        self.start, self.history = 0, []
+        self.pending: list[tuple[int, list[str], torch.Tensor]] = []  # steps whose losses are still on the device
+        self.token_cache: dict[tuple[str, tuple[str, ...]], list[list[int]]] = {}
+        self.embeddings_cache: dict[tuple[str, ...], tuple[torch.Tensor, dict]] = {}
+        self.pool, self.forward, self.amplitude = None, None, None  # set_up_latents
+
+    def _set_up_parameters(self) -> None:
+        """Only the selected projections train; their original values are the frozen base of the norm loss."""
+        self.unet.requires_grad_(False)
+        self.pipe.text_encoder.requires_grad_(False)
+        self.params = trainable_parameters(self.unet, self.config.projection)
+        for p in self.params.values():
+            p.requires_grad_(True)
+        self.base_values = {name: p.detach().clone() for name, p in self.params.items()}
+        self.fingerprint = base_fingerprints(self.unet)
+
+    def _set_up_optimizer(self, cuda_graph: bool) -> None:
+        """The precision (autocast and its gradient scaler, CUDA only), whether the step runs as a CUDA graph, and
+        AdamW in the implementation these need: fused where the steps run ahead, capturable for a graph."""
+        config, device = self.config, self.device
+        self.autocast_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(config.mixed_precision)
+        self.use_autocast = self.autocast_dtype is not None and device.type == "cuda"
+        self.scaler = torch.amp.GradScaler("cuda", enabled=self.use_autocast and self.autocast_dtype == torch.float16)
+        graphed = (cuda_graph and device.type == "cuda" and isinstance(self.source, ConceptPair)
+                   and config.lambda_norm == 0 and not self.scaler.is_enabled())
+        self.graph = _GraphedStep(self._optimise, device) if graphed else None
+        self.implementation = dict(fused=self.deferred or None, capturable=graphed)
+        self.optimizer = torch.optim.AdamW(self.params.values(), lr=config.learning_rate, betas=config.adam_betas,
+                                           weight_decay=config.weight_decay, eps=config.adam_eps,
+                                           **self.implementation)
+
+    @property
+    def graphed(self) -> bool:
+        return self.graph is not None
+
+    def resume(self) -> None:
+        """Restore the run found in the out folder, if any: weights, optimizer state, step and loss history."""
+        if self.out is None or not (self.out / STATE_NAME).exists():
+            return
+        state_path = self.out / STATE_NAME
+        state = torch.load(state_path, map_location="cpu", weights_only=True)
+        self._check_same_run(state, state_path.parent)
+        delta = load_delta(state_path.parent / state.get("checkpoint", CHECKPOINT_NAME))
+        with torch.no_grad():
+            for name, p in self.params.items():
+                p.copy_(delta.tensors[name].to(p.device, p.dtype))
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.start, self.history = state["step"], state["history"]
+        for group in self.optimizer.param_groups:  # the saved groups carry the implementation they were saved with
+            group.update(foreach=None, **self.implementation)
+        if self.deferred:  # fused and capturable AdamW keep their step counts on the device
+            for parameter_state in self.optimizer.state.values():
+                parameter_state["step"] = parameter_state["step"].to(self.device, torch.float32)
+
+    def _check_same_run(self, state: dict, folder: Path) -> None:
+        """A folder holding another run (settings, prompt or concepts, base weights) is an error, not an
+        overwrite."""
+        config, source = self.config, self.source
+        saved = {k: v for k, v in state["config"].items() if k not in ("steps", "checkpoint_every")}
+        wanted = {k: v for k, v in config.to_dict().items() if k not in ("steps", "checkpoint_every")}
+        differ = [what for what, same in (
+            ("settings", json.loads(json.dumps(saved)) == json.loads(json.dumps(wanted))),
+            ("concepts", state["concepts"] == source.concepts),
+            ("prompt", state.get("source", source.identity()) == source.identity()),
+            ("base weights", state["base_fingerprint"] == self.fingerprint)) if not same]
+        if differ:
+            raise ValueError(f"{folder} holds a training run with other {', '.join(differ)}; pass "
+                             "another --out, or delete that folder to start over")
+        if state["step"] > config.steps:  # its checkpoint is of more steps than asked: never report it as this run
+            raise ValueError(f"{folder} holds a training run already {state['step']} steps long, past the "
+                             f"{config.steps} asked; pass --steps {state['step']} or more to go on with it, or "
+                             "another --out")
+
+    def set_up_latents(self) -> None:
+        """What the steps noise: Gaussian latents, or the base model's own samples (drawn once, here), and the
+        forward process that noises them."""
+        config = self.config
+        if config.latents == "samples" and self.start < config.steps:
+            if not isinstance(self.source, ConceptPair):
+                raise ValueError("latents='samples' needs one concept pair (the model's samples of its prompt); "
+                                 "large-scale training draws a new pair every step: use latents='noise'")
+            self.pool = sample_latents(self.pipe, self.source.prompt, config)
+        self.forward = forward_process(self.pipe)
+        self.amplitude = latent_amplitude(self.pipe, config.latent_scale)
+
+    def train(self, progress: bool) -> FinetuneResult:
+        """The steps from where the run stands to `config.steps`, their losses checked and the checkpoints saved."""
+        config, out = self.config, self.out
+        self.bar = tqdm(range(self.start, config.steps), initial=self.start, total=config.steps,
+                        desc="SepEn finetune", disable=not progress)
+        checkpoint = None
+        with frozen_weights_in(self.unet, self.autocast_dtype if self.use_autocast else None,
+                               keep=self.params.values()):
+            for step in self.bar:
+                self.pending.append((step, *self.step(step)))
+                last = step + 1 == config.steps
+                save_now = out is not None and ((step + 1) % config.checkpoint_every == 0 or last)
+                if save_now or last or len(self.pending) >= self.fetch_every:  # nothing is saved unchecked
+                    self.fetch_losses()
+                if save_now:
+                    checkpoint = self.save(step + 1)
+        if out is not None and checkpoint is None and self.start >= config.steps:
+            checkpoint = out / CHECKPOINT_NAME  # a finished run found on disk
+        for p in self.params.values():
+            p.requires_grad_(False)
+        return FinetuneResult(tensors={n: p.detach().clone() for n, p in self.params.items()},
+                              history=self.history, checkpoint=checkpoint)
+
+    def step(self, step: int) -> tuple[list[str], torch.Tensor]:
+        """One optimisation step on the step's own draw (so that a resumed run trains the same batches); returns
+        the names of its losses and their values (on the device)."""
+        generator = torch.Generator().manual_seed(self.config.seed * 1_000_003 + step)
+        batch = self.source.draw(step, self.config.batch_size, self.config.seed)
+        noisy, timesteps = self.noisy_batch(generator)
+        if self.graph is not None:
+            try:
+                return self.graph(step, batch, noisy, timesteps)
+            except _CaptureError as err:  # e.g. a model whose forward waits for the host: train on eagerly
+                # stacklevel: finetune's caller (step < train < finetune)
+                warnings.warn(f"the training step could not be captured as a CUDA graph ({err}); training "
+                              "on without it (cuda_graph=False skips the attempt)", RuntimeWarning, stacklevel=4)
+                self.graph = None
+        return self._optimise(step, batch, noisy, timesteps, generator)
+
+    def _optimise(self, step, batch, noisy, timesteps, generator=None) -> tuple[list[str], torch.Tensor]:
+        """The losses of one batch, backward, clipping and the optimizer's step; `generator` draws the norm loss's
+        latents (a graphed run has no norm loss)."""
+        config = self.config
+        groups = [self.token_groups(prompt, objects) for prompt, objects in batch]
+        embeddings, extra = self.text_embeddings([prompt for prompt, _ in batch])
+        with self.autocast():
+            losses = sepen_losses(self.unet, noisy, timesteps, embeddings, groups,
+                                  config.pair_reduction, config.map_downscale, config.maps, config.smoothing,
+                                  config.heads, extra)
+            total = config.lambda_en * losses["en"] + config.lambda_sep * losses.get("sep", 0.0)
+            if config.lambda_norm > 0 and not self.separate_norm_step:
+                losses["norm"] = self.norm_term(batch, generator)
+                total = total + config.lambda_norm * losses["norm"]
+        self._update(total, step, losses)
+        if self.separate_norm_step:  # the release's large-scale run: a second step on the norm loss alone
+            with self.autocast():
+                losses["norm"] = self.norm_term(batch, generator)
+            self._update(config.lambda_norm * losses["norm"], step, {"norm": losses["norm"]})
+            total = total.detach() + config.lambda_norm * losses["norm"].detach()
+        names = list(losses)
+        return ["total", *names], torch.stack([total.detach().float(), *(losses[n].detach().float() for n in names)])
+
+    def _update(self, loss, step, values) -> None:
+        """Backward, clipping and the optimizer's step; on the CPU a non-finite loss or weight stops the run here."""
+        if not self.deferred and not math.isfinite(loss.item()):
+            raise self._diverged(step, loss.item(), {name: value.item() for name, value in values.items()})
+        self.optimizer.zero_grad(set_to_none=not self.graphed)  # a captured step needs its gradients where they are
+        self.scaler.scale(loss).backward()
+        self.scaler.unscale_(self.optimizer)
+        grad_norm = torch.nn.utils.clip_grad_norm_(self.params.values(), self.config.max_grad_norm)
+        if self.deferred and not self.scaler.is_enabled():  # (the fp16 scaler sets its own)
+            self.optimizer.found_inf = (~torch.isfinite(grad_norm)).float()
+        self.scaler.step(self.optimizer)
+        self.scaler.update()
+        if not self.deferred:  # e.g. an fp16 overflow in the gradients
+            self._check_weights(step)
+
+    def autocast(self):  # (a CUDA graph cannot keep autocast's cache of cast weights between replays)
+        return torch.autocast(self.device.type, dtype=self.autocast_dtype or torch.float32,
+                              enabled=self.use_autocast, cache_enabled=not self.graphed)
+
+    def noisy_batch(self, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+        return _noisy_batch(self.pipe, self.config.batch_size, self.latent_size, generator, self.device, self.pool,
+                            self.config.timesteps, self.amplitude, self.forward)
+
+    def token_groups(self, prompt: str, objects: list[str]) -> list[list[int]]:
+        if self.config.token_positions is not None:  # the release's large-scale quirk: fixed positions, any prompt
+            return [[position] for position in self.config.token_positions]
         key = (prompt, tuple(objects))
-        if key not in token_cache:
-            token_cache[key] = find_token_indices(pipe.tokenizer, prompt, objects)
-        return token_cache[key]
+        if key not in self.token_cache:
+            self.token_cache[key] = find_token_indices(self.pipe.tokenizer, prompt, objects)
+        return self.token_cache[key]
 
-    def save(step: int) -> Path:
-        """Tensors first (atomic), then the state that points at them: a kill between the two resumes from the
-        previous state. Only the finished run's tensors carry the final name."""
-        name = CHECKPOINT_NAME if step >= config.steps else PARTIAL_NAME
-        path = save_delta(out / name, {n: p for n, p in params.items()}, base_model=base_model,
-                          base_fingerprint=fingerprint, concepts=source.concepts, config=config.to_dict())
-        torch.save({"step": step, "optimizer": optimizer.state_dict(), "history": history, "checkpoint": name,
-                    "config": config.to_dict(), "concepts": source.concepts, "source": source.identity(),
-                    "base_fingerprint": fingerprint}, out / (STATE_NAME + ".tmp"))
-        os.replace(out / (STATE_NAME + ".tmp"), out / STATE_NAME)
-        _write_losses(out / LOSSES_NAME, history)
-        if name == CHECKPOINT_NAME:
-            (out / PARTIAL_NAME).unlink(missing_ok=True)
-        return path
-
-    forward = forward_process(pipe)
-    amplitude = latent_amplitude(pipe, config.latent_scale)
-    embeddings_cache: dict[tuple[str, ...], tuple[torch.Tensor, dict]] = {}
-    side = latent_size * pipe.vae_scale_factor
-
-    def text_embeddings(prompts: list[str]) -> tuple[torch.Tensor, dict]:
+    def text_embeddings(self, prompts: list[str]) -> tuple[torch.Tensor, dict]:
         """The frozen text encoders' output and the UNet's other conditioning (`sae.backbones`), computed once per
         batch of prompts (a pair repeats its batch every step); fp32 whatever the training precision."""
         key = tuple(prompts)
-        if key not in embeddings_cache:
-            if len(embeddings_cache) >= 8:  # a pool draws new prompts every step: keep few
-                embeddings_cache.clear()
-            embeddings_cache[key] = conditioning(pipe, prompts, side, side)
-        return embeddings_cache[key]
+        if key not in self.embeddings_cache:
+            if len(self.embeddings_cache) >= 8:  # a pool draws new prompts every step: keep few
+                self.embeddings_cache.clear()
+            side = self.latent_size * self.pipe.vae_scale_factor
+            self.embeddings_cache[key] = conditioning(self.pipe, prompts, side, side)
+        return self.embeddings_cache[key]
 
-    def noisy_batch(generator):
-        return _noisy_batch(pipe, config.batch_size, latent_size, generator, device, pool, config.timesteps,
-                            amplitude, forward)
-
-    def norm_term(batch, generator):
+    def norm_term(self, batch, generator: torch.Generator) -> torch.Tensor:
         """The norm loss on fresh latents and timesteps, against the frozen base (its original projections)."""
-        noisy, timesteps = noisy_batch(generator)
-        embeddings, extra = text_embeddings(norm_prompts(source, batch))
-        prediction = unet(noisy, timesteps, encoder_hidden_states=embeddings, **extra).sample
+        noisy, timesteps = self.noisy_batch(generator)
+        embeddings, extra = self.text_embeddings(norm_prompts(self.source, batch))
+        prediction = self.unet(noisy, timesteps, encoder_hidden_states=embeddings, **extra).sample
         with torch.no_grad():
-            frozen = functional_call(unet, base_values, (noisy, timesteps),
+            frozen = functional_call(self.unet, self.base_values, (noisy, timesteps),
                                      {"encoder_hidden_states": embeddings, **extra}).sample
         return norm_loss(prediction, frozen)
 
-    def diverged(step, value, values) -> TrainingDivergedError:
+    def fetch_losses(self) -> None:
+        """Move the pending steps' losses to the history in one transfer (rather than a wait for the device every
+        step); stop at the first non-finite one."""
+        if not self.pending:
+            return
+        rows = torch.stack([values for _, _, values in self.pending]).tolist()
+        for (step, names, _), row in zip(self.pending, rows, strict=True):
+            named = dict(zip(names, row, strict=True))
+            total = named.pop("total")
+            if not all(math.isfinite(v) for v in (total, *named.values())):
+                raise self._diverged(step, total if not math.isfinite(total) else
+                                     next(v for v in named.values() if not math.isfinite(v)), named)
+            self.history.append({"step": step, "total": total, "sep": named.get("sep", ""), "en": named["en"],
+                                 "norm": named.get("norm", "")})
+        self._check_weights(self.pending[-1][0])
+        self.pending.clear()
+        self.bar.set_postfix({k: f"{v:.4f}" for k, v in self.history[-1].items() if k != "step" and v != ""})
+
+    def _check_weights(self, step: int) -> None:
+        if not bool(torch.stack([torch.isfinite(p).all() for p in self.params.values()]).all()):
+            raise TrainingDivergedError(f"the trained weights became non-finite at step {step}; nothing of this "
+                                        "step was saved. Lower --lr or train in fp32 (--mixed-precision no).")
+
+    def _diverged(self, step: int, value: float, values: dict) -> TrainingDivergedError:
+        out = self.out
         where = f"; training resumes from {out} (the last finite state)" if out is not None and \
             (out / STATE_NAME).exists() else ""
         return TrainingDivergedError(
             f"loss became {value} at step {step} ({values}){where}. Lower --lr, train in fp32 "
             "(--mixed-precision no), or check the prompt's object words.")
 
-    def check_weights(step):
-        if not bool(torch.stack([torch.isfinite(p).all() for p in params.values()]).all()):
-            raise TrainingDivergedError(f"the trained weights became non-finite at step {step}; nothing of this "
-                                        "step was saved. Lower --lr or train in fp32 (--mixed-precision no).")
-
-    def optimizer_step(loss, step, values):
-        if not deferred and not math.isfinite(loss.item()):
-            raise diverged(step, loss.item(), {name: value.item() for name, value in values.items()})
-        optimizer.zero_grad(set_to_none=not graphed)  # a captured step needs its gradients where they are
-        scaler.scale(loss).backward()
-        scaler.unscale_(optimizer)
-        grad_norm = torch.nn.utils.clip_grad_norm_(params.values(), config.max_grad_norm)
-        if deferred and not scaler.is_enabled():  # (the fp16 scaler sets its own)
-            optimizer.found_inf = (~torch.isfinite(grad_norm)).float()
-        scaler.step(optimizer)
-        scaler.update()
-        if not deferred:  # e.g. an fp16 overflow in the gradients
-            check_weights(step)
-
-    pending: list[tuple[int, list[str], torch.Tensor]] = []  # steps whose losses are still on the device
-
-    def fetch_losses():
-        """Move the pending steps' losses to the history in one transfer; stop at the first non-finite one."""
-        if not pending:
-            return
-        rows = torch.stack([values for _, _, values in pending]).tolist()
-        for (step, names, _), row in zip(pending, rows, strict=True):
-            named = dict(zip(names, row, strict=True))
-            total = named.pop("total")
-            if not all(math.isfinite(v) for v in (total, *named.values())):
-                raise diverged(step, total if not math.isfinite(total) else
-                               next(v for v in named.values() if not math.isfinite(v)), named)
-            history.append({"step": step, "total": total, "sep": named.get("sep", ""), "en": named["en"],
-                            "norm": named.get("norm", "")})
-        check_weights(pending[-1][0])
-        pending.clear()
-        bar.set_postfix({k: f"{v:.4f}" for k, v in history[-1].items() if k != "step" and v != ""})
-
-    separate_norm_step = config.lambda_norm > 0 and config.norm_step == "separate"
-
-    def autocast():  # (a CUDA graph cannot keep autocast's cache of cast weights between replays)
-        return torch.autocast(device.type, dtype=autocast_dtype or torch.float32, enabled=use_autocast,
-                              cache_enabled=not graphed)
-
-    def train_step(step, batch, noisy, timesteps) -> tuple[list[str], torch.Tensor]:
-        """One optimisation step; returns the names of its losses and their values (on the device)."""
-        groups = [token_groups(prompt, objects) for prompt, objects in batch]
-        embeddings, extra = text_embeddings([prompt for prompt, _ in batch])
-        with autocast():
-            losses = sepen_losses(unet, noisy, timesteps, embeddings, groups,
-                                  config.pair_reduction, config.map_downscale, config.maps, config.smoothing,
-                                  config.heads, extra)
-            total = config.lambda_en * losses["en"] + config.lambda_sep * losses.get("sep", 0.0)
-            if config.lambda_norm > 0 and not separate_norm_step:
-                losses["norm"] = norm_term(batch, generator)
-                total = total + config.lambda_norm * losses["norm"]
-        optimizer_step(total, step, losses)
-        if separate_norm_step:  # the release's large-scale run: a second step on the norm loss alone
-            with autocast():
-                losses["norm"] = norm_term(batch, generator)
-            optimizer_step(config.lambda_norm * losses["norm"], step, {"norm": losses["norm"]})
-            total = total.detach() + config.lambda_norm * losses["norm"].detach()
-        names = list(losses)
-        return ["total", *names], torch.stack([total.detach().float(), *(losses[n].detach().float() for n in names)])
-
-    every = max(1, log_every) if deferred else 1
-    bar = tqdm(range(start, config.steps), initial=start, total=config.steps, desc="SepEn finetune",
-               disable=not progress)
-    checkpoint, graph, names = None, None, None
-    warm_up = torch.cuda.Stream(device) if graphed else None
-    with frozen_weights_in(unet, autocast_dtype if use_autocast else None, keep=params.values()):
-        for step in bar:
-            generator = torch.Generator().manual_seed(config.seed * 1_000_003 + step)
-            batch = source.draw(step, config.batch_size, config.seed)
-            noisy, timesteps = noisy_batch(generator)
-            if graphed and graph is None and step - start >= GRAPH_WARM_UP_STEPS:
-                torch.cuda.current_stream(device).wait_stream(warm_up)
-                try:
-                    graph = _StepGraph(lambda n, t, step=step, batch=batch: train_step(step, batch, n, t)[1], noisy,
-                                       timesteps)
-                except RuntimeError as err:  # e.g. a model whose forward waits for the host: train on eagerly
-                    warnings.warn(f"the training step could not be captured as a CUDA graph ({err}); training "
-                                  "on without it (cuda_graph=False skips the attempt)", RuntimeWarning, stacklevel=2)
-                    graphed = False
-            if graph is not None:
-                values = graph(noisy, timesteps)
-            elif graphed:  # the eager steps before the capture run on a side stream, as CUDA graphs require
-                warm_up.wait_stream(torch.cuda.current_stream(device))
-                with torch.cuda.stream(warm_up):
-                    names, values = train_step(step, batch, noisy, timesteps)
-                torch.cuda.current_stream(device).wait_stream(warm_up)
-            else:
-                names, values = train_step(step, batch, noisy, timesteps)
-            pending.append((step, names, values))
-            last = step + 1 == config.steps
-            save_now = out is not None and ((step + 1) % config.checkpoint_every == 0 or last)
-            if save_now or last or len(pending) >= every:  # nothing is saved before its losses are checked
-                fetch_losses()
-            if save_now:
-                checkpoint = save(step + 1)
-    if out is not None and checkpoint is None and start >= config.steps:
-        checkpoint = out / CHECKPOINT_NAME  # a finished run found on disk
-    for p in params.values():
-        p.requires_grad_(False)
-    return FinetuneResult(tensors={n: p.detach().clone() for n, p in params.items()}, history=history,
-                          checkpoint=checkpoint)
+    def save(self, step: int) -> Path:
+        """Tensors first (atomic), then the state that points at them: a kill between the two resumes from the
+        previous state. Only the finished run's tensors carry the final name."""
+        config, source, out = self.config, self.source, self.out
+        name = CHECKPOINT_NAME if step >= config.steps else PARTIAL_NAME
+        path = save_delta(out / name, {n: p for n, p in self.params.items()}, base_model=self.base_model,
+                          base_fingerprint=self.fingerprint, concepts=source.concepts, config=config.to_dict())
+        torch.save({"step": step, "optimizer": self.optimizer.state_dict(), "history": self.history,
+                    "checkpoint": name, "config": config.to_dict(), "concepts": source.concepts,
+                    "source": source.identity(), "base_fingerprint": self.fingerprint}, out / (STATE_NAME + ".tmp"))
+        os.replace(out / (STATE_NAME + ".tmp"), out / STATE_NAME)
+        _write_losses(out / LOSSES_NAME, self.history)
+        if name == CHECKPOINT_NAME:
+            (out / PARTIAL_NAME).unlink(missing_ok=True)
+        return path
 
 
-class _StepGraph:
-    """A training step captured once as a CUDA graph: its inputs are copied into fixed buffers and the graph
-    replayed; returns a copy of the step's loss values. Capturing runs nothing, so the step of the capture is
-    trained by its first replay."""
+class _CaptureError(RuntimeError):
+    """The training step could not be captured as a CUDA graph."""
 
-    def __init__(self, step, noisy: torch.Tensor, timesteps: torch.Tensor):
-        self.noisy, self.timesteps = noisy.clone(), timesteps.clone()
-        self.graph = torch.cuda.CUDAGraph()
-        with torch.cuda.graph(self.graph):
-            self.values = step(self.noisy, self.timesteps)
 
-    def __call__(self, noisy: torch.Tensor, timesteps: torch.Tensor) -> torch.Tensor:
+class _GraphedStep:
+    """The training step of a per-pair run as a CUDA graph. The first steps run eagerly on a side stream, as
+    capturing requires (lazy setup happens in them); the next is captured once, and from then on each step copies
+    its latents and timesteps into the graph's fixed buffers and replays it (the prompts never change). Capturing
+    runs nothing, so the step of the capture is trained by its first replay."""
+
+    def __init__(self, optimise, device: torch.device):
+        self.optimise = optimise  # (step, batch, noisy, timesteps) -> (loss names, values on the device)
+        self.device = device
+        self.side = torch.cuda.Stream(device)
+        self.eager_steps, self.names = 0, None
+        self.graph = None
+
+    def __call__(self, step: int, batch, noisy: torch.Tensor, timesteps: torch.Tensor):
+        if self.graph is None and self.eager_steps >= GRAPH_WARM_UP_STEPS:
+            self._capture(step, batch, noisy, timesteps)
+        if self.graph is None:
+            return self._warm_up(step, batch, noisy, timesteps)
+        return self.names, self._replay(noisy, timesteps)
+
+    def _warm_up(self, step, batch, noisy, timesteps):
+        current = torch.cuda.current_stream(self.device)
+        self.side.wait_stream(current)
+        with torch.cuda.stream(self.side):
+            self.names, values = self.optimise(step, batch, noisy, timesteps)
+        current.wait_stream(self.side)
+        self.eager_steps += 1
+        return self.names, values
+
+    def _capture(self, step, batch, noisy, timesteps) -> None:
+        torch.cuda.current_stream(self.device).wait_stream(self.side)
+        try:
+            self.noisy, self.timesteps = noisy.clone(), timesteps.clone()
+            graph = torch.cuda.CUDAGraph()
+            with torch.cuda.graph(graph):
+                self.values = self.optimise(step, batch, self.noisy, self.timesteps)[1]
+        except RuntimeError as err:
+            raise _CaptureError(str(err)) from err
+        self.graph = graph
+
+    def _replay(self, noisy, timesteps) -> torch.Tensor:
+        """A copy of the step's loss values (the next replay overwrites the graph's own)."""
         self.noisy.copy_(noisy, non_blocking=True)
         self.timesteps.copy_(timesteps, non_blocking=True)
         self.graph.replay()
         return self.values.clone()
-
-
-def _resume(state_path: Path, params, optimizer, config: FinetuneConfig, source, fingerprint: dict):
-    """Restore a run from its out folder; a folder holding another run (settings, prompt or concepts, base
-    weights) is an error, not an overwrite."""
-    state = torch.load(state_path, map_location="cpu", weights_only=True)
-    saved = {k: v for k, v in state["config"].items() if k not in ("steps", "checkpoint_every")}
-    wanted = {k: v for k, v in config.to_dict().items() if k not in ("steps", "checkpoint_every")}
-    differ = [what for what, same in (
-        ("settings", json.loads(json.dumps(saved)) == json.loads(json.dumps(wanted))),
-        ("concepts", state["concepts"] == source.concepts),
-        ("prompt", state.get("source", source.identity()) == source.identity()),
-        ("base weights", state["base_fingerprint"] == fingerprint)) if not same]
-    if differ:
-        raise ValueError(f"{state_path.parent} holds a training run with other {', '.join(differ)}; pass "
-                         "another --out, or delete that folder to start over")
-    if state["step"] > config.steps:  # its checkpoint is of more steps than asked: never report it as this run
-        raise ValueError(f"{state_path.parent} holds a training run already {state['step']} steps long, past the "
-                         f"{config.steps} asked; pass --steps {state['step']} or more to go on with it, or another "
-                         "--out")
-    delta = load_delta(state_path.parent / state.get("checkpoint", CHECKPOINT_NAME))
-    with torch.no_grad():
-        for name, p in params.items():
-            p.copy_(delta.tensors[name].to(p.device, p.dtype))
-    optimizer.load_state_dict(state["optimizer"])
-    return state["step"], state["history"]
