@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import sys
 from pathlib import Path
 
-from sae.cli import DefaultsHelpFormatter, run_command
+from sae.cli import DefaultsHelpFormatter, log_to_stderr, run_command
 
 EPILOG = """examples:
   python -m benchmark run --suite multi_object   # the shipped shapes model: plain, attend_excite, sepen (CPU)
@@ -331,7 +332,7 @@ def cmd_score(args) -> int:
 
         names = names or ["geneval"]
         run_dir, written = import_layout(args.run_dir, args.out, args.method_name or "external")
-        print(f"imported {written} new images of {args.run_dir} into {run_dir}", file=sys.stderr)
+        logging.getLogger("benchmark").info(f"imported {written} new images of {args.run_dir} into {run_dir}")
     elif args.out is not None or args.method_name is not None:
         raise ValueError("--out and --method-name are for --layout geneval (a run folder is scored in place)")
     summary = rescore(run_dir, names, _metric_models(args.metric_model), device=args.device, again=args.rescore)
@@ -355,6 +356,7 @@ def cmd_paper(args) -> int:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     args.argv = list(sys.argv[1:] if argv is None else argv)  # what `run --processes N` starts again
+    log_to_stderr("benchmark", "sae")
     from sae.checkpoint import CheckpointError
     from sae.finetune import TrainingDivergedError
     from sae.models import ModelNotFoundError

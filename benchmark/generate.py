@@ -11,8 +11,8 @@ process merges the records. Scoring is `benchmark.scoring`'s.
 
 from __future__ import annotations
 
+import logging
 import json
-import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -35,6 +35,8 @@ from .run_folder import (LOCK_NAME, RUN_MARKER, RunError, check_run_folder_is_ou
                          lock_run_folder, mark_run_folder, stored_described)
 from .scoring import append_scores, score_missing, setup_metrics
 from .suites import SuitePrompt
+
+logger = logging.getLogger(__name__)
 
 __all__ = ["LOCK_NAME", "RUN_MARKER", "RunConfig", "RunError", "check_run_folder_is_ours", "generate_block", "run",
            "same_images", "split_units"]
@@ -161,8 +163,8 @@ def _rescore_changed_instruments(out: Path, metrics: list, described: dict, prog
                and stored[m.name] != json.loads(json.dumps(described[m.name], default=str))]
     if not changed:
         return
-    print(f"{out}: {', '.join(m.name for m in changed)} measured with another instrument than this folder's "
-          "scores; its images are scored again with this one", file=sys.stderr)
+    logger.info(f"{out}: {', '.join(m.name for m in changed)} measured with another instrument than this folder's "
+                "scores; its images are scored again with this one")
     score_missing(out, changed, progress=progress, again=True)
     saved = read_run_config(out)
     saved["metrics_described"] = {**saved.get("metrics_described", {}),

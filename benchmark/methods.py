@@ -10,9 +10,9 @@
 
 from __future__ import annotations
 
+import logging
 import hashlib
 import json
-import sys
 import time
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field, fields
@@ -35,8 +35,11 @@ from sae.tokens import find_token_indices
 
 from .guidance import attend_and_excite, sepen_test_time
 from .plugins import load_class
+from .records import write_json
 from .registry import Registry
 from .suites import SuitePrompt
+
+logger = logging.getLogger(__name__)
 
 
 DEFAULT_CHECKPOINT_CACHE = Path.home() / ".cache" / "sae" / "checkpoints"
@@ -278,8 +281,8 @@ def heal_cached_checkpoint(path: Path) -> None:
             number += 1
             aside = path.parent.with_name(f"{path.parent.name}.damaged{number}")
         path.parent.rename(aside)
-    print(f"warning: cached SepEn checkpoint {path} cannot be read ({reason}); moved aside to {aside.name} and "
-          "trained again", file=sys.stderr)
+    logger.warning(f"cached SepEn checkpoint {path} cannot be read ({reason}); moved aside to {aside.name} and "
+                   "trained again")
 
 
 @dataclass
@@ -397,9 +400,9 @@ class SepEn(Method):
                 prompt = training_prompt(item, self.options.train_prompt)
                 finetune(context.pipe, ConceptPair(prompt, item.object_words), config, out_dir=out,
                          base_model=context.base_model, progress=False)
-                (out / "prompt.json").write_text(json.dumps({"prompt": prompt, "objects": item.object_words,
-                                                             "train_prompt": self.options.train_prompt,
-                                                             "seconds": time.perf_counter() - started}))
+                write_json(out / "prompt.json", {"prompt": prompt, "objects": item.object_words,
+                                                 "train_prompt": self.options.train_prompt,
+                                                 "seconds": time.perf_counter() - started}, indent=None)
         context.restore_base()
         trained = {self.checkpoint_path(context, item).parent for item in missing}
         costs = []  # every prompt's checkpoint, trained now or found in the cache

@@ -8,17 +8,19 @@ run killed at any point (kill -9 included) loses nothing that was written and ne
 
 from __future__ import annotations
 
+import logging
 import hashlib
 import json
 import math
 import os
 import re
-import sys
 from pathlib import Path
 
 from PIL import Image, PngImagePlugin
 
 from sae.files import atomic_path, write_atomic
+
+logger = logging.getLogger(__name__)
 
 RECORD_KEY = "sae_record"
 
@@ -85,8 +87,8 @@ def move_aside(path: Path, why: str = "cannot be read (damaged or truncated)") -
     """Rename an image that is not what its path says to `<seed>.png.damaged`, naming it on one line: `run` makes
     it again."""
     os.replace(path, path.with_name(path.name + DAMAGED_SUFFIX))
-    print(f"warning: {path} {why}: moved aside to {path.name}{DAMAGED_SUFFIX}; `benchmark run` with the same "
-          "command makes it again", file=sys.stderr)
+    logger.warning(f"{path} {why}: moved aside to {path.name}{DAMAGED_SUFFIX}; `benchmark run` with the same "
+                   "command makes it again")
 
 
 def image_problem(path: Path) -> str | None:
@@ -180,8 +182,8 @@ def read_jsonl(path: Path, warn: bool = True) -> list[dict]:
             rows.append(json.loads(line))
         except json.JSONDecodeError:
             if warn:
-                print(f"warning: {path}:{number}: skipped a torn line (an interrupted write); its image is scored "
-                      "again by the next run or score", file=sys.stderr)
+                logger.warning(f"{path}:{number}: skipped a torn line (an interrupted write); its image is scored "
+                               "again by the next run or score")
     return rows
 
 
@@ -201,8 +203,8 @@ def read_scores(run_dir: Path) -> dict[tuple[str, str, int], dict[str, float]]:
                 continue
             scores.setdefault(key, {}).update(values)
         if skipped:
-            print(f"warning: {path}: skipped {skipped} line(s) that are not score lines ({{method, prompt_id, seed, "
-                  "values}); their images are scored again by the next run or score", file=sys.stderr)
+            logger.warning(f"{path}: skipped {skipped} line(s) that are not score lines ({{method, prompt_id, seed, "
+                           "values}); their images are scored again by the next run or score")
     return scores
 
 
@@ -243,7 +245,7 @@ def read_derived_json(path: Path) -> dict | None:
     except (json.JSONDecodeError, UnicodeDecodeError):
         data = None
     if not isinstance(data, dict):
-        print(f"warning: {path} is damaged: left out, and made again by the next run or score", file=sys.stderr)
+        logger.warning(f"{path} is damaged: left out, and made again by the next run or score")
         return None
     return data
 

@@ -26,6 +26,9 @@ def _names(text: str) -> list[str]:
 
 @dataclass
 class RunConfig:
+    """Everything a run needs, as `run_config.json` records it. Build it with `resolve` (the commands do), or
+    whole by hand (tests, scripts): `sampling` then holds each method's steps and guidance."""
+
     suite: str
     model: str
     methods: list[str] = field(default_factory=lambda: ["plain"])

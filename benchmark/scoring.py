@@ -3,9 +3,9 @@ from disk (`benchmark score`), set metrics (FID) per method and category; nothin
 
 from __future__ import annotations
 
+import logging
 import hashlib
 import json
-import sys
 from pathlib import Path
 
 from tqdm.auto import tqdm
@@ -14,6 +14,8 @@ from .metrics import MetricContext, MetricUnavailable, SetMetric, check_availabl
 from .records import (CONFIG_NAME, append_jsonl, read_derived_json, read_run_config, read_scores, record_key,
                       scan_records, write_json)
 from .report import write_report
+
+logger = logging.getLogger(__name__)
 
 
 def setup_metrics(names: list[str], context: MetricContext) -> list:
@@ -24,7 +26,7 @@ def setup_metrics(names: list[str], context: MetricContext) -> list:
             check_available(metric.name, context)
             metric.setup(context)
         except MetricUnavailable as err:
-            print(f"metric {metric.name or name} unavailable: {err}", file=sys.stderr)
+            logger.info(f"metric {metric.name or name} unavailable: {err}")
             continue
         metrics.append(metric)
     return metrics

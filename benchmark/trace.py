@@ -10,13 +10,15 @@ model must load from local files (a folder, or the hub cache).
 
 from __future__ import annotations
 
-import sys
+import logging
 from pathlib import Path
 
 import numpy as np
 from PIL import Image
 
 from .records import image_path, note_made, read_jsonl, read_run_config, remove_made, slug, write_json
+
+logger = logging.getLogger(__name__)
 
 TRACE_DIR = "attention"
 TRACE_METHODS = ("plain", "sepen")
@@ -104,7 +106,7 @@ def write_traces(run_dir: Path, count: int = 2, context=None, device: str = "aut
     if context is None:
         context = context_from_config(config, device)
         if context is None:
-            print(f"attention maps skipped: model {config['model']} is not on local disk", file=sys.stderr)
+            logger.info(f"attention maps skipped: model {config['model']} is not on local disk")
             return []
     methods = {**methods_from_config(config, names), **{n: m for n, m in (run_methods or {}).items() if n in names}}
     traced = []

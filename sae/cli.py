@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import logging
 import signal
 import sys
 import time
@@ -199,6 +200,7 @@ def cmd_tiny_model(args) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    log_to_stderr("sae")
     from .checkpoint import CheckpointError
     from .finetune import TrainingDivergedError
     from .models import ModelNotFoundError
@@ -213,6 +215,38 @@ INTERRUPTED = "interrupted: what was written stays; run the same command again t
 
 def _to_stderr(line: str) -> None:
     print(line, file=sys.stderr)
+
+
+class _StderrHandler(logging.StreamHandler):
+    """Writes to whatever `sys.stderr` is when a message comes (a test's capture, a redirected stream)."""
+
+    def __init__(self):
+        super().__init__()
+        self.setFormatter(_LevelFormatter())
+
+    @property
+    def stream(self):
+        return sys.stderr
+
+    @stream.setter
+    def stream(self, value):
+        pass
+
+
+class _LevelFormatter(logging.Formatter):
+    def format(self, record: logging.LogRecord) -> str:
+        prefix = "" if record.levelno < logging.WARNING else f"{record.levelname.lower()}: "
+        return prefix + record.getMessage()
+
+
+def log_to_stderr(*names: str) -> None:
+    """The commands' messages (notes and warnings of the libraries' loggers `names`) on stderr, one line each;
+    progress bars stay tqdm's. Called once per command; a second call adds nothing."""
+    for name in names:
+        logger = logging.getLogger(name)
+        logger.setLevel(logging.INFO)
+        if not any(isinstance(h, _StderrHandler) for h in logger.handlers):
+            logger.addHandler(_StderrHandler())
 
 
 def run_command(handler, args, refusals: tuple, say=_to_stderr) -> int:

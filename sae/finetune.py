@@ -32,6 +32,7 @@ from tqdm.auto import tqdm
 from .attention import MAP_KINDS, StopForward, capture_cross_attention, object_maps
 from .backbones import conditioning
 from .checkpoint import base_fingerprints, load_delta, save_delta
+from .files import atomic_path
 from .losses import SMOOTHING_KERNELS, enhance_peaks, norm_loss, separate_loss
 from .options import option
 from .sampling import DEFAULT_GUIDANCE, generate
@@ -388,12 +389,10 @@ class FinetuneResult:
 
 
 def _write_losses(path: Path, history: list[dict]) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "w", newline="") as handle:
+    with atomic_path(path) as tmp, open(tmp, "w", newline="") as handle:
         writer = csv.DictWriter(handle, fieldnames=["step", "total", "sep", "en", "norm"])
         writer.writeheader()
         writer.writerows(history)
-    os.replace(tmp, path)
 
 
 def finetune(pipe, source: ConceptPair | ConceptPool, config: FinetuneConfig | None = None,
@@ -673,10 +672,10 @@ class _Trainer:
         name = CHECKPOINT_NAME if step >= config.steps else PARTIAL_NAME
         path = save_delta(out / name, {n: p for n, p in self.params.items()}, base_model=self.base_model,
                           base_fingerprint=self.fingerprint, concepts=source.concepts, config=config.to_dict())
-        torch.save({"step": step, "optimizer": self.optimizer.state_dict(), "history": self.history,
-                    "checkpoint": name, "config": config.to_dict(), "concepts": source.concepts,
-                    "source": source.identity(), "base_fingerprint": self.fingerprint}, out / (STATE_NAME + ".tmp"))
-        os.replace(out / (STATE_NAME + ".tmp"), out / STATE_NAME)
+        with atomic_path(out / STATE_NAME) as tmp:
+            torch.save({"step": step, "optimizer": self.optimizer.state_dict(), "history": self.history,
+                        "checkpoint": name, "config": config.to_dict(), "concepts": source.concepts,
+                        "source": source.identity(), "base_fingerprint": self.fingerprint}, tmp)
         _write_losses(out / LOSSES_NAME, self.history)
         if name == CHECKPOINT_NAME:
             (out / PARTIAL_NAME).unlink(missing_ok=True)

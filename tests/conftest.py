@@ -12,6 +12,11 @@ import torch  # noqa: E402
 
 torch.set_num_threads(min(2, torch.get_num_threads()))
 
+from sae.cli import log_to_stderr  # noqa: E402
+
+# the libraries' notes and warnings reach stderr as under the commands, whichever test runs first
+log_to_stderr("benchmark", "sae")
+
 # printed at the top of every test run (CI's log included), so that a drift in what the install line brought shows
 KEY_PACKAGES = ("torch", "torchvision", "diffusers", "transformers", "huggingface_hub", "accelerate",
                 "open_clip_torch", "safetensors", "torchmetrics", "numpy", "pandas", "pillow", "pytest",
