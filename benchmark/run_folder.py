@@ -8,6 +8,8 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+from filelock import FileLock, Timeout
+
 from .records import CONFIG_NAME, id_folder, read_record, read_run_config, write_json
 from .suites import SuitePrompt
 
@@ -108,22 +110,15 @@ def stored_described(out: Path) -> dict:
     return read_run_config(out).get("metrics_described", {}) if (out / CONFIG_NAME).exists() else {}
 
 
-def lock_run_folder(out: Path):
-    """An exclusive lock on the run folder for this process's life; a second `run` on it is refused, naming the
-    first (its images would race with ours)."""
-    import fcntl
-
-    handle = open(out / LOCK_NAME, "a+")
+def lock_run_folder(out: Path) -> FileLock:
+    """An exclusive lock on the run folder, held while the returned lock lives; a second `run` on it is refused,
+    naming the first (its images would race with ours). The lock file holds its holder's process id."""
+    lock = FileLock(out / LOCK_NAME, timeout=0)
     try:
-        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
-        handle.seek(0)
-        holder = handle.read().strip() or "another process"
-        handle.close()
+        lock.acquire()
+    except Timeout:
+        holder = (out / LOCK_NAME).read_text().strip() or "another process"
         raise RunError(f"{out} is being written by {holder}: wait for it to finish (then rerun to complete "
                        "anything missing), or pass another --out") from None
-    handle.seek(0)
-    handle.truncate()
-    handle.write(f"process {os.getpid()}")
-    handle.flush()
-    return handle
+    (out / LOCK_NAME).write_text(f"process {os.getpid()}")
+    return lock
