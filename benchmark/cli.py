@@ -10,6 +10,8 @@ from pathlib import Path
 
 from sae.cli import DefaultsHelpFormatter, log_to_stderr, run_command
 
+from .run_config import add_dtype_argument, batch_size_value
+
 EPILOG = """examples:
   python -m benchmark run --suite multi_object   # the shipped shapes model: plain, attend_excite, sepen (CPU)
   python -m benchmark ls suites
@@ -85,7 +87,10 @@ def build_parser() -> argparse.ArgumentParser:
                           "each method's release on natural models (" + _release_guidance() + "), " + ", ".join(
                          f"{d.run_defaults['guidance']} ({d.name} models)"
                          for d in _domains() if not d.release_sampling))
-    run.add_argument("--batch-size", type=int, default=4, help="images per pipeline call")
+    run.add_argument("--batch-size", type=batch_size_value, default="auto", metavar="N|auto",
+                     help="images per pipeline call; auto: 4 on the CPU, on a GPU the most its memory holds (up to "
+                          "16)")
+    add_dtype_argument(run)
     run.add_argument("--out", type=Path, default=None,
                      help="run folder, resumed if it exists (default: runs/<suite name>)")
     run.add_argument("--device", default="auto", help="cuda, cpu, ... (default: cuda when present)")
@@ -235,7 +240,8 @@ def cmd_run(args) -> int:
         args.suite, model, methods=methods, seeds=parse_seeds(args.seeds) if args.seeds is not None else None,
         num_seeds=args.num_seeds, steps=steps, guidance=guidance, per_method=per_method_sampling, options=options,
         metrics=_names(args.metrics) if args.metrics is not None else None, limit=args.limit,
-        batch_size=args.batch_size, out=args.out or Path("runs") / Path(args.suite).stem, device=args.device,
+        batch_size=args.batch_size, dtype=args.dtype, out=args.out or Path("runs") / Path(args.suite).stem,
+        device=args.device,
         metric_models=_metric_models(args.metric_model), progress=not args.no_progress, html=not args.no_html,
         attention_prompts=args.attention_prompts)
     from sae.models import resolve_device

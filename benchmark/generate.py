@@ -14,7 +14,7 @@ from __future__ import annotations
 import logging
 import json
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import torch
@@ -22,6 +22,7 @@ from PIL import Image
 from tqdm.auto import tqdm
 
 from sae.models import load_pipeline
+from sae.speed import for_inference
 from sae.tokens import encode_prompt_ids
 
 from .domains import model_domain
@@ -30,7 +31,7 @@ from .metrics import MetricContext, SetMetric, suite_vocabulary
 from .records import (CONFIG_NAME, append_jsonl, image_path, quarantine_damaged, read_record, read_run_config,
                       write_image, write_json)
 from .report import write_report
-from .run_config import RunConfig
+from .run_config import AUTO, RunConfig
 from .run_folder import (LOCK_NAME, RUN_MARKER, RunError, check_run_folder_is_ours, check_same_settings,
                          lock_run_folder, mark_run_folder, stored_described)
 from .scoring import append_scores, score_missing, setup_metrics
@@ -52,6 +53,31 @@ def _check_prompts(pipe, prompts: list[SuitePrompt]) -> None:
             find_token_indices(pipe.tokenizer, item.prompt, item.object_words)
         except ValueError as err:
             raise RunError(f"prompt {item.id}: {err}") from err
+
+
+def fitting_batch_size(pipe, methods: list, state, most: int = 16) -> int:
+    """`--batch-size auto`: 4 on the CPU (the blocks every committed result was made with); on a GPU the largest
+    power of two up to `most` whose images fit in the memory left, from one batch of two measured, with room for
+    the gradients of the methods that optimise latents. The main process measures; every process takes its
+    number, so that the seed blocks, and the shares, agree."""
+    if pipe.device.type != "cuda":
+        return 4
+    from accelerate.utils import broadcast_object_list
+
+    found = [4]
+    if state.is_main_process:
+        torch.cuda.synchronize()
+        torch.cuda.reset_peak_memory_stats()
+        before = torch.cuda.memory_allocated()
+        with torch.no_grad():
+            pipe(prompt=["a photo of a cat and a dog"] * 2, num_inference_steps=1, output_type="pil")
+        per_image = max(1, torch.cuda.max_memory_allocated() - before) / 2
+        factor = 3.0 if any(m.families is not None for m in methods) else 1.5  # latent updates keep activations
+        fits = max(1, min(most, int(torch.cuda.mem_get_info()[0] / (per_image * factor))))
+        found = [1 << (fits.bit_length() - 1)]
+    if state.num_processes > 1:
+        broadcast_object_list(found)
+    return int(found[0])
 
 
 def _distributed(device: str):
@@ -106,7 +132,11 @@ def plan_run(config: RunConfig) -> RunPlan:
 
         diffusers.utils.logging.disable_progress_bar()
         transformers.utils.logging.disable_progress_bar()
-    pipe = load_pipeline(config.model, device=device)
+    pipe = load_pipeline(config.model, device=device, dtype=config.dtype)
+    if pipe.device.type == "cuda" and hasattr(pipe, "unet"):
+        for_inference(pipe)  # channels-last UNet and VAE: what cuDNN's half-precision convolutions want
+    if config.batch_size == AUTO:
+        config = replace(config, batch_size=fitting_batch_size(pipe, methods, state))
     scheduler = type(pipe.scheduler).__name__
     _check_prompts(pipe, prompts)
     context = GenerationContext(pipe=pipe, base_model=config.model, progress=config.progress and state.is_main_process)
@@ -259,7 +289,8 @@ def generate_block(out: Path, method, context: GenerationContext, alike: list[Su
                       "line_sha256": item.line_sha256, **({"geneval": item.extra["geneval"]} if "geneval" in item.extra
                                                           else {}),
                       "model": context.base_model, "steps": method.sampling["steps"],
-                      "guidance": method.sampling["guidance"], "seconds": cost, "batch": len(block)}
+                      "guidance": method.sampling["guidance"], "dtype": _dtype_name(context.pipe.dtype),
+                      "seconds": cost, "batch": len(block)}
             if checkpoint is not None:
                 record["checkpoint_sha256"] = context.checkpoint_sha256(checkpoint)
             write_image(path, image, record)
@@ -272,3 +303,7 @@ def generate_block(out: Path, method, context: GenerationContext, alike: list[Su
                 append_scores(out, metric, records, metric.score(images_written, records))
         written += len(records)
     return written
+
+
+def _dtype_name(dtype: torch.dtype) -> str:
+    return str(dtype).removeprefix("torch.")

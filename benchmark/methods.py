@@ -233,6 +233,23 @@ class AttendExcite(Method):
 
 
 TRAIN_PROMPTS = ("release", "suite")
+PRECISIONS = ("auto", "no", "bf16", "fp16")
+
+
+@contextmanager
+def weights_in_float32(pipe, when: bool = True):
+    """A half-precision pipeline's weights in float32 while SepEn trains on it, as `sae train` loads them (the
+    trained keys must be fp32; autocast then computes in bf16 on a GPU), and back in the run's precision after:
+    a half value cast up and down is itself, so the base weights come back unchanged."""
+    dtype = pipe.dtype
+    if not when or dtype == torch.float32:
+        yield pipe
+        return
+    pipe.to(torch.float32)
+    try:
+        yield pipe
+    finally:
+        pipe.to(dtype)
 
 
 def training_prompt(item: SuitePrompt, mode: str = "suite") -> str:
@@ -306,6 +323,10 @@ class SepEnOptions:
     checkpoint: str | None = option(None, "a large-scale SepEn checkpoint used for every prompt")
     cache: str = option(str(DEFAULT_CHECKPOINT_CACHE), "where per-prompt SepEn checkpoints are cached and reused",
                         flag="--checkpoint-cache")
+    training_precision: str = option("auto", "per-prompt finetuning's autocast: auto (bf16 with the CUDA graph on "
+                                             "a GPU, as `sae train --mixed-precision bf16`; none on the CPU), no, "
+                                             "bf16 or fp16; the trained keys are fp32 in every case",
+                                     choices=PRECISIONS)
     finetune: dict = field(default_factory=dict)  # any other `FinetuneConfig` field, e.g. {"batch_size": 1}
 
     def __post_init__(self):
@@ -319,11 +340,15 @@ class SepEnOptions:
         except ValueError as err:
             raise ValueError(f"SepEn: {err}") from None
 
-    def finetune_config(self, sampling: dict | None = None) -> FinetuneConfig:
+    def finetune_config(self, sampling: dict | None = None, device_type: str = "cpu") -> FinetuneConfig:
         """Per-prompt finetuning settings. With latents="samples" the samples are drawn with the run's `sampling`
         (steps, guidance); otherwise those stay out, so that a run with other sampling reuses the checkpoints."""
-        fields_ = {"steps": self.steps, "learning_rate": self.learning_rate, "maps": self.maps,
-                   "map_downscale": self.map_downscale, "latents": self.latents, "latent_scale": self.latent_scale}
+        precision = self.training_precision
+        if precision == "auto":
+            precision = "bf16" if device_type == "cuda" else "no"
+        fields_ = {"mixed_precision": precision, "steps": self.steps, "learning_rate": self.learning_rate,
+                   "maps": self.maps, "map_downscale": self.map_downscale, "latents": self.latents,
+                   "latent_scale": self.latent_scale}
         if self.latents == "samples" and sampling is not None:
             fields_.update(sample_steps=sampling["steps"], sample_guidance=sampling["guidance"])
         try:
@@ -344,6 +369,7 @@ class SepEn(Method):
     def __init__(self, sampling: dict | None = None, **options):
         super().__init__(sampling, **options)
         self.checkpoint_sha256: str | None = None  # of the large-scale checkpoint, once checked
+        self.device_type = "cpu"  # the pipeline's device, once the run has one (`check`)
 
     @classmethod
     def flag_prefix(cls) -> str:
@@ -351,8 +377,9 @@ class SepEn(Method):
 
     def finetune_config(self) -> FinetuneConfig:
         """Per-prompt finetuning settings. With latents="samples" the samples are drawn with the run's steps and
-        guidance; otherwise those stay out, so that a run with other sampling reuses the cached checkpoints."""
-        return self.options.finetune_config(self.sampling)
+        guidance; otherwise those stay out, so that a run with other sampling reuses the cached checkpoints. The
+        autocast follows the device the run's pipeline is on (its precision is part of the cache key)."""
+        return self.options.finetune_config(self.sampling, self.device_type)
 
     def resume_key(self) -> dict:
         if self.options.checkpoint is not None:
@@ -363,12 +390,14 @@ class SepEn(Method):
         return "large-scale checkpoint" if self.options.checkpoint else self.options.train_prompt
 
     def checkpoint_path(self, context: GenerationContext, item: SuitePrompt) -> Path:
+        self.device_type = context.pipe.device.type
         if self.options.checkpoint is not None:
             return Path(self.options.checkpoint)
         key = checkpoint_key(context.base_fingerprint(), item, self.finetune_config(), self.options.train_prompt)
         return Path(self.options.cache).expanduser() / key / "sepen.safetensors"
 
     def check(self, context):
+        self.device_type = context.pipe.device.type  # what per-prompt finetuning runs on (its precision)
         if self.options.checkpoint is not None:  # shapes, finiteness and base weights, before any image
             path = Path(self.options.checkpoint)
             delta = load_delta(path)
@@ -384,12 +413,26 @@ class SepEn(Method):
     def prepare(self, context, prompts):
         if self.options.checkpoint is not None:
             return []
-        config = self.finetune_config()
         for path in {self.checkpoint_path(context, p) for p in prompts}:
             heal_cached_checkpoint(path)
+        config = self.finetune_config()
         # one per checkpoint: prompts with the same training prompt and objects share theirs
         missing = list({self.checkpoint_path(context, p): p for p in prompts
                         if not self.checkpoint_path(context, p).exists()}.values())
+        with weights_in_float32(context.pipe, bool(missing)):
+            self._train(context, missing, config)
+        context.restore_base()
+        trained = {self.checkpoint_path(context, item).parent for item in missing}
+        costs = []  # every prompt's checkpoint, trained now or found in the cache
+        for item in prompts:
+            info = self.checkpoint_path(context, item).parent / "prompt.json"
+            if info.exists():
+                costs.append({"prompt_id": item.id, "seconds": json.loads(info.read_text())["seconds"],
+                              "cached": info.parent not in trained, "checkpoint": info.parent.name})
+        return costs
+
+    def _train(self, context, missing: list[SuitePrompt], config: FinetuneConfig) -> None:
+        """The per-prompt checkpoints not in the cache, each by one process (the others wait, then find it)."""
         for item in tqdm(missing, desc="SepEn checkpoints", disable=not context.progress or not missing):
             out = self.checkpoint_path(context, item).parent
             with training_lock(out):
@@ -403,15 +446,6 @@ class SepEn(Method):
                 write_json(out / "prompt.json", {"prompt": prompt, "objects": item.object_words,
                                                  "train_prompt": self.options.train_prompt,
                                                  "seconds": time.perf_counter() - started}, indent=None)
-        context.restore_base()
-        trained = {self.checkpoint_path(context, item).parent for item in missing}
-        costs = []  # every prompt's checkpoint, trained now or found in the cache
-        for item in prompts:
-            info = self.checkpoint_path(context, item).parent / "prompt.json"
-            if info.exists():
-                costs.append({"prompt_id": item.id, "seconds": json.loads(info.read_text())["seconds"],
-                              "cached": info.parent not in trained, "checkpoint": info.parent.name})
-        return costs
 
     def generate(self, context, item, seeds):
         context.apply_checkpoint(self.checkpoint_path(context, item))

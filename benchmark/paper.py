@@ -29,6 +29,7 @@ import pandas as pd
 
 from .domains import default_model, get_domain, model_domain
 from .generate import RunConfig, run
+from .run_config import add_dtype_argument
 from .geneval.report import geneval_markdown
 from .records import write_text_atomic
 
@@ -116,7 +117,7 @@ def published_geneval_table() -> str:
 def paper(model: str | None, num_seeds: int = 64, limit: int | None = None, out: Path | None = None,
           large_checkpoint: str | None = None, metric_models: dict | None = None, device: str = "auto",
           progress: bool = True, command: str = "", checkpoint_cache: Path | None = None,
-          geneval: bool = True) -> str:
+          geneval: bool = True, dtype: str = "auto") -> str:
     from .methods import SepEnOptions
 
     model = str(model or default_model())
@@ -126,7 +127,7 @@ def paper(model: str | None, num_seeds: int = 64, limit: int | None = None, out:
     main_suite = recipe.main_suite
     base = RunConfig.resolve(main_suite, model, methods=list(METHOD_NAMES), seeds=list(range(num_seeds)),
                              options={"sepen": {"cache": str(checkpoint_cache)}} if checkpoint_cache else None,
-                             metrics=["presence", "clip", "blip", "fid"], limit=limit, batch_size=4,
+                             metrics=["presence", "clip", "blip", "fid"], limit=limit, batch_size="auto", dtype=dtype,
                              out=out / "main", device=device, metric_models=metric_models or {}, progress=progress)
     sepen = base.options.get("sepen", {})  # the domain's SepEn options and the cache
     main_dir = run(base)
@@ -175,6 +176,7 @@ def add_arguments(parser) -> None:
     parser.add_argument("--checkpoint-cache", type=Path, help="where per-prompt SepEn checkpoints are cached "
                                                                  "(default: the run command's)")
     parser.add_argument("--device", default="auto")
+    add_dtype_argument(parser)
     parser.add_argument("--no-geneval", action="store_true", help="leave out the GenEval table (its six tasks, "
                                                                   "4 seeds a prompt, the `geneval` metric)")
     parser.add_argument("--no-progress", action="store_true")
@@ -183,5 +185,6 @@ def add_arguments(parser) -> None:
 def cmd_paper(args, metric_models: dict) -> int:
     command = "python -m benchmark paper " + " ".join(shlex.quote(a) for a in sys.argv[2:])
     print(paper(args.model, args.num_seeds, args.limit, args.out, args.large_checkpoint, metric_models,
-                args.device, not args.no_progress, command, args.checkpoint_cache, not args.no_geneval), end="")
+                args.device, not args.no_progress, command, args.checkpoint_cache, not args.no_geneval,
+                args.dtype), end="")
     return 0

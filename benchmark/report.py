@@ -246,6 +246,8 @@ def settings_markdown(config: dict) -> str:
     lines = ["", "Settings per method:", "", "| method | steps | guidance | trains on |", "|---|---|---|---|"]
     lines += [f"| {m} | {row['steps']} | {row['guidance']} | {row.get('trains_on', '-')} |"
               for m, row in settings.items()]
+    if config.get("dtype"):
+        lines += ["", f"Sampled in {config['dtype']}, {config.get('batch_size')} images a pipeline call."]
     return "\n".join(lines) + "\n"
 
 

@@ -46,18 +46,21 @@ class RunConfig:
     progress: bool = True
     html: bool = False  # write the HTML report (`report/`) at the end; the CLI's default is on
     attention_prompts: int = 2  # prompts of the report's attention-map page
+    # the pipeline's precision (`resolve`: float16 on CUDA, the release's, float32 elsewhere); changes images
+    dtype: str = "float32"
 
     @classmethod
     def resolve(cls, suite: str, model: str | None = None, *, methods: list[str] | None = None,
                 seeds: list[int] | None = None, num_seeds: int | None = None, steps: int | None = None,
                 guidance: float | None = None, per_method: dict | None = None, options: dict | None = None,
-                metrics: list[str] | None = None, **settings) -> RunConfig:
+                metrics: list[str] | None = None, dtype: str | None = None, **settings) -> RunConfig:
         """A run's settings from what the user gave (None: not given) and the defaults, each taken from its one
         place: the model's domain (its run defaults and its suite's, its method options), then on natural models
         each method's own release sampling (`Method.release_sampling`), then what was given: `steps`/`guidance`
         for every method, `per_method` {method: {"steps", "guidance"}} for some, `options` {method: {field:
-        value}}. `benchmark run` and `benchmark paper` both build their runs here; `settings` are the other
-        fields (out, device, batch_size, ...)."""
+        value}}; `dtype` None or "auto": float16 on CUDA (the SepEn release samples so), float32 elsewhere (the
+        CPU's images bit for bit). `benchmark run` and `benchmark paper` both build their runs here; `settings`
+        are the other fields (out, device, batch_size, ...)."""
         from .methods import method_class
 
         model = str(model or default_model())
@@ -82,9 +85,11 @@ class RunConfig:
             raise RunError(f"--num-seeds {num_seeds}: give N >= 1")
         if seeds is None:
             seeds = list(range(defaults["num_seeds"] if num_seeds is None else num_seeds))
+        if dtype in (None, "auto"):
+            dtype = "float16" if _device_type(settings.get("device", "auto")) == "cuda" else "float32"
         return cls(suite=suite, model=model, methods=methods, seeds=seeds, steps=common["steps"],
                    guidance=common["guidance"], sampling=sampling, options={n: o for n, o in options.items() if o},
-                   metrics=_names(defaults["metrics"]) if metrics is None else metrics, **settings)
+                   metrics=_names(defaults["metrics"]) if metrics is None else metrics, dtype=dtype, **settings)
 
     def to_json(self) -> dict:
         data = asdict(self)
@@ -112,8 +117,14 @@ class RunConfig:
             raise RunError("seeds must be >= 0")
         if self.limit is not None and self.limit < 1:
             raise RunError(f"--limit {self.limit}: give N >= 1 prompts, or leave it out for the whole suite")
-        if self.batch_size < 1:
-            raise RunError(f"--batch-size {self.batch_size}: give N >= 1 images per pipeline call")
+        if self.batch_size != AUTO and (isinstance(self.batch_size, bool) or not isinstance(self.batch_size, int)
+                                        or self.batch_size < 1):
+            raise RunError(f"--batch-size {self.batch_size}: give N >= 1 images per pipeline call, or auto")
+        if self.dtype not in DTYPE_NAMES:
+            raise RunError(f"--dtype {self.dtype}: give one of {', '.join(DTYPE_NAMES)} (or auto)")
+        if self.dtype == "float16" and _device_type(self.device) != "cuda":
+            raise RunError(f"--dtype float16 on {self.device}: half precision runs on CUDA GPUs; give float32 or "
+                           "bfloat16 here")
         for method in self.methods:
             sampling = self.sampling_of(method)
             if not 1 <= int(sampling["steps"]) <= MAX_STEPS:
@@ -144,6 +155,17 @@ class RunConfig:
         return prompts, methods
 
 
+DTYPE_NAMES = ("float32", "float16", "bfloat16")
+AUTO = "auto"  # --batch-size auto: the largest batch the GPU's memory holds (`generate.fitting_batch_size`)
+
+
+def _device_type(device: str) -> str:
+    try:
+        return resolve_device(device).type
+    except RuntimeError:  # named in validate()
+        return "cpu"
+
+
 MAX_STEPS = 1000  # a diffusers scheduler cannot take more inference steps than its 1000 training timesteps
 MAX_GUIDANCE = 100.0  # classifier-free guidance past this makes saturated noise, not images
 
@@ -168,3 +190,15 @@ def check_families(model: str, methods: list) -> None:
         if method.families is not None and family not in method.families:
             raise RunError(f"{method.name} runs on {', '.join(method.families)} models, not on {family} ({model}); "
                            f"`python -m benchmark ls methods --model {model}` lists the methods that do")
+
+
+def batch_size_value(text: str) -> int | str:
+    """--batch-size: a whole number, or auto."""
+    return text if text == "auto" else int(text)
+
+
+def add_dtype_argument(parser) -> None:
+    parser.add_argument("--dtype", default="auto", choices=("auto", "float32", "float16", "bfloat16"),
+                        help="the pipeline's precision; auto: float16 on CUDA (as the SepEn release samples), "
+                             "float32 elsewhere (the CPU's images bit for bit); A&E's and SepEn's optimisation "
+                             "steps read their maps in float32, SepEn trains fp32 keys (docs/speed.md)")

@@ -14,7 +14,7 @@ from .records import CONFIG_NAME, id_folder, read_record, read_run_config, write
 from .suites import SuitePrompt
 
 # settings that change an image: a run folder holds images of one value of each
-IMAGE_SETTINGS = ("model", "steps", "guidance", "sampling", "scheduler", "method_keys")
+IMAGE_SETTINGS = ("model", "steps", "guidance", "sampling", "scheduler", "method_keys", "dtype")
 # ... of which older run folders did not record these: compared only where the folder has them
 LATER_SETTINGS = ("sampling", "scheduler", "method_keys")
 # per method: compared for the methods both the folder and the command have (a folder can gain methods)
@@ -91,6 +91,7 @@ def check_same_settings(out: Path, settings: dict) -> None:
     if not (out / CONFIG_NAME).exists():
         return
     saved = read_run_config(out)
+    saved.setdefault("dtype", "float32")  # a folder made before the precision was recorded: every run was fp32
     # the sampler comes with the model folder, so the same --model can sample differently after an edit
     wanted = dict(settings)
     keys = [key for key in IMAGE_SETTINGS if key in saved or key not in LATER_SETTINGS]

@@ -82,7 +82,8 @@ def test_help_states_real_defaults_once(argv, capsys):
     for noise in ("(default: None)", "(default: False)", "(default: [])"):
         assert noise not in text, f"{' '.join(argv)} --help says {noise!r}"
     if argv == ["benchmark", "run"]:
-        assert "images per pipeline call (default: 4)" in text
+        assert "images per pipeline call; auto: 4 on the CPU, on a GPU the most its memory holds (up to 16) " \
+               "(default: auto)" in text
         assert "default: 3e-05 (shapes models) (default" not in text  # a mode-dependent default, said once
     if argv == ["sae", "train"]:
         assert "weight of the Enhance loss (default: 0.5)" in text
