@@ -89,11 +89,15 @@ def build_parser() -> argparse.ArgumentParser:
     tiny = commands.add_parser("tiny-model", help="write a random offline pipeline (tests, smoke runs, GPU timing)",
                                formatter_class=DefaultsHelpFormatter)
     tiny.add_argument("out", type=Path)
-    tiny.add_argument("--arch", choices=["tiny", "sd14", "sd2", "sdxl", "sdxl-base"], default="tiny",
+    tiny.add_argument("--arch", choices=["tiny", "sd14", "sd2", "sdxl", "sdxl-base", "sd3", "pixart", "flux"],
+                      default="tiny",
                       help="tiny (SD 1.x's layout, 1.6M-weight UNet, 64 px), sd14 (SD 1.4's real architecture, "
                            "random weights), sd2 (SD 2.x's layout in miniature: linear projections, heads of a "
-                           "fixed width, v-prediction), sdxl (SDXL's layout in miniature: two text encoders) or "
-                           "sdxl-base (SDXL base 1.0's real architecture, random weights: 13 GB)")
+                           "fixed width, v-prediction), sdxl (SDXL's layout in miniature: two text encoders), "
+                           "sdxl-base (SDXL base 1.0's real architecture, random weights: 13 GB), or the transformer "
+                           "families in miniature, with a T5 tokenizer over the suites' words: sd3 (MMDiT, two CLIP "
+                           "encoders and T5, 64 px), pixart (PixArt-Sigma: DiT cross-attending to T5, 64 px) or flux "
+                           "(FLUX.1: double- and single-stream blocks, CLIP and T5, 128 px)")
     tiny.add_argument("--seed", type=int, default=0)
     return parser
 

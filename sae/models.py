@@ -1,14 +1,16 @@
-"""Loading Stable-Diffusion-style pipelines by hub id or local folder, and building test models offline.
+"""Loading text-to-image pipelines by hub id or local folder, and building test models offline.
 
 `load_pipeline` is the one door to a model: a hub id or a local folder, with one clear error when neither
 is reachable. `build_tiny_pipeline` writes a randomly initialised pipeline (tiny, or with SD 1.4's real
-architecture) whose every component is built here, the CLIP tokenizer included, so nothing is downloaded.
+architecture; SD 1.x/2.x, SDXL, SD3, PixArt-Sigma, FLUX) whose every component is built here, the CLIP and T5
+tokenizers included, so nothing is downloaded.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import re
 from pathlib import Path
 
 import torch
@@ -159,6 +161,47 @@ def clip_tokenizer(model_max_length: int = 77):
     return CLIPTokenizer(vocab=vocab, merges=merges, model_max_length=model_max_length)
 
 
+# The shipped suites (where `benchmark.suites` finds them): their words make the offline T5 tokenizer's vocabulary
+PROMPTS_DIR = Path(__file__).resolve().parents[1] / "prompts"
+
+
+def t5_tokenizer(model_max_length: int = 512):
+    """A T5 tokenizer built offline, in T5's own layout (Unigram pieces, "▁" before each word, pad 0, end 1,
+    unknown 2, an end token and no start token) over a small vocabulary: every word of the shipped suites as one
+    piece, and single characters, so that any other word still encodes (letter by letter)."""
+    import string
+
+    from transformers import T5Tokenizer
+
+    words, chars = set(), set(string.ascii_letters + string.digits + string.punctuation)
+    for suite in sorted(PROMPTS_DIR.glob("*.jsonl")):  # none where only the package is installed: characters only
+        for line in filter(str.strip, suite.read_text(encoding="utf-8").splitlines()):
+            prompt = str(json.loads(line).get("prompt", ""))
+            words.update(re.findall(r"\w+", prompt))
+            chars.update("".join(prompt.split()))
+    # a word's own piece scores above any split of it into characters
+    pieces = [("<pad>", 0.0), ("</s>", 0.0), ("<unk>", 0.0), ("▁", -2.0)]
+    pieces += [("▁" + word, -5.0) for word in sorted(words)] + [(char, -10.0) for char in sorted(chars)]
+    return T5Tokenizer(vocab=pieces, extra_ids=0, model_max_length=model_max_length)
+
+
+def _clip_text_config(tokenizer, settings: dict):
+    from transformers import CLIPTextConfig
+
+    return CLIPTextConfig(vocab_size=len(tokenizer), max_position_embeddings=77, bos_token_id=tokenizer.bos_token_id,
+                          eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id, **settings)
+
+
+def _t5_encoder(tokenizer, settings: dict):
+    """T5 v1.1's encoder (gated GELU), the text encoder of SD3, PixArt and FLUX, sized by `settings`."""
+    from transformers import T5Config, T5EncoderModel
+
+    return T5EncoderModel(T5Config(vocab_size=len(tokenizer), pad_token_id=tokenizer.pad_token_id,
+                                   eos_token_id=tokenizer.eos_token_id, decoder_start_token_id=tokenizer.pad_token_id,
+                                   feed_forward_proj="gated-gelu", relative_attention_num_buckets=8,
+                                   relative_attention_max_distance=32, **settings))
+
+
 def _tiny_configs():
     # SD 1.x's layout in miniature: four resolutions, cross-attention in the first three down blocks and the
     # last three up blocks, so that the 1/4-resolution maps come from down_blocks.2 and up_blocks.1 as in SD.
@@ -242,27 +285,75 @@ def _sdxl_base_configs():
     return unet, vae, text
 
 
+# A tiny CLIP text encoder of the transformer families (one or two of them beside T5)
+_TINY_CLIP = dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4, projection_dim=32)
+
+
+def _sd3_configs():
+    # SD3's layout in miniature (MMDiT): joint blocks over 2x2 patches of a 16-channel latent, 64 px; two CLIP
+    # encoders with projections (their pooled outputs concatenated: 32 + 32) and T5, whose width the CLIP hidden
+    # states (32 + 32) are padded to before the three run as one text sequence.
+    transformer = dict(sample_size=32, patch_size=2, in_channels=16, out_channels=16, num_layers=2,
+                       attention_head_dim=8, num_attention_heads=4, joint_attention_dim=64, caption_projection_dim=32,
+                       pooled_projection_dim=64, pos_embed_max_size=32)
+    vae = {**_tiny_configs()[1], "latent_channels": 16, "use_quant_conv": False, "use_post_quant_conv": False,
+           "scaling_factor": 1.5305, "shift_factor": 0.0609}
+    text = dict(clip=_TINY_CLIP, t5=dict(d_model=64, d_ff=128, d_kv=16, num_layers=2, num_heads=4))
+    return transformer, vae, text
+
+
+def _pixart_configs():
+    # PixArt-Sigma's layout in miniature: a DiT whose blocks cross-attend to T5 (caption_channels: T5's width),
+    # with one timestep modulation for all blocks (AdaLN-single) and a learned variance (twice the latent channels
+    # out). Asked for 64 px, the pipeline samples at its smallest aspect-ratio bin (256 px) and resizes: patches of
+    # 8x8 latent pixels keep that to 16x16 tokens.
+    transformer = dict(sample_size=32, patch_size=8, in_channels=4, out_channels=8, num_layers=2,
+                       attention_head_dim=8, num_attention_heads=4, cross_attention_dim=32, caption_channels=32,
+                       norm_type="ada_norm_single")
+    text = dict(t5=dict(d_model=32, d_ff=64, d_kv=8, num_layers=2, num_heads=4))
+    # (no attention in the VAE's middle block: over 128x128 latent pixels it would cost more than all the rest)
+    return transformer, {**_tiny_configs()[1], "mid_block_add_attention": False}, text
+
+
+def _flux_configs():
+    # FLUX.1's layout in miniature: double-stream (joint) blocks then single-stream blocks over 2x2-packed patches
+    # of a 16-channel latent; text from T5 alone, CLIP's pooled output as the global vector, the guidance scale as
+    # an input (FLUX.1-dev's distilled guidance). The pipeline's default size is 128 latent pixels a side whatever
+    # the model, so a VAE that does not downsample keeps its images at 128 px.
+    transformer = dict(patch_size=1, in_channels=64, num_layers=1, num_single_layers=1, attention_head_dim=16,
+                       num_attention_heads=2, joint_attention_dim=32, pooled_projection_dim=32, guidance_embeds=True,
+                       axes_dims_rope=(4, 6, 6))
+    vae = dict(in_channels=3, out_channels=3, latent_channels=16, block_out_channels=(16,),
+               down_block_types=("DownEncoderBlock2D",), up_block_types=("UpDecoderBlock2D",), layers_per_block=1,
+               norm_num_groups=16, sample_size=128, use_quant_conv=False, use_post_quant_conv=False,
+               scaling_factor=0.3611, shift_factor=0.1159, mid_block_add_attention=False)  # (as PixArt's)
+    text = dict(clip=_TINY_CLIP, t5=dict(d_model=32, d_ff=64, d_kv=8, num_layers=2, num_heads=4))
+    return transformer, vae, text
+
+
 ARCHITECTURES = {"tiny": _tiny_configs, "sd14": _sd14_configs, "sd2": _sd2_configs, "sdxl": _sdxl_configs,
-                 "sdxl-base": _sdxl_base_configs}
+                 "sdxl-base": _sdxl_base_configs, "sd3": _sd3_configs, "pixart": _pixart_configs,
+                 "flux": _flux_configs}
 
 
 def build_tiny_pipeline(arch: str = "tiny", seed: int = 0):
-    """A randomly initialised `StableDiffusionPipeline` built entirely offline."""
+    """A randomly initialised pipeline built entirely offline: a `StableDiffusionPipeline`, or SDXL's, SD3's,
+    PixArt-Sigma's or FLUX's by `arch`."""
     from diffusers import AutoencoderKL, PNDMScheduler, StableDiffusionPipeline, UNet2DConditionModel
-    from transformers import CLIPTextConfig, CLIPTextModel
+    from transformers import CLIPTextModel
 
     if arch not in ARCHITECTURES:
         raise ValueError(f"unknown architecture {arch!r}: use one of {sorted(ARCHITECTURES)}")
     unet_cfg, vae_cfg, text_cfg = ARCHITECTURES[arch]()
     torch.manual_seed(seed)
+    if arch in _TRANSFORMER_PIPELINES:
+        return _TRANSFORMER_PIPELINES[arch](unet_cfg, AutoencoderKL(**vae_cfg), text_cfg)
     unet = UNet2DConditionModel(**unet_cfg)
     vae = AutoencoderKL(**vae_cfg)
     tokenizer = clip_tokenizer()
 
     def text_config(settings):
-        return CLIPTextConfig(vocab_size=len(tokenizer), max_position_embeddings=77,
-                              bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
-                              pad_token_id=tokenizer.pad_token_id, **settings)
+        return _clip_text_config(tokenizer, settings)
 
     second = text_cfg.pop("text_2", text_cfg)
     text_encoder = CLIPTextModel(text_config(text_cfg))
@@ -298,8 +389,54 @@ def _tiny_sdxl(unet, vae, tokenizer, text_encoder, text_config):
                                      scheduler=scheduler, force_zeros_for_empty_prompt=True)
 
 
+def _tiny_sd3(transformer_cfg, vae, text_cfg):
+    """SD3's pipeline: the MMDiT, CLIP twice with projections (the same offline tokenizer), T5, flow matching."""
+    from diffusers import FlowMatchEulerDiscreteScheduler, SD3Transformer2DModel, StableDiffusion3Pipeline
+    from transformers import CLIPTextModelWithProjection
+
+    transformer = SD3Transformer2DModel(**transformer_cfg)
+    tokenizer, t5 = clip_tokenizer(), t5_tokenizer()
+    clip = _clip_text_config(tokenizer, text_cfg["clip"])
+    return StableDiffusion3Pipeline(transformer=transformer, vae=vae,
+                                    scheduler=FlowMatchEulerDiscreteScheduler(shift=3.0),
+                                    text_encoder=CLIPTextModelWithProjection(clip), tokenizer=tokenizer,
+                                    text_encoder_2=CLIPTextModelWithProjection(clip), tokenizer_2=clip_tokenizer(),
+                                    text_encoder_3=_t5_encoder(t5, text_cfg["t5"]), tokenizer_3=t5)
+
+
+def _tiny_pixart(transformer_cfg, vae, text_cfg):
+    """PixArt-Sigma's pipeline: the DiT, T5 alone, and its DPM-Solver++ sampler on the linear beta schedule."""
+    from diffusers import DPMSolverMultistepScheduler, PixArtSigmaPipeline, PixArtTransformer2DModel
+
+    transformer = PixArtTransformer2DModel(**transformer_cfg)
+    t5 = t5_tokenizer()
+    scheduler = DPMSolverMultistepScheduler(beta_start=0.0001, beta_end=0.02, beta_schedule="linear",
+                                            num_train_timesteps=1000, algorithm_type="dpmsolver++", solver_order=2,
+                                            lower_order_final=True)
+    return PixArtSigmaPipeline(transformer=transformer, vae=vae, scheduler=scheduler,
+                               text_encoder=_t5_encoder(t5, text_cfg["t5"]), tokenizer=t5)
+
+
+def _tiny_flux(transformer_cfg, vae, text_cfg):
+    """FLUX's pipeline: the transformer, CLIP (pooled vector) and T5 (the sequence), flow matching with its shift
+    growing with the image's token count."""
+    from diffusers import FlowMatchEulerDiscreteScheduler, FluxPipeline, FluxTransformer2DModel
+    from transformers import CLIPTextModel
+
+    transformer = FluxTransformer2DModel(**transformer_cfg)
+    tokenizer, t5 = clip_tokenizer(), t5_tokenizer()
+    scheduler = FlowMatchEulerDiscreteScheduler(shift=3.0, use_dynamic_shifting=True, base_shift=0.5, max_shift=1.15,
+                                                base_image_seq_len=256, max_image_seq_len=4096)
+    return FluxPipeline(transformer=transformer, vae=vae, scheduler=scheduler,
+                        text_encoder=CLIPTextModel(_clip_text_config(tokenizer, text_cfg["clip"])),
+                        tokenizer=tokenizer, text_encoder_2=_t5_encoder(t5, text_cfg["t5"]), tokenizer_2=t5)
+
+
+_TRANSFORMER_PIPELINES = {"sd3": _tiny_sd3, "pixart": _tiny_pixart, "flux": _tiny_flux}
+
+
 def write_tiny_model(out_dir: str | os.PathLike, arch: str = "tiny", seed: int = 0) -> Path:
-    """Write a random pipeline folder that `StableDiffusionPipeline.from_pretrained(out_dir)` loads offline."""
+    """Write a random pipeline folder that `load_pipeline(out_dir)` loads offline."""
     out = Path(out_dir)
     pipe = build_tiny_pipeline(arch=arch, seed=seed)
     pipe.save_pretrained(out, safe_serialization=True)

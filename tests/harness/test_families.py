@@ -1,6 +1,7 @@
 """Model families beyond SD 1.x/2.x: a tiny SDXL built offline (`python -m sae tiny-model DIR --arch sdxl`) runs
 through the harness as its own diffusers pipeline does, and Attend-and-Excite, SepEn and its test-time variant
-run on it; on a family they do not know, they are refused in one line before anything is written."""
+run on it; on a family they do not know, they are refused in one line before anything is written. Tiny SD3,
+PixArt-Sigma and FLUX (`--arch sd3|pixart|flux`) run `plain` through the harness as their own pipelines do."""
 
 import json
 
@@ -15,7 +16,7 @@ from sae.models import load_pipeline, model_family
 
 @pytest.fixture(scope="module")
 def tiny_models(tmp_path_factory):
-    """Tiny models of SD 2.x's and SDXL's layouts, written once for the module."""
+    """Tiny models by `--arch`, each written once for the module."""
     from sae.models import write_tiny_model
 
     made = {}
@@ -57,6 +58,46 @@ def test_plain_makes_the_pipelines_own_images(tiny_models, small_suite, tmp_path
         ours = Image.open(out / "images" / "plain" / "t_0" / f"{seed:04d}.png")
         difference = np.abs(np.asarray(ours, dtype=int) - np.asarray(own, dtype=int)).max()
         assert difference <= 1, difference  # one 8-bit level: a batch of two rounds otherwise than one image
+
+
+TRANSFORMER_PIPELINES = {"sd3": "StableDiffusion3Pipeline", "pixart": "PixArtSigmaPipeline", "flux": "FluxPipeline"}
+
+
+@pytest.mark.parametrize("arch", TRANSFORMER_PIPELINES)
+def test_plain_on_a_transformer_family_makes_the_pipelines_own_images(tiny_models, small_suite, tmp_path, arch):
+    model = tiny_models(arch)
+    out = tmp_path / "run"
+    # (no HTML: its attention traces read a UNet's cross-attention)
+    assert main(["run", "--suite", str(small_suite), "--model", str(model), "--methods", "plain", "--limit", "1",
+                 "--seeds", "0,1", "--steps", "2", "--guidance", "7.5", "--out", str(out), "--no-progress",
+                 "--no-html", "--processes", "1"]) == 0
+    pipe = load_pipeline(model, device="cpu")
+    assert type(pipe).__name__ == TRANSFORMER_PIPELINES[arch] and model_family(pipe) == arch
+    prompt = json.loads(small_suite.read_text().splitlines()[0])["prompt"]
+    own = pipe([prompt] * 2, num_inference_steps=2, guidance_scale=7.5,
+               generator=[torch.Generator().manual_seed(seed) for seed in (0, 1)]).images
+    for seed, image in zip((0, 1), own, strict=True):
+        ours = Image.open(out / "images" / "plain" / "t_0" / f"{seed:04d}.png")
+        assert ours.size == image.size and ours.size[0] <= 128
+        difference = np.abs(np.asarray(ours, dtype=int) - np.asarray(image, dtype=int)).max()
+        assert difference <= 1, difference
+    assert np.asarray(own[0]).std() > 0 and own[0] != own[1]  # random weights, yet an image per seed
+
+
+@pytest.mark.parametrize("arch", TRANSFORMER_PIPELINES)
+def test_a_transformer_family_lists_plain_and_refuses_the_attention_methods(tiny_models, small_suite, tmp_path,
+                                                                             capsys, arch):
+    model = tiny_models(arch)
+    assert model_family(model) == arch
+    assert main(["ls", "methods", "--model", str(model)]) == 0
+    listed = {line.split()[0] for line in capsys.readouterr().out.splitlines() if line.strip()}
+    assert "plain" in listed and not listed & {"attend_excite", "sepen", "sepen+ae", "sepen_tt"}, listed
+    out = tmp_path / "run"
+    assert main(["run", "--suite", str(small_suite), "--model", str(model), "--methods", "sepen", "--out", str(out),
+                 "--no-progress", "--processes", "1"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith(f"error: sepen runs on sd, sdxl models, not on {arch} "), err
+    assert not out.exists()
 
 
 @pytest.fixture(scope="module")
