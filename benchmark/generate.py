@@ -11,8 +11,9 @@ process merges the records. Scoring is `benchmark.scoring`'s.
 
 from __future__ import annotations
 
-import logging
 import json
+import logging
+import os
 import time
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -21,7 +22,7 @@ import torch
 from PIL import Image
 from tqdm.auto import tqdm
 
-from sae.models import load_pipeline
+from sae.models import load_pipeline, resolve_device
 from sae.speed import for_inference
 from sae.tokens import encode_prompt_ids
 
@@ -44,9 +45,15 @@ __all__ = ["LOCK_NAME", "RUN_MARKER", "RunConfig", "RunError", "check_run_folder
 
 
 def _check_prompts(pipe, prompts: list[SuitePrompt]) -> None:
-    """Every prompt fits the text encoder and names its objects: fail before generating anything."""
+    """Every prompt fits the text encoder and names its objects: fail before generating anything. Only on the
+    families whose methods read token positions (CLIP's, a start token first): elsewhere `plain` reads none, and
+    the pipeline's own encoders take the prompt (T5's 256-512 tokens past CLIP's 77, no start token)."""
+    from sae.backbones import METHOD_FAMILIES
+    from sae.models import model_family
     from sae.tokens import find_token_indices
 
+    if model_family(pipe) not in METHOD_FAMILIES:
+        return
     for item in prompts:
         try:
             encode_prompt_ids(pipe.tokenizer, item.prompt)
@@ -80,12 +87,22 @@ def fitting_batch_size(pipe, methods: list, state, most: int = 16) -> int:
     return int(found[0])
 
 
+def _rank_device(state, device: str) -> str:
+    """This process's device: its local rank's GPU, or with more ranks than GPUs the GPUs in turn (two ranks can
+    share one GPU; they then talk through gloo, as NCCL refuses two ranks on one GPU)."""
+    if resolve_device(device).type == "cuda" and state.device.type == "cpu":
+        return f"cuda:{state.local_process_index % torch.cuda.device_count()}"
+    return str(state.device)
+
+
 def _distributed(device: str):
     """accelerate's process state when launched with it (or torchrun), else a single process."""
     from accelerate import PartialState
 
+    ranks_here = int(os.environ.get("LOCAL_WORLD_SIZE", os.environ.get("WORLD_SIZE", "1")))
+    gpus = torch.cuda.device_count() if torch.cuda.is_available() else 0
     # without cpu=True, accelerate does not take CPU processes as a distributed group
-    return PartialState(cpu=device == "cpu" or not torch.cuda.is_available())
+    return PartialState(cpu=resolve_device(device).type == "cpu" or not gpus or ranks_here > gpus)
 
 
 @dataclass
@@ -125,7 +142,7 @@ def plan_run(config: RunConfig) -> RunPlan:
     domain = model_domain(config.model)
     out = Path(config.out)
     state = _distributed(config.device)
-    device = str(state.device) if state.num_processes > 1 else config.device
+    device = _rank_device(state, config.device) if state.num_processes > 1 else config.device
     if not config.progress:  # --no-progress: the libraries' loading bars too
         import diffusers
         import transformers

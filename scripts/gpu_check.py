@@ -41,7 +41,7 @@ from sae.backbones import conditioning  # noqa: E402
 from sae.finetune import (ConceptPair, FinetuneConfig, finetune, sepen_losses,  # noqa: E402
                           trainable_parameters)
 from sae.models import load_pipeline, write_tiny_model  # noqa: E402
-from sae.sampling import generate, seed_generators  # noqa: E402
+from sae.sampling import DEFAULT_GUIDANCE, generate, seed_generators  # noqa: E402
 from sae.speed import compile_blocks, for_inference  # noqa: E402
 from sae.tokens import find_token_indices  # noqa: E402
 
@@ -228,7 +228,7 @@ def generation(check: Check, model: Path, device: str, steps: int, compile_backe
     """fp16 generation: diffusers' default call against the harness, same seeds; guided methods beside."""
     dtype = "float16" if CUDA else "float32"
     pipe = load_pipeline(model, device=device, dtype=dtype)
-    guidance = 7.5  # diffusers' default, and the release's
+    guidance = DEFAULT_GUIDANCE  # diffusers' default, and the release's
     generate(pipe, PROMPT, [0], num_inference_steps=2, guidance_scale=guidance, batch_size=1)  # warm-up
 
     def default_call():

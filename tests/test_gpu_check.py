@@ -47,3 +47,22 @@ def test_gpu_check_dry_runs_the_sdxl_finetune_on_the_cpu(tmp_path):
     report = json.loads(out.read_text())
     assert report["step_ratio"]["ratio"] > 0 and report["finetune_bf16"]["steps"] == 3
     assert "finetune_fp32" not in report  # only the variants asked for
+
+
+@pytest.mark.slow
+def test_gpu_run_check_dry_runs_on_the_cpu(tmp_path):
+    """scripts/gpu_run_check.py (benchmark run against the library, the paper's projection, two ranks) on the tiny
+    model: every part reports its figures."""
+    out = tmp_path / "check.json"
+    done = subprocess.run([sys.executable, str(ROOT / "scripts" / "gpu_run_check.py"), "--arch", "tiny", "--steps",
+                           "2", "--sepen-steps", "3", "--prompts", "2", "--seeds", "2", "--json", str(out)],
+                          capture_output=True, text=True, timeout=900)
+    assert done.returncode == 0, done.stderr[-2000:]
+    report = json.loads(out.read_text())
+    assert report["benchmark_run"]["dtype"] == "float32" and report["benchmark_run"]["batch_size"] == 4
+    assert report["generation"]["ratio"] > 0 and report["sepen"]["ratio"] > 0
+    projection = report["projection"]
+    assert projection["images_per_method"] == 276 * 64 and 0 < projection["ratio"]
+    assert set(projection["ours_gpu_hours"]) == {"plain", "attend_excite", "sepen", "sepen_tt"}
+    assert report["ranks"]["images"] == 4 and report["ranks"]["max_level_difference"] <= 1
+    assert "finished" in report

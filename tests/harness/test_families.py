@@ -193,3 +193,18 @@ def test_sepen_training_on_another_family_is_one_line(tiny_flux_named, tmp_path,
     err = capsys.readouterr().err.strip().splitlines()
     assert err == [f"error: --model {tiny_flux_named}: SepEn training runs on sd and sdxl pipelines, not on flux "
                    "(docs/backbones.md)"] and not out.exists()
+
+
+@pytest.mark.parametrize("arch", TRANSFORMER_PIPELINES)
+def test_plain_on_a_transformer_family_takes_the_prompts_its_encoders_take(tiny_models, tmp_path, capsys, arch):
+    # an object first (T5 has no start token), and a prompt over CLIP's 77 tokens (T5 reads 256-512); the HTML
+    # report without attention traces (a UNet's)
+    long = " ".join(["a cat and a dog on a red sofa"] * 12)
+    for i, (prompt, objects) in enumerate([("cats and a dog", ["cats", "dog"]), (long, ["cat", "dog"])]):
+        suite = tmp_path / f"s{i}.jsonl"
+        suite.write_text(json.dumps({"id": "x", "prompt": prompt, "objects": [{"name": o} for o in objects]}) + "\n")
+        out = tmp_path / f"run{i}"
+        assert main(["run", "--suite", str(suite), "--model", str(tiny_models(arch)), "--methods", "plain", "--seeds",
+                     "0", "--steps", "2", "--out", str(out), "--no-progress", "--processes", "1"]) == 0, \
+            capsys.readouterr().err
+        assert (out / "report" / "index.html").is_file() and not list((out / "attention").glob("*.png"))
