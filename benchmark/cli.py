@@ -19,7 +19,7 @@ EPILOG = """examples:
   python -m benchmark run --suite multi_object --model /tmp/tiny --methods plain,attend_excite,sepen \\
       --num-seeds 2 --limit 3 --steps 20 --out runs/tiny
   python -m benchmark run --suite ae276 --model CompVis/stable-diffusion-v1-4 --methods plain,attend_excite,sepen \\
-      --seeds 0-63 --batch-size 8 --out runs/ae276        # the paper's protocol (GPU)
+      --seeds 0-63 --out runs/ae276        # the paper's protocol (GPU: float16, batches that fit)
   torchrun --nproc_per_node 2 -m benchmark run ...      # the same, split across processes
   python -m benchmark report runs/tiny
   python -m benchmark report runs/tiny --html                        # runs/tiny/report/index.html

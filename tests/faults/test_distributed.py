@@ -54,6 +54,28 @@ def children(pid):
 
 @needs_gloo
 @pytest.mark.slow
+def test_two_nodes_with_a_rendezvous_make_each_image_once_and_the_tables_of_one(sweep, uninterrupted, tmp_path):
+    """docs/run_folder.md's several-machine command, as two "nodes" on this machine (one process each, a c10d
+    rendezvous on localhost, one shared folder)."""
+    out = tmp_path / "run"
+    argv = sweep.command(uninterrupted["model"], uninterrupted["suite"], out, uninterrupted["cache"])
+    with socket.create_server(("127.0.0.1", 0)) as server:
+        port = server.getsockname()[1]
+    nodes = []
+    for _ in range(2):  # the rendezvous numbers the nodes
+        command = [sys.executable, "-m", "torch.distributed.run", "--nnodes", "2", "--nproc_per_node", "1",
+                   "--rdzv_backend", "c10d", "--rdzv_endpoint", f"127.0.0.1:{port}", "--rdzv_id", "two-nodes",
+                   *argv[1:]]
+        nodes.append(subprocess.Popen(command, env=sweep.environment(), stdout=subprocess.PIPE,
+                                      stderr=subprocess.STDOUT, text=True))
+    logs = [node.communicate(timeout=900)[0] for node in nodes]
+    assert [node.returncode for node in nodes] == [0, 0], "\n".join(log[-2000:] for log in logs)
+    assert sweep.problems(out, uninterrupted["out"]) == []  # each image once, the tables of one process
+    assert sorted(r["prompt_id"] for r in read_jsonl(out / "finetune.jsonl")) == ["t/0", "t/1"]
+
+
+@needs_gloo
+@pytest.mark.slow
 def test_two_processes_make_each_image_once_and_the_tables_of_one(sweep, uninterrupted, tmp_path):
     out = tmp_path / "run"
     argv = sweep.command(uninterrupted["model"], uninterrupted["suite"], out, uninterrupted["cache"])
