@@ -110,7 +110,7 @@ def main() -> int:
     parser.add_argument("--steps", type=int, default=50, help="denoising steps")
     parser.add_argument("--sepen-steps", type=int, default=200, help="per-pair finetuning steps")
     parser.add_argument("--prompts", type=int, default=4)
-    parser.add_argument("--seeds", type=int, default=16)
+    parser.add_argument("--seeds", type=int, default=8)
     parser.add_argument("--parts", default="generation,sepen,projection,ranks")
     parser.add_argument("--json", type=Path)
     args = parser.parse_args()

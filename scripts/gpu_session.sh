@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The checks that wait for a GPU, in one call that fits a lent machine's time (about 9 minutes on one H100/H200;
+# The checks that wait for a GPU, in one call that fits a lent machine's time (estimated 10 minutes on one H200;
 # each writes its JSON after every part, so a run cut short keeps what it measured):
 #   1. the main command at the GPU's speed (docs/speed.md): benchmark run against the library, SepEn checkpoints
 #      against sae train, the paper's main table projected against the anchors, two ranks on one GPU;
