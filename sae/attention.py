@@ -5,6 +5,11 @@
 the softmax probabilities explicitly and hands them to an `AttentionStore`. Every other layer keeps its own
 (fast, memory-efficient) processor, and leaving the context restores the original processors, so capture
 costs nothing when it is off. No UNet forward is copied: everything goes through diffusers' own modules.
+
+SD3's MMDiT has no cross-attention: each joint block runs one softmax over image and text keys together.
+`capture_joint_attention(transformer)` records, for every image query, its probabilities on the text keys divided
+by their sum (docs/backbones.md, the SD3 plan), by default in every joint block; `capture_attention` picks the
+capture that fits the denoiser.
 """
 
 from __future__ import annotations
@@ -14,6 +19,7 @@ import weakref
 from contextlib import contextmanager
 
 import torch
+import torch.nn.functional as F
 from diffusers.models.attention_processor import Attention
 
 
@@ -187,6 +193,115 @@ def capture_cross_attention(unet, downscale: int = 4, stop_after_last: bool = Fa
         hook.remove()
         for name, layer in layers.items():
             layer.set_processor(original[name])
+
+
+def is_joint_transformer(model) -> bool:
+    """Whether `model` is SD3's MMDiT (joint attention over image and text tokens)."""
+    from diffusers import SD3Transformer2DModel
+
+    return isinstance(model, SD3Transformer2DModel)
+
+
+def joint_attention_layers(transformer, blocks=None) -> list[str]:
+    """Processor names of the joint attention layers (`transformer_blocks.i.attn`) of the blocks `blocks` (indices;
+    default: every block, the plan's first choice)."""
+    count = len(transformer.transformer_blocks)
+    chosen = range(count) if blocks is None else sorted(set(int(b) for b in blocks))
+    if not chosen or not all(0 <= b < count for b in chosen):
+        raise ValueError(f"joint blocks {list(blocks)} do not fit the transformer's {count} blocks (0 to {count - 1})")
+    return [f"transformer_blocks.{b}.attn.processor" for b in chosen]
+
+
+class CaptureJointAttnProcessor:
+    """SD3's joint attention with the text maps of its image queries recorded into an `AttentionStore`.
+
+    Follows diffusers' `JointAttnProcessor2_0` step by step for the output. The map of a text token is each image
+    query's probability on its key divided by the query's total probability on the text keys: the softmax's
+    normaliser cancels in that ratio, so it is the softmax of the image queries' scores over the text keys alone,
+    and the full (image + text) attention matrix is never made. The store sees `(batch, heads, pixels, text
+    tokens)`, each pixel's row summing to one, as a UNet's cross-attention maps do.
+    """
+
+    def __init__(self, store: AttentionStore, name: str):
+        self.store = store
+        self.name = name
+
+    def __call__(self, attn: Attention, hidden_states, encoder_hidden_states=None, attention_mask=None,
+                 *args, **kwargs):
+        if encoder_hidden_states is None:
+            raise RuntimeError(f"layer {self.name} got no text tokens: only joint attention layers are captured")
+        residual = hidden_states
+        batch = hidden_states.shape[0]
+        head_dim = attn.to_k.out_features // attn.heads
+
+        def split(x):  # (batch, tokens, heads * dim) -> (batch, heads, tokens, dim)
+            return x.view(batch, -1, attn.heads, head_dim).transpose(1, 2)
+
+        query, key, value = split(attn.to_q(hidden_states)), split(attn.to_k(hidden_states)), \
+            split(attn.to_v(hidden_states))
+        if attn.norm_q is not None:
+            query = attn.norm_q(query)
+        if attn.norm_k is not None:
+            key = attn.norm_k(key)
+        text_query = split(attn.add_q_proj(encoder_hidden_states))
+        text_key = split(attn.add_k_proj(encoder_hidden_states))
+        text_value = split(attn.add_v_proj(encoder_hidden_states))
+        if attn.norm_added_q is not None:
+            text_query = attn.norm_added_q(text_query)
+        if attn.norm_added_k is not None:
+            text_key = attn.norm_added_k(text_key)
+
+        # recorded before the output, so that StopForward after the last layer skips it
+        self.store.record(self.name, ((query @ text_key.transpose(-1, -2)) * attn.scale).softmax(dim=-1))
+
+        query = torch.cat([query, text_query], dim=2)
+        key = torch.cat([key, text_key], dim=2)
+        value = torch.cat([value, text_value], dim=2)
+        hidden_states = F.scaled_dot_product_attention(query, key, value, dropout_p=0.0, is_causal=False)
+        hidden_states = hidden_states.transpose(1, 2).reshape(batch, -1, attn.heads * head_dim).to(query.dtype)
+        hidden_states, encoder_hidden_states = hidden_states[:, :residual.shape[1]], \
+            hidden_states[:, residual.shape[1]:]
+        if not attn.context_pre_only:
+            encoder_hidden_states = attn.to_add_out(encoder_hidden_states)
+        hidden_states = attn.to_out[1](attn.to_out[0](hidden_states))
+        return hidden_states, encoder_hidden_states
+
+
+@contextmanager
+def capture_joint_attention(transformer, blocks=None, stop_after_last: bool = False, keep_heads: bool = False):
+    """Capture SD3's text maps in the joint blocks `blocks` (default: all; the store averages them) while the
+    context is open. The maps are at the patch grid (1/patch_size of the latent side: 64x64 for SD3 at 1024 px) and
+    their last axis is the text sequence: CLIP's 77 positions (`find_token_indices` on `pipe.tokenizer`), then
+    T5's. `stop_after_last` and `keep_heads` as in `capture_cross_attention`. Yields the `AttentionStore`."""
+    names = joint_attention_layers(transformer, blocks)
+    store = AttentionStore(names, transformer.config.patch_size, stop_after_last, keep_heads)
+    layers = {name: transformer.get_submodule(name.removesuffix(".processor")) for name in names}
+    original = {name: layer.processor for name, layer in layers.items()}
+
+    def on_forward(module, args, kwargs):
+        sample = args[0] if args else kwargs["hidden_states"]
+        store.start_forward(sample.shape[-2:])
+
+    for name, layer in layers.items():
+        layer.set_processor(CaptureJointAttnProcessor(store, name))
+    hook = transformer.register_forward_pre_hook(on_forward, with_kwargs=True)
+    try:
+        yield store
+    finally:
+        hook.remove()
+        for name, layer in layers.items():
+            layer.set_processor(original[name])
+
+
+def capture_attention(model, map_downscale: int = 4, stop_after_last: bool = False, keep_heads: bool = False,
+                      joint_blocks=None):
+    """The text maps of a denoiser: a UNet's cross-attention at 1/`map_downscale` of the latent side, or SD3's
+    joint attention in `joint_blocks` (default: all; its maps are at the patch grid whatever `map_downscale`)."""
+    if is_joint_transformer(model):
+        return capture_joint_attention(model, joint_blocks, stop_after_last, keep_heads)
+    if joint_blocks is not None:
+        raise ValueError("joint_blocks chooses SD3's joint blocks; a UNet's maps are chosen by map_downscale")
+    return capture_cross_attention(model, map_downscale, stop_after_last, keep_heads)
 
 
 def split_guidance(maps: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

@@ -5,22 +5,54 @@ encoders' hidden states and adds the second's pooled embedding and six "time ids
 target size) through `added_cond_kwargs`. Everything else the methods use is shared: the `attn2` cross-attention
 layers at a quarter of the latent side, CLIP's tokenizer (the same word positions in both of SDXL's), and the
 trained `attn2.to_k` (docs/backbones.md).
+
+SD3 (an MMDiT, `pipe.transformer`) takes the prompt embeddings of CLIP-L, CLIP-G and T5 as one sequence and their
+pooled projections, and is trained by flow matching rather than DDPM (`FlowMatchingForward`). Its maps and trained
+keys come from joint attention (`sae.attention.capture_joint_attention`, `add_k_proj`).
 """
 
 from __future__ import annotations
+
+from types import SimpleNamespace
 
 import torch
 
 from .models import model_family
 
 METHOD_FAMILIES = ("sd", "sdxl")  # the families the attention methods (SepEn, A&E, the test-time variant) run on
+# The families SepEn trains on (`python -m sae train`): SD3 at the library level, before the benchmark's methods
+TRAIN_FAMILIES = ("sd", "sdxl", "sd3")
+
+
+def denoiser(pipe):
+    """The network the methods read and train: SD3's transformer, or the UNet."""
+    transformer = getattr(pipe, "transformer", None)
+    return transformer if transformer is not None else pipe.unet
+
+
+class FlowMatchingForward:
+    """SD3's forward process for training: `noisy = (1 - sigma) * x0 + sigma * noise` with `sigma = t / 1000`.
+
+    FlowMatchEulerDiscreteScheduler's convention: its timesteps are its sigmas times `num_train_timesteps`, and the
+    transformer reads a timestep as such, so a timestep drawn uniformly from [0, 1000) as on SD (the paper's draw)
+    is the sigma t / 1000. SD3 itself was trained on logit-normal sigmas and samples on a shifted schedule; uniform
+    t keeps SD's draw over the whole noise range.
+    """
+
+    def __init__(self, num_train_timesteps: int = 1000):
+        self.config = SimpleNamespace(num_train_timesteps=int(num_train_timesteps))  # as a scheduler's config
+
+    def add_noise(self, latents: torch.Tensor, noise: torch.Tensor, timesteps: torch.Tensor) -> torch.Tensor:
+        sigma = (timesteps.to(torch.float32) / self.config.num_train_timesteps).view(-1, *[1] * (latents.dim() - 1))
+        return (1 - sigma) * latents + sigma * noise
 
 
 def conditioning(pipe, prompts: list[str], height: int | None = None,
                  width: int | None = None) -> tuple[torch.Tensor, dict]:
     """The denoiser's text embeddings `(batch, tokens, dim)` for a conditional pass (no guidance) and its other
     keyword arguments, as the family's own pipeline makes them; `height` and `width` in pixels (SDXL's time ids;
-    default: the UNet's sample size)."""
+    default: the UNet's sample size). The denoiser takes them with the timestep as a keyword (`timestep=`), which
+    a UNet and SD3's transformer both name so."""
     family = model_family(pipe)
     with torch.no_grad():
         if family == "sd":
@@ -37,5 +69,9 @@ def conditioning(pipe, prompts: list[str], height: int | None = None,
                                               text_encoder_projection_dim=pipe.text_encoder_2.config.projection_dim)
             time_ids = time_ids.to(device).repeat(len(prompts), 1)
             return embeddings, {"added_cond_kwargs": {"text_embeds": pooled, "time_ids": time_ids}}
-    raise ValueError(f"the attention methods run on {', '.join(METHOD_FAMILIES)} models, not on {family} "
-                     "(docs/backbones.md)")
+        if family == "sd3":  # CLIP-L and CLIP-G's 77 tokens (side by side, padded to T5's width), then T5's
+            embeddings, _, pooled, _ = pipe.encode_prompt(prompt=prompts, prompt_2=None, prompt_3=None,
+                                                          device=pipe.transformer.device, num_images_per_prompt=1,
+                                                          do_classifier_free_guidance=False)
+            return embeddings, {"pooled_projections": pooled}
+    raise ValueError(f"the methods condition {', '.join(TRAIN_FAMILIES)} models, not {family} (docs/backbones.md)")

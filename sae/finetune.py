@@ -1,4 +1,5 @@
-"""The SepEn finetuner: trains only the cross-attention projections (`attn2.to_k` by default).
+"""The SepEn finetuner: trains only the cross-attention projections (`attn2.to_k` by default; on SD3, the joint
+attention's text keys `add_k_proj`).
 
 Each step (no image data, as in the paper and its release): "clean" latents drawn as Gaussian noise times the
 VAE's `scaling_factor` (std 0.18 for SD 1.x) are noised by the DDPM forward process of the model's training betas
@@ -11,6 +12,8 @@ results/shapes/sepen_lr_sweep.md).
 The optional norm loss compares noise predictions with the frozen base on single-concept prompts; it needs the
 whole UNet, and the frozen base is the same module called with the original projection weights
 (`torch.func.functional_call`), not a second copy of the UNet.
+On SD3 the same steps run on its transformer: the maps of every joint block (`sae.attention.capture_joint_attention`)
+and the flow-matching forward process (`sae.backbones.FlowMatchingForward`).
 """
 
 from __future__ import annotations
@@ -29,17 +32,20 @@ import torch
 from torch.func import functional_call
 from tqdm.auto import tqdm
 
-from .attention import MAP_KINDS, StopForward, capture_cross_attention, object_maps
-from .backbones import conditioning
+from .attention import (MAP_KINDS, StopForward, capture_attention, is_joint_transformer, joint_attention_layers,
+                        object_maps)
+from .backbones import FlowMatchingForward, conditioning, denoiser
 from .checkpoint import base_fingerprints, load_delta, save_delta
 from .files import atomic_path
 from .losses import SMOOTHING_KERNELS, enhance_peaks, norm_loss, separate_loss
+from .models import model_family
 from .options import option
 from .sampling import DEFAULT_GUIDANCE, generate
 from .speed import frozen_weights_in
 from .tokens import find_token_indices
 
-PROJECTIONS = ("k", "q", "v")
+# k: the keys of the text tokens (attn2.to_k on a UNet; on SD3, add_k_proj, which "add_k" names); q, v: the ablation
+PROJECTIONS = ("k", "q", "v", "add_k")
 LATENT_SOURCES = ("noise", "samples")
 LATENT_SCALES = ("vae", "unit")
 NORM_STEPS = ("combined", "separate")
@@ -92,11 +98,13 @@ class FinetuneConfig:
     lambda_en: float = option(0.5, "weight of the Enhance loss")
     lambda_norm: float = option(0.0, "weight of the norm loss (keeps the keys' norms)",
                                 shown_default="0 per pair, 0.5 large-scale")
-    projection: str = option("k", "which attn2 projection is trained: k (the method), q or v (the ablation)",
-                             choices=PROJECTIONS)
+    projection: str = option("k", "which attn2 projection is trained: k (the method), q or v (the ablation); on "
+                                  "SD3 k and add_k train the text keys (add_k_proj)", choices=PROJECTIONS)
     pair_reduction: str = option("max", "Separate over object pairs when a prompt has 3+ objects",
                                  choices=("max", "mean"))
     map_downscale: int = option(4, "maps the losses read, at 1/N of the latent side (4: SD 1.x's 16x16, the paper)")
+    # SD3: the joint blocks whose maps the losses average (None: every block, the plan's first choice); not a flag
+    joint_blocks: tuple[int, ...] | None = None
     maps: str = option("probs", "maps the losses read: probs (softmax over all tokens, the method) or sharpened "
                                 "(Attend-and-Excite's text maps)", choices=tuple(MAP_KINDS))
     smoothing: str = option("release", "Enhance's Gaussian kernel: the release's [0.212, 0.576, 0.212] or the "
@@ -168,6 +176,8 @@ class FinetuneConfig:
                 raise ValueError(f"{name} must be one of {allowed}, got {getattr(self, name)!r}")
         if self.token_positions is not None:
             self.token_positions = tuple(int(p) for p in self.token_positions)
+        if self.joint_blocks is not None:
+            self.joint_blocks = tuple(int(b) for b in self.joint_blocks)
         self.adam_betas = tuple(self.adam_betas)
         self.timesteps = tuple(self.timesteps)
         if len(self.timesteps) != 2 or not 0 <= self.timesteps[0] < self.timesteps[1]:
@@ -198,7 +208,10 @@ class FinetuneConfig:
                                  f"{high:g}], got {value!r}")
 
     def to_dict(self) -> dict:
-        return dataclasses.asdict(self)
+        settings = dataclasses.asdict(self)
+        if settings["joint_blocks"] is None:  # left out at its default: the settings of UNet runs do not name it
+            del settings["joint_blocks"]
+        return settings
 
 
 def release_pair_prompt(concepts: list[str]) -> str:
@@ -258,9 +271,17 @@ class ConceptPool:
 
 
 def trainable_parameters(unet, projection: str = "k") -> dict[str, torch.nn.Parameter]:
-    """The `attn2.to_<projection>` weights (and biases, where a model has them) of every cross-attention layer."""
+    """The `attn2.to_<projection>` weights (and biases, where a model has them) of every cross-attention layer; on
+    SD3's transformer, the text keys' `add_k_proj` of every joint block (projection k or add_k)."""
     if projection not in PROJECTIONS:
         raise ValueError(f"projection must be one of {PROJECTIONS}, got {projection!r}")
+    if is_joint_transformer(unet):
+        if projection not in ("k", "add_k"):
+            raise ValueError(f"on SD3 SepEn trains the text keys (projection k or add_k), not {projection!r}")
+        # `.attn.`: SD3.5's second attention (`attn2`) is the image's own, with no text keys
+        return {name: p for name, p in unet.named_parameters() if ".attn.add_k_proj." in name}
+    if projection == "add_k":
+        raise ValueError("projection add_k is SD3's add_k_proj; a UNet's text keys are attn2.to_k (projection k)")
     params = {name: p for name, p in unet.named_parameters() if f".attn2.to_{projection}." in name}
     if not params:
         raise ValueError(f"the UNet has no cross-attention attn2.to_{projection} projections")
@@ -274,19 +295,22 @@ def encode_prompts(pipe, prompts: list[str]) -> torch.Tensor:
 
 def sepen_losses(unet, noisy_latents, timesteps, text_embeddings, token_groups,
                  pair_reduction: str = "max", map_downscale: int = 4, maps_kind: str = "probs",
-                 smoothing: str = "release", heads: str = "mean", unet_kwargs: dict | None = None
-                 ) -> dict[str, torch.Tensor]:
+                 smoothing: str = "release", heads: str = "mean", unet_kwargs: dict | None = None,
+                 joint_blocks=None) -> dict[str, torch.Tensor]:
     """Separate and Enhance of one UNet pass (stopped after the last captured layer), averaged over the batch.
 
     `maps_kind` "sharpened" reads the losses off Attend-and-Excite's text maps instead of the raw probabilities
     (`sae.attention.sharpened_text_maps`): a departure from the paper, for models whose object tokens get a small
     share of each pixel's attention (the shapes model: 3-4%). `heads="release"` reproduces the release's
     bookkeeping (`release_head_groups`). `unet_kwargs`: the family's other conditioning (`sae.backbones`).
+    `unet` may be SD3's transformer: its maps are those of the joint blocks `joint_blocks` (default: all), and
+    `map_downscale` is not read (`sae.attention.capture_attention`).
     """
     grouped = heads == "release"
-    with capture_cross_attention(unet, map_downscale, stop_after_last=True, keep_heads=grouped) as store:
+    with capture_attention(unet, map_downscale, stop_after_last=True, keep_heads=grouped,
+                           joint_blocks=joint_blocks) as store:
         try:
-            unet(noisy_latents, timesteps, encoder_hidden_states=text_embeddings, **(unet_kwargs or {}))
+            unet(noisy_latents, timestep=timesteps, encoder_hidden_states=text_embeddings, **(unet_kwargs or {}))
         except StopForward:
             pass
         token_maps = MAP_KINDS[maps_kind](store.maps().float())  # (batch[, heads], H, W, tokens)
@@ -323,7 +347,7 @@ def sample_latents(pipe, prompt: str, config: FinetuneConfig) -> torch.Tensor:
     """The base model's own samples of `prompt` as clean latents `(latent_samples, C, H, W)` on the CPU: what
     latents="samples" noises instead of Gaussian latents."""
     seeds = [SAMPLE_SEED_BASE + config.seed * config.latent_samples + i for i in range(config.latent_samples)]
-    size = (config.latent_size or pipe.unet.config.sample_size) * pipe.vae_scale_factor
+    size = (config.latent_size or denoiser(pipe).config.sample_size) * pipe.vae_scale_factor
     with torch.no_grad():
         latents = generate(pipe, prompt, seeds, config.sample_steps, config.sample_guidance,
                            batch_size=config.batch_size, height=size, width=size, output_type="latent")
@@ -332,9 +356,12 @@ def sample_latents(pipe, prompt: str, config: FinetuneConfig) -> torch.Tensor:
 
 def forward_process(pipe):
     """The DDPM forward process of the model's training betas: training noises with it whatever scheduler the
-    pipeline samples with (a sigma-based one such as Euler's `add_noise` scales differently)."""
+    pipeline samples with (a sigma-based one such as Euler's `add_noise` scales differently). SD3, trained by flow
+    matching, has no betas: its forward process is `FlowMatchingForward`."""
     from diffusers import DDPMScheduler
 
+    if model_family(pipe) == "sd3":
+        return FlowMatchingForward(pipe.scheduler.config.num_train_timesteps)
     return DDPMScheduler.from_config(pipe.scheduler.config)
 
 
@@ -351,7 +378,8 @@ def _noisy_batch(pipe, batch_size: int, latent_size: int, generator: torch.Gener
     """Latents (Gaussian of std `amplitude`, or drawn from `pool`) noised by the DDPM forward process to timesteps
     drawn uniformly from `timestep_range` (capped at the training timesteps); drawn on the CPU so that runs
     reproduce anywhere."""
-    channels = pipe.unet.config.in_channels
+    network = denoiser(pipe)
+    channels = network.config.in_channels
     shape = (batch_size, channels, latent_size, latent_size)
     forward = forward or forward_process(pipe)
     if pool is None:
@@ -365,7 +393,7 @@ def _noisy_batch(pipe, batch_size: int, latent_size: int, generator: torch.Gener
         raise ValueError(f"timesteps {timestep_range} leave no timestep below the scheduler's "
                          f"{forward.config.num_train_timesteps}")
     timesteps = torch.randint(low, high, (batch_size,), generator=generator)
-    noisy = forward.add_noise(latents, noise, timesteps).to(pipe.unet.dtype)
+    noisy = forward.add_noise(latents, noise, timesteps).to(network.dtype)
     if torch.device(device).type == "cuda":  # a copy from pageable memory would wait for the GPU every step
         noisy, timesteps = noisy.pin_memory(), timesteps.pin_memory()
     return noisy.to(device, non_blocking=True), timesteps.to(device, non_blocking=True)
@@ -395,10 +423,23 @@ def _write_losses(path: Path, history: list[dict]) -> None:
         writer.writerows(history)
 
 
+def _check_maps_fit(network, config: FinetuneConfig) -> None:
+    """The map settings the denoiser reads: a UNet's resolution (map_downscale), or SD3's joint blocks."""
+    if is_joint_transformer(network):
+        default = FinetuneConfig.__dataclass_fields__["map_downscale"].default
+        if config.map_downscale != default:
+            raise ValueError(f"map_downscale {config.map_downscale}: SD3's maps are at its patch grid in every block; "
+                             "choose the blocks with joint_blocks instead")
+        joint_attention_layers(network, config.joint_blocks)  # blocks the transformer has
+    elif config.joint_blocks is not None:
+        raise ValueError("joint_blocks chooses SD3's joint blocks; a UNet's maps are chosen by map_downscale")
+
+
 def finetune(pipe, source: ConceptPair | ConceptPool, config: FinetuneConfig | None = None,
              out_dir: str | os.PathLike | None = None, base_model: str = "", progress: bool = True,
              resume: bool = True, log_every: int = 10, cuda_graph: bool = True) -> FinetuneResult:
-    """Train the selected projections of `pipe.unet` in place; returns the trained tensors and loss history.
+    """Train the selected projections of `pipe.unet` (SD3: `pipe.transformer`) in place; returns the trained
+    tensors and loss history.
 
     With `out_dir`, the checkpoint (`sepen.safetensors`), the optimizer state and `losses.csv` are written
     every `checkpoint_every` steps and at the end, and a run found there is resumed where it stopped.
@@ -423,7 +464,9 @@ class _Trainer:
 
     def __init__(self, pipe, source: ConceptPair | ConceptPool, config: FinetuneConfig,
                  out_dir: str | os.PathLike | None, base_model: str, log_every: int, cuda_graph: bool):
-        self.pipe, self.unet, self.source, self.config, self.base_model = pipe, pipe.unet, source, config, base_model
+        self.pipe, self.source, self.config, self.base_model = pipe, source, config, base_model
+        self.unet = denoiser(pipe)  # SD3: its transformer
+        _check_maps_fit(self.unet, config)
         self.device = self.unet.device
         self.latent_size = config.latent_size or self.unet.config.sample_size
         self._set_up_parameters()
@@ -568,7 +611,7 @@ class _Trainer:
         with self.autocast():
             losses = sepen_losses(self.unet, noisy, timesteps, embeddings, groups,
                                   config.pair_reduction, config.map_downscale, config.maps, config.smoothing,
-                                  config.heads, extra)
+                                  config.heads, extra, config.joint_blocks)
             total = config.lambda_en * losses["en"] + config.lambda_sep * losses.get("sep", 0.0)
             if config.lambda_norm > 0 and not self.separate_norm_step:
                 losses["norm"] = self.norm_term(batch, generator)
@@ -628,10 +671,10 @@ class _Trainer:
         """The norm loss on fresh latents and timesteps, against the frozen base (its original projections)."""
         noisy, timesteps = self.noisy_batch(generator)
         embeddings, extra = self.text_embeddings(norm_prompts(self.source, batch))
-        prediction = self.unet(noisy, timesteps, encoder_hidden_states=embeddings, **extra).sample
+        prediction = self.unet(noisy, timestep=timesteps, encoder_hidden_states=embeddings, **extra).sample
         with torch.no_grad():
-            frozen = functional_call(self.unet, self.base_values, (noisy, timesteps),
-                                     {"encoder_hidden_states": embeddings, **extra}).sample
+            frozen = functional_call(self.unet, self.base_values, (noisy,),
+                                     {"timestep": timesteps, "encoder_hidden_states": embeddings, **extra}).sample
         return norm_loss(prediction, frozen)
 
     def fetch_losses(self) -> None:
