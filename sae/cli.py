@@ -175,6 +175,7 @@ def cmd_train(args) -> int:
 
 
 def cmd_sample(args) -> int:
+    from .backbones import denoiser
     from .checkpoint import apply_delta
     from .models import load_pipeline
     from .sampling import generate, parse_seeds
@@ -186,7 +187,7 @@ def cmd_sample(args) -> int:
         raise ValueError("--generator-device cuda: this machine has no CUDA GPU; use --generator-device cpu")
     pipe = load_pipeline(args.model, device=args.device, dtype=args.dtype)
     if args.delta is not None:
-        apply_delta(pipe.unet, args.delta)
+        apply_delta(denoiser(pipe), args.delta)  # the UNet, or SD3's transformer
     pipe.set_progress_bar_config(disable=False)
     args.out.mkdir(parents=True, exist_ok=True)
     images = generate(pipe, args.prompt, seeds, num_inference_steps=args.steps, guidance_scale=args.guidance,

@@ -222,6 +222,11 @@ def test_sae_train_on_sd3_writes_a_checkpoint_that_loads_back(sd3_dir, tiny_mode
     assert all(torch.equal(delta.tensors[n], p) for n, p in keys.items())
     with pytest.raises(CheckpointError):
         apply_delta(load_pipeline(tiny_model_dir, device="cpu").unet, out / "sepen.safetensors")
+    # `sae sample --delta` applies it to the transformer
+    assert main(["sample", "--model", str(sd3_dir), "--delta", str(out / "sepen.safetensors"), "--prompt",
+                 PAIR.prompt, "--seeds", "0", "--steps", "2", "--out", str(tmp_path / "samples")]) == 0
+    assert len(list((tmp_path / "samples").glob("*.png"))) == 1
+    capsys.readouterr()
     # the training report draws a UNet's maps: refused in one line before anything is written
     assert main(["train", "--model", str(sd3_dir), "--prompt", PAIR.prompt, "--objects", "cat,dog", "--steps", "1",
                  "--out", str(tmp_path / "report"), "--report"]) == 2

@@ -191,7 +191,7 @@ def test_sepen_training_on_another_family_is_one_line(tiny_flux_named, tmp_path,
     assert sae_main(["train", "--model", str(tiny_flux_named), "--prompt", "a cat and a dog", "--objects", "cat,dog",
                      "--out", str(out), "--steps", "1"]) == 2
     err = capsys.readouterr().err.strip().splitlines()
-    assert err == [f"error: --model {tiny_flux_named}: SepEn training runs on sd and sdxl pipelines, not on flux "
+    assert err == [f"error: --model {tiny_flux_named}: SepEn training runs on sd, sdxl and sd3 pipelines, not on flux "
                    "(docs/backbones.md)"] and not out.exists()
 
 
