@@ -176,19 +176,27 @@ def capture_cross_attention(unet, downscale: int = 4, stop_after_last: bool = Fa
     """
     names = cross_attention_layers(unet, downscale)
     store = AttentionStore(names, downscale, stop_after_last, keep_heads)
-    # the captured layers' processors are swapped one by one (unet.set_attn_processor would walk every module)
-    layers = {name: unet.get_submodule(name.removesuffix(".processor")) for name in names}
+    with _capturing(unet, store, CaptureAttnProcessor, "sample"):
+        yield store
+
+
+@contextmanager
+def _capturing(model, store: AttentionStore, processor, input_name: str):
+    """`model`'s layers named in `store` with capturing processors, and each forward announced to the store (the
+    latent's grid), while the context is open; the original processors come back after."""
+    # the captured layers' processors are swapped one by one (set_attn_processor would walk every module)
+    layers = {name: model.get_submodule(name.removesuffix(".processor")) for name in store.layer_names}
     original = {name: layer.processor for name, layer in layers.items()}
 
     def on_forward(module, args, kwargs):
-        sample = args[0] if args else kwargs["sample"]
+        sample = args[0] if args else kwargs[input_name]
         store.start_forward(sample.shape[-2:])
 
     for name, layer in layers.items():
-        layer.set_processor(CaptureAttnProcessor(store, name))
-    hook = unet.register_forward_pre_hook(on_forward, with_kwargs=True)
+        layer.set_processor(processor(store, name))
+    hook = model.register_forward_pre_hook(on_forward, with_kwargs=True)
     try:
-        yield store
+        yield
     finally:
         hook.remove()
         for name, layer in layers.items():
@@ -275,22 +283,8 @@ def capture_joint_attention(transformer, blocks=None, stop_after_last: bool = Fa
     T5's. `stop_after_last` and `keep_heads` as in `capture_cross_attention`. Yields the `AttentionStore`."""
     names = joint_attention_layers(transformer, blocks)
     store = AttentionStore(names, transformer.config.patch_size, stop_after_last, keep_heads)
-    layers = {name: transformer.get_submodule(name.removesuffix(".processor")) for name in names}
-    original = {name: layer.processor for name, layer in layers.items()}
-
-    def on_forward(module, args, kwargs):
-        sample = args[0] if args else kwargs["hidden_states"]
-        store.start_forward(sample.shape[-2:])
-
-    for name, layer in layers.items():
-        layer.set_processor(CaptureJointAttnProcessor(store, name))
-    hook = transformer.register_forward_pre_hook(on_forward, with_kwargs=True)
-    try:
+    with _capturing(transformer, store, CaptureJointAttnProcessor, "hidden_states"):
         yield store
-    finally:
-        hook.remove()
-        for name, layer in layers.items():
-            layer.set_processor(original[name])
 
 
 def capture_attention(model, map_downscale: int = 4, stop_after_last: bool = False, keep_heads: bool = False,
