@@ -30,7 +30,7 @@ from sae.checkpoint import (apply_delta, base_fingerprints, check_base_model, ch
                             require_same_base)
 from sae.finetune import ConceptPair, FinetuneConfig, finetune, release_pair_prompt, trainable_parameters
 from sae.options import add_flags, flag_fields, given_flags, option, same_option
-from sae.sampling import DEFAULT_GUIDANCE, seed_generators
+from sae.sampling import DEFAULT_GUIDANCE, DEFAULT_STEPS, seed_generators
 from sae.tokens import find_token_indices
 
 from .guidance import attend_and_excite, sepen_test_time
@@ -43,7 +43,6 @@ logger = logging.getLogger(__name__)
 
 
 DEFAULT_CHECKPOINT_CACHE = Path.home() / ".cache" / "sae" / "checkpoints"
-DEFAULT_STEPS = 50  # denoising steps of a method made without a run's sampling and with no release settings
 
 
 @dataclass
@@ -213,7 +212,7 @@ def get_method(spec: str, options: dict | None = None, sampling: dict | None = N
 class Plain(Method):
     name = "plain"
     description = "the base pipeline"
-    release_sampling = {"steps": 50, "guidance": DEFAULT_GUIDANCE}  # SD's and Attend-and-Excite's baseline
+    release_sampling = {"steps": DEFAULT_STEPS, "guidance": DEFAULT_GUIDANCE}  # SD's and A&E's baseline
 
     def generate(self, context, item, seeds):
         return context.plain_images(item, seeds, self.sampling)
@@ -224,7 +223,7 @@ class AttendExcite(Method):
     name = "attend_excite"
     families = METHOD_FAMILIES  # the UNet families whose cross-attention it reads (docs/backbones.md)
     description = "Attend-and-Excite: latent updates on max_k(1 - max A_k) in the first 25 of 50 steps"
-    release_sampling = {"steps": 50, "guidance": DEFAULT_GUIDANCE}  # Attend-and-Excite's release
+    release_sampling = {"steps": DEFAULT_STEPS, "guidance": DEFAULT_GUIDANCE}  # Attend-and-Excite's release
 
     def generate(self, context, item, seeds):
         steps = self.sampling["steps"]
@@ -362,7 +361,7 @@ class SepEn(Method):
     name = "sepen"
     families = METHOD_FAMILIES  # the UNet families whose cross-attention it reads (docs/backbones.md)
     description = "the base pipeline with SepEn-finetuned keys (per prompt, trained and cached, or large-scale)"
-    release_sampling = {"steps": 50, "guidance": 6.0}  # the SepEn release's sampling script
+    release_sampling = {"steps": DEFAULT_STEPS, "guidance": 6.0}  # the SepEn release's sampling script
     use_attend_excite = False
     Options = SepEnOptions
 
@@ -469,7 +468,7 @@ class SepEnTestTime(Method):
     name = "sepen_tt"
     families = METHOD_FAMILIES  # the UNet families whose cross-attention it reads (docs/backbones.md)
     description = "SepEn test-time variant: latent updates on Separate + Enhance in the first 25 of 50 steps"
-    release_sampling = {"steps": 50, "guidance": 6.0}  # sampled as the SepEn release samples
+    release_sampling = {"steps": DEFAULT_STEPS, "guidance": 6.0}  # sampled as the SepEn release samples
 
     def generate(self, context, item, seeds):
         config = FinetuneConfig()  # the losses' weights and kernel, as per-prompt finetuning uses them

@@ -5,7 +5,7 @@ finetuning settings); no metrics unless asked, since their weights must be fetch
 suite, which exists for its metric (without its weights the run says what to fetch and keeps the images).
 """
 
-from sae.sampling import DEFAULT_GUIDANCE
+from sae.sampling import DEFAULT_GUIDANCE, DEFAULT_STEPS
 
 from .domains import NATURAL, Domain, PaperRecipe
 from .suites import PROMPTS_DIR
@@ -14,8 +14,8 @@ DOMAIN = Domain(
     name=NATURAL,
     title="natural-language suites (Stable-Diffusion-class models)",
     suites_dir=PROMPTS_DIR,
-    run_defaults={"methods": "plain", "num_seeds": 4, "steps": 50, "guidance": DEFAULT_GUIDANCE, "metrics": "",
-                  "processes": 1},
+    run_defaults={"methods": "plain", "num_seeds": 4, "steps": DEFAULT_STEPS, "guidance": DEFAULT_GUIDANCE,
+                  "metrics": "", "processes": 1},
     release_sampling=True,
     paper=PaperRecipe(main_suite="ae276", published=True),
     suite_defaults={"geneval": {"metrics": "geneval"}},

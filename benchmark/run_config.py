@@ -11,7 +11,7 @@ from pathlib import Path
 import torch
 
 from sae.models import check_model_folder, model_family, resolve_device
-from sae.sampling import DEFAULT_GUIDANCE
+from sae.sampling import DEFAULT_GUIDANCE, DEFAULT_STEPS
 
 from .domains import default_model, get_domain, model_domain
 from .metrics import metric_class
@@ -34,7 +34,7 @@ class RunConfig:
     methods: list[str] = field(default_factory=lambda: ["plain"])
     seeds: list[int] = field(default_factory=lambda: list(range(4)))
     limit: int | None = None
-    steps: int = 50
+    steps: int = DEFAULT_STEPS
     guidance: float = DEFAULT_GUIDANCE
     batch_size: int = 4
     out: Path = Path("runs/run")

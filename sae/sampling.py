@@ -27,6 +27,7 @@ GENERATOR_DEVICES = ("cpu", "cuda")
 # Stable Diffusion's classifier-free guidance scale (diffusers' default), which Attend-and-Excite's release samples
 # at; the one place the value is written
 DEFAULT_GUIDANCE = 7.5
+DEFAULT_STEPS = 50  # denoising steps: Stable Diffusion's, and every release's here
 
 
 def seed_generators(seeds: list[int], device: str = "cpu") -> list[torch.Generator]:
@@ -39,7 +40,7 @@ def seed_generators(seeds: list[int], device: str = "cpu") -> list[torch.Generat
     return [torch.Generator(device).manual_seed(int(seed)) for seed in seeds]
 
 
-def generate(pipe, prompt: str, seeds: list[int], num_inference_steps: int = 50, guidance_scale: float = 6.0,
+def generate(pipe, prompt: str, seeds: list[int], num_inference_steps: int = DEFAULT_STEPS, guidance_scale: float = 6.0,
              batch_size: int = 4, height: int | None = None, width: int | None = None, generator_device: str = "cpu",
              **kwargs):
     """Images for `prompt`, one per seed, generated `batch_size` at a time."""
