@@ -150,6 +150,12 @@ def cmd_train(args) -> int:
         if not args.objects:
             raise ValueError("--objects is required with --prompt (the object words, e.g. --objects cat,dog)")
         source = ConceptPair(args.prompt, [o.strip() for o in args.objects.split(",") if o.strip()])
+    if args.no_progress:  # the libraries' loading bars too
+        import diffusers
+        import transformers
+
+        diffusers.utils.logging.disable_progress_bar()
+        transformers.utils.logging.disable_progress_bar()
     pipe = load_pipeline(args.model, device=args.device)
     if not large:  # fail on a bad object word before any work
         find_token_indices(pipe.tokenizer, source.prompt, source.objects)
