@@ -10,7 +10,7 @@ from pathlib import Path
 
 from sae.cli import DefaultsHelpFormatter, log_to_stderr, run_command
 
-from .run_config import add_dtype_argument, batch_size_value
+from .run_config import add_dtype_argument, batch_size_value, split_names
 
 EPILOG = """examples:
   python -m benchmark run --suite multi_object   # the shipped shapes model: plain, attend_excite, sepen (CPU)
@@ -183,10 +183,6 @@ def per_method(value: str | None, kind, option: str) -> tuple:
     return common, methods
 
 
-def _names(text: str) -> list[str]:
-    return [name.strip() for name in text.split(",") if name.strip()]
-
-
 def _metric_models(pairs: list[str]) -> dict:
     models = {}
     for pair in pairs:
@@ -231,15 +227,15 @@ def cmd_run(args) -> int:
     for key, values in (("steps", steps_per), ("guidance", guidance_per)):
         for name, value in values.items():
             per_method_sampling.setdefault(name, {})[key] = value
-    methods = _names(args.methods) if args.methods is not None else None
+    methods = split_names(args.methods) if args.methods is not None else None
     options = _method_options(args.option)  # --option beats a method's flags
-    for name in methods if methods is not None else _names(get_domain(model_domain(model)).defaults_for(
+    for name in methods if methods is not None else split_names(get_domain(model_domain(model)).defaults_for(
             args.suite)["methods"]):
         options[name] = {**method_class(name).options_from_args(args), **options.get(name, {})}
     config = RunConfig.resolve(
         args.suite, model, methods=methods, seeds=parse_seeds(args.seeds) if args.seeds is not None else None,
         num_seeds=args.num_seeds, steps=steps, guidance=guidance, per_method=per_method_sampling, options=options,
-        metrics=_names(args.metrics) if args.metrics is not None else None, limit=args.limit,
+        metrics=split_names(args.metrics) if args.metrics is not None else None, limit=args.limit,
         batch_size=args.batch_size, dtype=args.dtype, out=args.out or Path("runs") / Path(args.suite).stem,
         device=args.device,
         metric_models=_metric_models(args.metric_model), progress=not args.no_progress, html=not args.no_html,

@@ -22,7 +22,7 @@ import torch
 from PIL import Image
 from tqdm.auto import tqdm
 
-from sae.models import load_pipeline, resolve_device
+from sae.models import load_pipeline, quiet_loading, resolve_device
 from sae.speed import for_inference
 from sae.tokens import encode_prompt_ids
 
@@ -144,11 +144,7 @@ def plan_run(config: RunConfig) -> RunPlan:
     state = _distributed(config.device)
     device = _rank_device(state, config.device) if state.num_processes > 1 else config.device
     if not config.progress:  # --no-progress: the libraries' loading bars too
-        import diffusers
-        import transformers
-
-        diffusers.utils.logging.disable_progress_bar()
-        transformers.utils.logging.disable_progress_bar()
+        quiet_loading()
     pipe = load_pipeline(config.model, device=device, dtype=config.dtype)
     if pipe.device.type == "cuda" and hasattr(pipe, "unet"):
         for_inference(pipe)  # channels-last UNet and VAE: what cuDNN's half-precision convolutions want
@@ -285,6 +281,7 @@ def generate_block(out: Path, method, context: GenerationContext, alike: list[Su
     missing = {item.id: [s for s in block if not image_path(out, method.name, item.id, s).exists()] for item in alike}
     donor = next((item for item in alike if not missing[item.id]), None)
     checkpoint = method.checkpoint_path(context, alike[0])
+    dtype = str(context.pipe.dtype).removeprefix("torch.")  # once a block: a pipeline walks its modules
     if donor is None:
         started = time.perf_counter()
         with torch.no_grad():
@@ -306,7 +303,7 @@ def generate_block(out: Path, method, context: GenerationContext, alike: list[Su
                       "line_sha256": item.line_sha256, **({"geneval": item.extra["geneval"]} if "geneval" in item.extra
                                                           else {}),
                       "model": context.base_model, "steps": method.sampling["steps"],
-                      "guidance": method.sampling["guidance"], "dtype": _dtype_name(context.pipe.dtype),
+                      "guidance": method.sampling["guidance"], "dtype": dtype,
                       "seconds": cost, "batch": len(block)}
             if checkpoint is not None:
                 record["checkpoint_sha256"] = context.checkpoint_sha256(checkpoint)
@@ -321,6 +318,3 @@ def generate_block(out: Path, method, context: GenerationContext, alike: list[Su
         written += len(records)
     return written
 
-
-def _dtype_name(dtype: torch.dtype) -> str:
-    return str(dtype).removeprefix("torch.")

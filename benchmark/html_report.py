@@ -298,9 +298,11 @@ def write_html_report(run_dir: Path, images_per_page: int = IMAGES_PER_PAGE) -> 
 
 def losses_rows(methods: dict) -> list[dict]:
     """A trace's Separate and Enhance per method and shown step, as text cells ("-" where a step has none)."""
-    return [{"label": name, "loss": label,
-             "cells": ["-" if loss[key] is None else f"{loss[key]:.4f}" for loss in values["losses"]]}
-            for name, values in methods.items() for key, label in (("sep", "Separate"), ("en", "Enhance"))]
+    from sae.visual import loss_lines
+
+    return [{"label": label, "loss": loss, "cells": cells}
+            for label, loss, cells in loss_lines([{"label": name, "losses": values["losses"]}
+                                                  for name, values in methods.items()])]
 
 
 def write_attention_page(run_dir: Path, report_dir: Path) -> tuple[str, list[Path]]:

@@ -19,7 +19,7 @@ from .run_folder import RunError, check_suite_matches
 from .suites import SuitePrompt, load_suite
 
 
-def _names(text: str) -> list[str]:
+def split_names(text: str) -> list[str]:
     """A comma-separated list of names ("plain,sepen")."""
     return [name.strip() for name in text.split(",") if name.strip()]
 
@@ -66,7 +66,7 @@ class RunConfig:
         model = str(model or default_model())
         domain = get_domain(model_domain(model))
         defaults = domain.defaults_for(suite)
-        methods = methods if methods is not None else _names(defaults["methods"])
+        methods = methods if methods is not None else split_names(defaults["methods"])
         classes = {name: method_class(name) for name in methods}  # an unknown name fails here, before anything
         per_method, options = per_method or {}, options or {}
         for what, named in (("--steps/--guidance", per_method), ("--option", options)):
@@ -89,7 +89,7 @@ class RunConfig:
             dtype = "float16" if _device_type(settings.get("device", "auto")) == "cuda" else "float32"
         return cls(suite=suite, model=model, methods=methods, seeds=seeds, steps=common["steps"],
                    guidance=common["guidance"], sampling=sampling, options={n: o for n, o in options.items() if o},
-                   metrics=_names(defaults["metrics"]) if metrics is None else metrics, dtype=dtype, **settings)
+                   metrics=split_names(defaults["metrics"]) if metrics is None else metrics, dtype=dtype, **settings)
 
     def to_json(self) -> dict:
         data = asdict(self)

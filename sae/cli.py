@@ -124,7 +124,7 @@ def read_concepts(path: Path) -> list[str]:
 
 def cmd_train(args) -> int:
     from .finetune import ConceptPair, ConceptPool, FinetuneConfig, finetune
-    from .models import load_pipeline
+    from .models import load_pipeline, quiet_loading
     from .options import given_flags
     from .tokens import find_token_indices
 
@@ -151,11 +151,7 @@ def cmd_train(args) -> int:
             raise ValueError("--objects is required with --prompt (the object words, e.g. --objects cat,dog)")
         source = ConceptPair(args.prompt, [o.strip() for o in args.objects.split(",") if o.strip()])
     if args.no_progress:  # the libraries' loading bars too
-        import diffusers
-        import transformers
-
-        diffusers.utils.logging.disable_progress_bar()
-        transformers.utils.logging.disable_progress_bar()
+        quiet_loading()
     pipe = load_pipeline(args.model, device=args.device)
     if not large:  # fail on a bad object word before any work
         find_token_indices(pipe.tokenizer, source.prompt, source.objects)

@@ -119,6 +119,15 @@ def load_pipeline(model: str | os.PathLike, device: str | torch.device | None = 
     return pipe.to(resolve_device(device) if not isinstance(device, torch.device) else device)
 
 
+def quiet_loading() -> None:
+    """The libraries' loading bars off for this process (`--no-progress`)."""
+    import diffusers
+    import transformers
+
+    diffusers.utils.logging.disable_progress_bar()
+    transformers.utils.logging.disable_progress_bar()
+
+
 def check_model_folder(folder: Path) -> None:
     """A local pipeline folder has its index and every component the index names, or `ModelNotFoundError` says
     what is missing (cheap: no weights read; `benchmark run` checks it before it starts its processes)."""

@@ -127,16 +127,18 @@ def attention_figure(rows: list[dict], step_labels: list[str], path: Path, panel
     return path
 
 
+def loss_lines(rows: list[dict]) -> list[tuple[str, str, list[str]]]:
+    """Separate and Enhance of each row ({"label", "losses"}) per step, as (label, loss, text cells; "-" where a
+    step has none): the losses table of the training report and of the benchmark's attention page."""
+    return [(row["label"], label, ["-" if loss[key] is None else f"{loss[key]:.4f}" for loss in row["losses"]])
+            for row in rows for key, label in (("sep", "Separate"), ("en", "Enhance"))]
+
+
 def losses_table_html(rows: list[dict], step_labels: list[str]) -> str:
     """Separate / Enhance per row and step as an HTML table."""
     head = "".join(f"<th>{html.escape(s)}</th>" for s in step_labels)
-    body = []
-    for row in rows:
-        for name in ("sep", "en"):
-            cells = "".join("<td>-</td>" if loss[name] is None else f"<td>{loss[name]:.4f}</td>"
-                            for loss in row["losses"])
-            label = {"sep": "Separate", "en": "Enhance"}[name]
-            body.append(f"<tr><th>{html.escape(row['label'])}</th><th>{label}</th>{cells}</tr>")
+    body = ["<tr><th>" + html.escape(label) + f"</th><th>{loss}</th>" + "".join(f"<td>{c}</td>" for c in cells)
+            + "</tr>" for label, loss, cells in loss_lines(rows)]
     return (f'<table class="losses"><tr><th></th><th>loss</th>{head}</tr>' + "".join(body) + "</table>")
 
 
