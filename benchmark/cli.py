@@ -218,7 +218,7 @@ def cmd_run(args) -> int:
     from .generate import RunConfig, check_run_folder_is_ours, run
     from .methods import method_class
     from .metrics import report_sections
-    from .report import markdown_table
+    from .report import experimental_note, markdown_table, method_labels
 
     model = args.model or str(default_model())
     steps, steps_per = per_method(args.steps, int, "--steps")
@@ -254,8 +254,10 @@ def cmd_run(args) -> int:
         return relaunch(args.argv, processes)
     out = run(config)
     if out is not None:  # the main process
-        print(markdown_table(pd.read_csv(out / "summary.csv")), end="")
         results = json.loads((out / "results.json").read_text())
+        if experimental_note(results["config"]):
+            print(experimental_note(results["config"]))
+        print(markdown_table(pd.read_csv(out / "summary.csv"), method_labels(results["config"])), end="")
         for section in report_sections(results.get("metrics", {})):  # e.g. GenEval's six tasks and overall
             if results.get(section.key):
                 print(section.markdown(results[section.key]), end="")

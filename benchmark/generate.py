@@ -22,7 +22,7 @@ import torch
 from PIL import Image
 from tqdm.auto import tqdm
 
-from sae.models import load_pipeline, quiet_loading, resolve_device
+from sae.models import load_pipeline, model_family, quiet_loading, resolve_device
 from sae.speed import for_inference
 from sae.tokens import encode_prompt_ids
 
@@ -44,15 +44,16 @@ __all__ = ["LOCK_NAME", "RUN_MARKER", "RunConfig", "RunError", "check_run_folder
            "same_images", "split_units"]
 
 
-def _check_prompts(pipe, prompts: list[SuitePrompt]) -> None:
-    """Every prompt fits the text encoder and names its objects: fail before generating anything. Only on the
-    families whose methods read token positions (CLIP's, a start token first): elsewhere `plain` reads none, and
-    the pipeline's own encoders take the prompt (T5's 256-512 tokens past CLIP's 77, no start token)."""
-    from sae.backbones import METHOD_FAMILIES
-    from sae.models import model_family
+def _check_prompts(pipe, prompts: list[SuitePrompt], methods: list) -> None:
+    """Every prompt fits the text encoder and names its objects: fail before generating anything. On the families
+    whose only text encoders are CLIP's (77 tokens, a start token first), and on SD3 where a method reads token
+    positions (its CLIP positions); elsewhere the pipeline's own encoders take the prompt (T5's 256-512 tokens
+    past CLIP's 77, no start token)."""
+    from sae.backbones import UNET_FAMILIES
     from sae.tokens import find_token_indices
 
-    if model_family(pipe) not in METHOD_FAMILIES:
+    family = model_family(pipe)
+    if family not in UNET_FAMILIES and not any(m.families is not None and family in m.families for m in methods):
         return
     for item in prompts:
         try:
@@ -151,7 +152,7 @@ def plan_run(config: RunConfig) -> RunPlan:
     if config.batch_size == AUTO:
         config = replace(config, batch_size=fitting_batch_size(pipe, methods, state))
     scheduler = type(pipe.scheduler).__name__
-    _check_prompts(pipe, prompts)
+    _check_prompts(pipe, prompts, methods)
     context = GenerationContext(pipe=pipe, base_model=config.model, progress=config.progress and state.is_main_process)
     for method in methods:
         method.check(context)  # settings a method cannot run with fail here, not after other methods' images
@@ -179,6 +180,11 @@ def plan_run(config: RunConfig) -> RunPlan:
                 "options": {name: m.options_record() for name, m in zip(config.methods, methods, strict=True)},
                 "notes": {name: m.settings_note() for name, m in zip(config.methods, methods, strict=True)},
                 "metrics_described": described}
+    family = model_family(pipe)
+    experimental = {name: family for name, m in zip(config.methods, methods, strict=True)
+                    if family in m.experimental_families}
+    if experimental:  # {method: family}: every report of the run marks these methods
+        settings["experimental"] = experimental
     # Blocks of `batch_size` consecutive seeds are the unit of generation: batched kernels on the CPU can differ
     # from one image at a time by one 8-bit level, so a resumed run regenerates a block whole (writing only its
     # missing images) to end bit-identical to an uninterrupted one.

@@ -1,9 +1,11 @@
 """Inference-time latent optimisation on the cross-attention maps: Attend-and-Excite and SepEn's test-time variant.
 
 Both update the noisy latent by gradient descent on a loss of the 1/4-resolution maps during the first
-denoising steps, through `sae.attention.capture_cross_attention` (the UNet stops after the last captured
-layer) and diffusers' own `StableDiffusionPipeline` loop: the update of step i+1 runs in the pipeline's
-`callback_on_step_end` of step i, the one of step 0 before the pipeline starts. No pipeline is copied.
+denoising steps, through `sae.attention.capture_attention` (the denoiser stops after the last captured
+layer) and the family's own pipeline loop (`StableDiffusionPipeline`, SDXL's, SD3's): the update of step i+1 runs
+in the pipeline's `callback_on_step_end` of step i, the one of step 0 before the pipeline starts. No pipeline is
+copied. What differs per family (the denoiser's inputs, SD3's maps of joint attention read at CLIP's positions) is
+`sae.backbones.guidance_pass`; on SD3 the step sizes and thresholds stay SD's, an experiment (docs/backbones.md).
 
 Attend-and-Excite (Chefer et al. 2023), as diffusers' `StableDiffusionAttendAndExcitePipeline` does it: maps
 without the start and last token, times 100, softmax over tokens, Gaussian smoothing (A&E's kernel), loss
@@ -24,9 +26,8 @@ import numpy as np
 import torch
 from diffusers.utils.torch_utils import randn_tensor
 
-from sae.attention import StopForward, capture_cross_attention, object_maps, sharpened_text_maps
-from sae.backbones import conditioning
-from sae.models import model_family
+from sae.attention import StopForward, capture_attention, object_maps, sharpened_text_maps
+from sae.backbones import DenoiserPass, denoiser, guidance_pass
 from sae.sampling import DEFAULT_GUIDANCE
 from sae.losses import enhance_loss, gaussian_smooth, separate_loss, smoothing_sigma
 
@@ -61,30 +62,27 @@ class LatentGuidance:
     max_refinement_steps: int = 20
     map_downscale: int = 4
 
-    def _loss(self, unet, latents, t, text, token_groups, family_inputs=None):
-        """The loss per image at `latents`; `family_inputs`: the family's other UNet inputs and how its sampler
-        scales the input (`sae.backbones`; none for SD, whose samplers leave the input as it is)."""
-        extra, scale = family_inputs or ({}, None)
-        with capture_cross_attention(unet, self.map_downscale, stop_after_last=True) as store:
+    def _loss(self, denoiser: DenoiserPass, latents, t, token_groups):
+        """The loss per image at `latents`, from the maps of the family's conditional pass (`sae.backbones`)."""
+        with capture_attention(denoiser.network, self.map_downscale, stop_after_last=True) as store:
             try:
-                unet(scale(latents, t) if scale else latents, t, encoder_hidden_states=text, **extra)
+                denoiser(latents, t)
             except StopForward:
                 pass
-            return self.loss_fn(store.maps().float(), token_groups)
+            return self.loss_fn(denoiser.text_maps(store.maps().float()), token_groups)
 
     def _step(self, latents, loss, mask, step_size):
         grad = torch.autograd.grad(loss[mask].sum(), latents)[0] if mask.any() else torch.zeros_like(latents)
         scale = (mask & (loss != 0)).to(latents.dtype).view(-1, *[1] * (latents.dim() - 1))
         return latents - step_size * grad * scale
 
-    def update(self, unet, latents, t, index: int, text, token_groups, step_size: float,
-               family_inputs=None) -> torch.Tensor:
+    def update(self, denoiser: DenoiserPass, latents, t, index: int, token_groups, step_size: float) -> torch.Tensor:
         """The latent after step `index`'s optimisation (refinement, then one gradient step)."""
         if index >= self.max_iter_to_alter and index not in self.thresholds:
             return latents
         with torch.enable_grad():
             latents = latents.detach().requires_grad_(True)
-            loss = self._loss(unet, latents, t, text, token_groups, family_inputs)
+            loss = self._loss(denoiser, latents, t, token_groups)
             if index in self.thresholds:
                 target = max(0.0, 1.0 - self.thresholds[index])
                 active = loss > target
@@ -93,12 +91,12 @@ class LatentGuidance:
                     tries += 1
                     if tries > 1:  # the first try's loss is the one just measured at these latents
                         latents = latents.detach().requires_grad_(True)
-                        loss = self._loss(unet, latents, t, text, token_groups, family_inputs)
+                        loss = self._loss(denoiser, latents, t, token_groups)
                     latents = self._step(latents, loss, active, step_size)
                     active = active & (loss > target) & (tries < self.max_refinement_steps)
                 if tries:  # the loss at the refined latents, for the step below
                     latents = latents.detach().requires_grad_(True)
-                    loss = self._loss(unet, latents, t, text, token_groups, family_inputs)
+                    loss = self._loss(denoiser, latents, t, token_groups)
             if index < self.max_iter_to_alter:
                 latents = self._step(latents, loss, torch.ones_like(loss, dtype=torch.bool), step_size)
         return latents.detach()
@@ -108,27 +106,23 @@ class LatentGuidance:
         """Images for one prompt, one per generator, through the plain pipeline with latent updates."""
         device = pipe._execution_device
         batch = len(generators)
-        height = height or pipe.unet.config.sample_size * pipe.vae_scale_factor
-        width = width or pipe.unet.config.sample_size * pipe.vae_scale_factor
-        if model_family(pipe) == "sd":
-            text, _ = pipe.encode_prompt(prompt, device, batch, do_classifier_free_guidance=False)
-            extra = None
-        else:  # SDXL: two encoders, the pooled embedding and the time ids; its Euler sampler scales the input
-            text, kwargs = conditioning(pipe, [prompt] * batch, height, width)
-            extra = (kwargs, pipe.scheduler.scale_model_input)
+        network = denoiser(pipe)
+        height = height or network.config.sample_size * pipe.vae_scale_factor
+        width = width or network.config.sample_size * pipe.vae_scale_factor
+        family_pass = guidance_pass(pipe, prompt, batch, height, width)
         pipe.scheduler.set_timesteps(num_inference_steps, device=device)
         timesteps = pipe.scheduler.timesteps
         step_sizes = self.scale_factor * np.sqrt(np.linspace(1.0, 0.5, len(timesteps)))
-        shape = (batch, pipe.unet.config.in_channels, height // pipe.vae_scale_factor, width // pipe.vae_scale_factor)
-        sigma = pipe.scheduler.init_noise_sigma
-        latents = randn_tensor(shape, generator=generators, device=device, dtype=text.dtype) * sigma
-        latents = self.update(pipe.unet, latents, timesteps[0], 0, text, token_groups, float(step_sizes[0]), extra)
+        shape = (batch, network.config.in_channels, height // pipe.vae_scale_factor, width // pipe.vae_scale_factor)
+        sigma = getattr(pipe.scheduler, "init_noise_sigma", 1.0)  # flow matching starts from unit noise
+        latents = randn_tensor(shape, generator=generators, device=device, dtype=family_pass.text.dtype) * sigma
+        latents = self.update(family_pass, latents, timesteps[0], 0, token_groups, float(step_sizes[0]))
 
         def on_step_end(pipeline, i, t, tensors):
             following = i + 1
             if following < len(timesteps):
-                tensors["latents"] = self.update(pipeline.unet, tensors["latents"], timesteps[following], following,
-                                                 text, token_groups, float(step_sizes[following]), extra)
+                tensors["latents"] = self.update(family_pass, tensors["latents"], timesteps[following], following,
+                                                 token_groups, float(step_sizes[following]))
             return tensors
 
         return pipe(prompt=[prompt] * batch, latents=latents / sigma, generator=generators,

@@ -36,8 +36,8 @@ import pandas as pd
 from PIL import Image
 
 from .records import note_made, read_jsonl, read_run_config, remove_made, slug, write_text_atomic
-from .report import (method_settings, model_label, ordered_methods, paired_cells, paired_title, set_columns,
-                     summary_cells, write_report)
+from .report import (experimental_note, method_labels, method_settings, model_label, ordered_methods, paired_cells,
+                     paired_title, set_columns, summary_cells, write_report)
 from .trace import TRACE_DIR
 
 REPORT_DIR = "report"
@@ -57,17 +57,17 @@ def render(template: str, **values) -> str:
     return templates().get_template(template).render(**values)
 
 
-def summary_table(summary: pd.DataFrame) -> dict:
+def summary_table(summary: pd.DataFrame, labels: dict | None = None) -> dict:
     """The summary's rows with the same cells as `summary.md` (`report.summary_cells`)."""
-    header, rows = summary_cells(summary)
+    header, rows = summary_cells(summary, labels)
     return {"header": header, "rows": rows}
 
 
-def paired_table(paired: pd.DataFrame) -> dict | None:
+def paired_table(paired: pd.DataFrame, labels: dict | None = None) -> dict | None:
     """Each method against the baseline on the same prompts and seeds, as in `summary.md`."""
     if paired.empty:
         return None
-    header, rows = paired_cells(paired)
+    header, rows = paired_cells(paired, labels)
     return {"title": paired_title(paired).replace("`", ""), "header": header, "rows": rows}
 
 
@@ -243,6 +243,7 @@ def write_html_report(run_dir: Path, images_per_page: int = IMAGES_PER_PAGE) -> 
     if not (run_dir / "run_config.json").exists():
         raise FileNotFoundError(f"{run_dir} is not a benchmark run folder (no run_config.json)")
     config, summary, paired, rows, described, results = _load(run_dir)
+    labels = method_labels(config)  # methods marked where they are experiments on the model's family
     report_dir = run_dir / REPORT_DIR
     report_dir.mkdir(parents=True, exist_ok=True)
     remove_made(run_dir, list(report_dir.glob("*.html")))  # pages of an earlier report (paging can change)
@@ -267,7 +268,7 @@ def write_html_report(run_dir: Path, images_per_page: int = IMAGES_PER_PAGE) -> 
             chunk = prompt_ids[number * per_page:(number + 1) * per_page]
             nav = [{"href": p, "current": i == number} for i, p in enumerate(pages)] if len(pages) > 1 else []
             page = render("category.html.j2", title=f"{category} - {config.get('suite')}", category=category,
-                          pages=nav, summary=summary_table(part),
+                          pages=nav, summary=summary_table(part, labels),
                           chart=f"charts/{slug(category)}.png" if chart else "",
                           first=number * per_page + 1, last=number * per_page + len(chunk), prompts=len(prompt_ids),
                           seeds=seeds,
@@ -289,8 +290,9 @@ def write_html_report(run_dir: Path, images_per_page: int = IMAGES_PER_PAGE) -> 
     write_text_atomic(index, render(
         "index.html.j2", title=f"{config.get('suite')} report", suite=str(config.get("suite")),
         model=model_label(config.get("model")), settings=settings, seeds=len(seeds), images=len(rows),
-        methods=methods, summary=summary_table(summary), chart="charts/all.png" if chart else "",
-        paired=paired_table(paired), sections=metric_sections(results), categories=links, attention=attention,
+        methods=methods, summary=summary_table(summary, labels), chart="charts/all.png" if chart else "",
+        experimental=experimental_note(config), paired=paired_table(paired, labels), sections=metric_sections(results),
+        categories=links, attention=attention,
         conventions=conventions(described)))
     note_made(run_dir, [*written, *figures, index] + ([report_dir / "attention.html"] if attention else []))
     return index

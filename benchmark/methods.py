@@ -22,13 +22,13 @@ import torch
 from filelock import FileLock
 from tqdm.auto import tqdm
 
-from sae.attention import cross_attention_layers
-from sae.backbones import METHOD_FAMILIES
+from sae.backbones import EXPERIMENTAL_FAMILIES, METHOD_FAMILIES, denoiser
 from safetensors import SafetensorError, safe_open
 
 from sae.checkpoint import (apply_delta, base_fingerprints, check_base_model, check_fits, fingerprint_key, load_delta,
                             require_same_base)
-from sae.finetune import ConceptPair, FinetuneConfig, finetune, release_pair_prompt, trainable_parameters
+from sae.finetune import (ConceptPair, FinetuneConfig, check_maps_fit, finetune, release_pair_prompt,
+                          trainable_projections)
 from sae.options import add_flags, flag_fields, given_flags, option, same_option
 from sae.sampling import DEFAULT_GUIDANCE, DEFAULT_STEPS, seed_generators
 from sae.tokens import find_token_indices
@@ -47,8 +47,8 @@ DEFAULT_CHECKPOINT_CACHE = Path.home() / ".cache" / "sae" / "checkpoints"
 
 @dataclass
 class GenerationContext:
-    """What every method of a run shares: the pipeline, and swapping trained key weights in and out of the UNet
-    (methods that apply checkpoints)."""
+    """What every method of a run shares: the pipeline, and swapping trained key weights in and out of its denoiser
+    (the UNet, or SD3's transformer; methods that apply checkpoints)."""
 
     pipe: object
     base_model: str
@@ -67,10 +67,10 @@ class GenerationContext:
     # --- the base keys, so that checkpoints can be swapped per prompt and the base restored
     def base_fingerprint(self) -> dict:
         if self._fingerprint is None:
-            self._fingerprint = base_fingerprints(self.pipe.unet)
-            # every cross-attention projection a checkpoint may train (k, q or v)
-            self._base_keys = {n: p.detach().clone() for projection in "kqv"
-                               for n, p in trainable_parameters(self.pipe.unet, projection).items()}
+            network = denoiser(self.pipe)
+            self._fingerprint = base_fingerprints(network)
+            # every text projection a checkpoint may train (k, q or v)
+            self._base_keys = {n: p.detach().clone() for n, p in trainable_projections(network).items()}
         return self._fingerprint
 
     def apply_checkpoint(self, path: Path) -> None:
@@ -78,9 +78,10 @@ class GenerationContext:
         rather than hashing the UNet again for every block."""
         self.restore_base()
         delta = load_delta(path)
-        key = fingerprint_key(self.pipe.unet)
+        network = denoiser(self.pipe)
+        key = fingerprint_key(network)
         require_same_base(delta, self.base_fingerprint()[key], key)
-        apply_delta(self.pipe.unet, delta, check_base=False)
+        apply_delta(network, delta, check_base=False)
 
     def checkpoint_sha256(self, path: Path) -> str:
         """Content hash of a checkpoint (`Delta.digest`, once per path and run), for the image records."""
@@ -90,7 +91,7 @@ class GenerationContext:
 
     def restore_base(self) -> None:
         self.base_fingerprint()
-        params = dict(self.pipe.unet.named_parameters())
+        params = dict(denoiser(self.pipe).named_parameters())
         with torch.no_grad():
             for name, value in self._base_keys.items():
                 params[name].copy_(value)
@@ -111,6 +112,8 @@ class Method:
     # The model families it runs on (`sae.models.FAMILIES`); None: any text-to-image pipeline. A run on another
     # family is refused before anything is loaded.
     families: tuple[str, ...] | None = None
+    # The families where it is an experiment not yet validated on real weights: every report of a run on one says so
+    experimental_families: tuple[str, ...] = ()
 
     def __init__(self, sampling: dict | None = None, **options):
         self.sampling = {"steps": DEFAULT_STEPS, "guidance": DEFAULT_GUIDANCE, **self.release_sampling,
@@ -221,7 +224,8 @@ class Plain(Method):
 @register_method
 class AttendExcite(Method):
     name = "attend_excite"
-    families = METHOD_FAMILIES  # the UNet families whose cross-attention it reads (docs/backbones.md)
+    families = METHOD_FAMILIES  # the families whose text attention it reads (docs/backbones.md)
+    experimental_families = EXPERIMENTAL_FAMILIES
     description = "Attend-and-Excite: latent updates on max_k(1 - max A_k) in the first 25 of 50 steps"
     release_sampling = {"steps": DEFAULT_STEPS, "guidance": DEFAULT_GUIDANCE}  # Attend-and-Excite's release
 
@@ -359,7 +363,8 @@ class SepEnOptions:
 @register_method
 class SepEn(Method):
     name = "sepen"
-    families = METHOD_FAMILIES  # the UNet families whose cross-attention it reads (docs/backbones.md)
+    families = METHOD_FAMILIES  # the families whose text attention it reads (docs/backbones.md)
+    experimental_families = EXPERIMENTAL_FAMILIES
     description = "the base pipeline with SepEn-finetuned keys (per prompt, trained and cached, or large-scale)"
     release_sampling = {"steps": DEFAULT_STEPS, "guidance": 6.0}  # the SepEn release's sampling script
     use_attend_excite = False
@@ -400,12 +405,12 @@ class SepEn(Method):
         if self.options.checkpoint is not None:  # shapes, finiteness and base weights, before any image
             path = Path(self.options.checkpoint)
             delta = load_delta(path)
-            check_fits(context.pipe.unet, delta)
-            check_base_model(context.pipe.unet, delta)
+            check_fits(denoiser(context.pipe), delta)
+            check_base_model(denoiser(context.pipe), delta)
             self.checkpoint_sha256 = delta.digest()
             return
-        try:  # per-prompt finetuning reads the maps at this size
-            cross_attention_layers(context.pipe.unet, self.options.map_downscale)
+        try:  # per-prompt finetuning reads the maps at this size (SD3: in its joint blocks)
+            check_maps_fit(denoiser(context.pipe), self.finetune_config())
         except ValueError as err:
             raise ValueError(f"--sepen-map-downscale {self.options.map_downscale}: {err}") from None
 
@@ -466,7 +471,8 @@ class SepEnAttendExcite(SepEn):
 @register_method
 class SepEnTestTime(Method):
     name = "sepen_tt"
-    families = METHOD_FAMILIES  # the UNet families whose cross-attention it reads (docs/backbones.md)
+    families = METHOD_FAMILIES  # the families whose text attention it reads (docs/backbones.md)
+    experimental_families = EXPERIMENTAL_FAMILIES
     description = "SepEn test-time variant: latent updates on Separate + Enhance in the first 25 of 50 steps"
     release_sampling = {"steps": DEFAULT_STEPS, "guidance": 6.0}  # sampled as the SepEn release samples
 

@@ -155,13 +155,31 @@ def paired_differences(rows: list[dict], method_order: list[str] | None = None,
     return pd.DataFrame(out) if out else empty
 
 
-def paired_cells(paired: pd.DataFrame) -> tuple[list[str], list[list[str]]]:
+def method_labels(config: dict) -> dict[str, str]:
+    """How the tables name a method: marked where it is an experiment on the run's model family (`experimental`)."""
+    return {method: f"{method} (experimental on {family})"
+            for method, family in (config.get("experimental") or {}).items()}
+
+
+def experimental_note(config: dict) -> str:
+    """One sentence for a run whose methods include experiments on its model family, or ""."""
+    experimental = config.get("experimental") or {}
+    if not experimental:
+        return ""
+    families = sorted(set(experimental.values()))
+    return (f"Experimental on {', '.join(families)}: {', '.join(experimental)} read maps of joint attention, a "
+            "designed experiment not yet validated on real weights (docs/backbones.md).")
+
+
+def paired_cells(paired: pd.DataFrame, labels: dict | None = None) -> tuple[list[str], list[list[str]]]:
     """The paired differences as text cells, "+0.097 [+0.014, +0.181] (9 gained, 2 lost)" per metric (the counts
-    for 0/1 metrics); the Markdown and HTML tables are both made from these."""
+    for 0/1 metrics); the Markdown and HTML tables are both made from these. `labels`: names for methods
+    (`method_labels`)."""
     metrics = [c.removesuffix("_delta") for c in paired.columns if c.endswith("_delta")]
+    labels = labels or {}
     rows = []
     for _, row in paired.iterrows():
-        cells = [str(row["method"]), str(row["category"]), str(int(row["pairs"]))]
+        cells = [labels.get(row["method"], str(row["method"])), str(row["category"]), str(int(row["pairs"]))]
         for metric in metrics:
             delta = row[f"{metric}_delta"]
             cell = "n/a" if pd.isna(delta) else \
@@ -178,24 +196,26 @@ def paired_title(paired: pd.DataFrame) -> str:
             "95% bootstrap interval over the pairs)")
 
 
-def paired_markdown(paired: pd.DataFrame) -> str:
+def paired_markdown(paired: pd.DataFrame, labels: dict | None = None) -> str:
     if paired.empty:
         return ""
-    header, rows = paired_cells(paired)
+    header, rows = paired_cells(paired, labels)
     lines = ["", paired_title(paired) + ":", "", "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     lines += ["| " + " | ".join(cells) + " |" for cells in rows]
     return "\n".join(lines) + "\n"
 
 
-def summary_cells(summary: pd.DataFrame) -> tuple[list[str], list[list[str]]]:
+def summary_cells(summary: pd.DataFrame, labels: dict | None = None) -> tuple[list[str], list[list[str]]]:
     """The summary as text cells: a header, then per row each metric's "mean [ci_low, ci_high]" (a set metric's
-    value alone, "n/a" where there is none). The Markdown and HTML tables are both made from these."""
+    value alone, "n/a" where there is none). The Markdown and HTML tables are both made from these. `labels`:
+    names for methods (`method_labels`)."""
+    labels = labels or {}
     means = [c.removesuffix("_mean") for c in summary.columns if c.endswith("_mean")]
     sets = set_columns(summary)
     header = ["method", "category", "images"] + means + sets
     rows = []
     for _, row in summary.iterrows():
-        cells = [str(row["method"]), str(row["category"]), str(int(row["images"]))]
+        cells = [labels.get(row["method"], str(row["method"])), str(row["category"]), str(int(row["images"]))]
         for column in means:
             mean = row[f"{column}_mean"]
             scored = row.get(f"{column}_n", row["images"])
@@ -207,8 +227,8 @@ def summary_cells(summary: pd.DataFrame) -> tuple[list[str], list[list[str]]]:
     return header, rows
 
 
-def markdown_table(summary: pd.DataFrame) -> str:
-    header, rows = summary_cells(summary)
+def markdown_table(summary: pd.DataFrame, labels: dict | None = None) -> str:
+    header, rows = summary_cells(summary, labels)
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     lines += ["| " + " | ".join(cells) + " |" for cells in rows]
     return "\n".join(lines) + "\n"
@@ -234,6 +254,9 @@ def method_settings(config: dict) -> dict:
         note = (config.get("notes") or {}).get(method)
         if note:
             row["trains_on"] = note
+        family = (config.get("experimental") or {}).get(method)
+        if family:
+            row["experimental_on"] = family
         settings[method] = row
     return settings
 
@@ -244,7 +267,8 @@ def settings_markdown(config: dict) -> str:
     if not settings:
         return ""
     lines = ["", "Settings per method:", "", "| method | steps | guidance | trains on |", "|---|---|---|---|"]
-    lines += [f"| {m} | {row['steps']} | {row['guidance']} | {row.get('trains_on', '-')} |"
+    labels = method_labels(config)
+    lines += [f"| {labels.get(m, m)} | {row['steps']} | {row['guidance']} | {row.get('trains_on', '-')} |"
               for m, row in settings.items()]
     if config.get("dtype"):
         lines += ["", f"Sampled in {config['dtype']}, {config.get('batch_size')} images a pipeline call."]
@@ -325,8 +349,11 @@ def write_report(run_dir: Path) -> pd.DataFrame:
     write_text_atomic(run_dir / "paired.csv", paired.to_csv(index=False))
     title = (f"# {config.get('suite')} on {model_label(config.get('model'))} "
              f"({config.get('domain', 'natural')} suites)\n\n")
+    if experimental_note(config):
+        title += experimental_note(config) + "\n\n"
+    labels = method_labels(config)
     write_text_atomic(run_dir / "summary.md",
-                      title + markdown_table(summary) + paired_markdown(paired)
+                      title + markdown_table(summary, labels) + paired_markdown(paired, labels)
                       + "".join(markdown for _, markdown in sections.values()) + settings_markdown(config)
                       + conventions_text(described))
     results = {"config": config, "settings": method_settings(config), "versions": library_versions(),

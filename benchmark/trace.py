@@ -92,7 +92,7 @@ def write_traces(run_dir: Path, count: int = 2, context=None, device: str = "aut
     """Trace `count` prompts of the run into `run_dir/attention/` (replacing earlier traces); returns the traced
     prompt ids. `context` and `run_methods` are the run's own (no second model load); without them the model is
     loaded from local files when it can be."""
-    from sae.backbones import METHOD_FAMILIES
+    from sae.backbones import UNET_FAMILIES
     from sae.models import model_family
     from sae.visual import attention_figure
 
@@ -106,8 +106,8 @@ def write_traces(run_dir: Path, count: int = 2, context=None, device: str = "aut
     if not names or count < 1:
         return []
     family = model_family(context.pipe if context is not None else config["model"])
-    if family not in METHOD_FAMILIES:  # the maps are a UNet's cross-attention (docs/backbones.md)
-        logger.info(f"attention maps skipped: they are read on {', '.join(METHOD_FAMILIES)} models, not on {family}")
+    if family not in UNET_FAMILIES:  # the maps are a UNet's cross-attention (docs/backbones.md)
+        logger.info(f"attention maps skipped: they are read on {', '.join(UNET_FAMILIES)} models, not on {family}")
         return []
     if context is None:
         context = context_from_config(config, device)

@@ -13,15 +13,19 @@ keys come from joint attention (`sae.attention.capture_joint_attention`, `add_k_
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from dataclasses import dataclass, field
 from types import SimpleNamespace
 
 import torch
 
 from .models import model_family
 
-METHOD_FAMILIES = ("sd", "sdxl")  # the families the attention methods (SepEn, A&E, the test-time variant) run on
-# The families SepEn trains on (`python -m sae train`): SD3 at the library level, before the benchmark's methods
-TRAIN_FAMILIES = ("sd", "sdxl", "sd3")
+# The families the attention methods (SepEn and its training, A&E, the test-time variant) run on
+METHOD_FAMILIES = ("sd", "sdxl", "sd3")
+# Those of them whose maps are a designed experiment, unvalidated on real weights: every report marks the methods
+EXPERIMENTAL_FAMILIES = ("sd3",)
+UNET_FAMILIES = ("sd", "sdxl")  # maps of a UNet's cross-attention, the ones the pictures of maps draw
 
 
 def denoiser(pipe):
@@ -74,4 +78,49 @@ def conditioning(pipe, prompts: list[str], height: int | None = None,
                                                           device=pipe.transformer.device, num_images_per_prompt=1,
                                                           do_classifier_free_guidance=False)
             return embeddings, {"pooled_projections": pooled}
-    raise ValueError(f"the methods condition {', '.join(TRAIN_FAMILIES)} models, not {family} (docs/backbones.md)")
+    raise ValueError(f"the methods condition {', '.join(METHOD_FAMILIES)} models, not {family} (docs/backbones.md)")
+
+
+@dataclass
+class DenoiserPass:
+    """A conditional pass of a family's denoiser on noisy latents, as its pipeline's loop makes it: what the latent
+    guidance (Attend-and-Excite, the test-time variant) differentiates through for the maps.
+
+    `scale_input`: the sampler's input scaling where the pipeline applies it (SDXL's Euler divides by
+    sqrt(sigma^2 + 1); SD's samplers leave the input as it is). `text_length`: the token positions the maps are read
+    at, where the text sequence is longer: SD3's CLIP positions (77), before T5's.
+    """
+
+    network: torch.nn.Module
+    text: torch.Tensor
+    kwargs: dict = field(default_factory=dict)
+    scale_input: Callable | None = None
+    text_length: int | None = None
+
+    def __call__(self, latents: torch.Tensor, t: torch.Tensor):
+        sample = self.scale_input(latents, t) if self.scale_input is not None else latents
+        if self.text_length is not None:  # SD3's transformer: a timestep per image, as its pipeline passes it
+            return self.network(hidden_states=sample, timestep=t.expand(len(sample)), encoder_hidden_states=self.text,
+                                **self.kwargs)
+        return self.network(sample, t, encoder_hidden_states=self.text, **self.kwargs)
+
+    def text_maps(self, maps: torch.Tensor) -> torch.Tensor:
+        """Captured maps `(batch, H, W, tokens)` at the positions the token finder reads: SD3's first 77 (CLIP's),
+        each pixel's share renormalised over them, as a UNet's maps sum to one over CLIP's tokens; others as they
+        are."""
+        if self.text_length is None:
+            return maps
+        clip = maps[..., :self.text_length]
+        return clip / clip.sum(dim=-1, keepdim=True)
+
+
+def guidance_pass(pipe, prompt: str, batch: int, height: int, width: int) -> DenoiserPass:
+    """The family's conditional pass for `batch` images of `prompt` at `height` x `width` pixels."""
+    family = model_family(pipe)
+    if family == "sd":  # the pipeline's own prompt encoding, repeated per image
+        text, _ = pipe.encode_prompt(prompt, pipe._execution_device, batch, do_classifier_free_guidance=False)
+        return DenoiserPass(pipe.unet, text)
+    text, kwargs = conditioning(pipe, [prompt] * batch, height, width)
+    if family == "sdxl":
+        return DenoiserPass(pipe.unet, text, kwargs, pipe.scheduler.scale_model_input)
+    return DenoiserPass(pipe.transformer, text, kwargs, text_length=pipe.tokenizer.model_max_length)  # sd3

@@ -128,14 +128,14 @@ def cmd_train(args) -> int:
     from .options import given_flags
     from .tokens import find_token_indices
 
-    from .backbones import METHOD_FAMILIES, TRAIN_FAMILIES
+    from .backbones import METHOD_FAMILIES, UNET_FAMILIES
     from .models import model_family
 
-    if model_family(args.model) not in TRAIN_FAMILIES:
-        raise ValueError(f"--model {args.model}: SepEn training runs on {', '.join(TRAIN_FAMILIES[:-1])} and "
-                         f"{TRAIN_FAMILIES[-1]} pipelines, not on {model_family(args.model)} (docs/backbones.md)")
-    if args.report and model_family(args.model) not in METHOD_FAMILIES:  # its maps are a UNet's cross-attention
-        raise ValueError(f"--report draws the maps of {', '.join(METHOD_FAMILIES)} models, not of "
+    if model_family(args.model) not in METHOD_FAMILIES:
+        raise ValueError(f"--model {args.model}: SepEn training runs on {', '.join(METHOD_FAMILIES[:-1])} and "
+                         f"{METHOD_FAMILIES[-1]} pipelines, not on {model_family(args.model)} (docs/backbones.md)")
+    if args.report and model_family(args.model) not in UNET_FAMILIES:  # its maps are a UNet's cross-attention
+        raise ValueError(f"--report draws the maps of {', '.join(UNET_FAMILIES)} models, not of "
                          f"{model_family(args.model)}: train without it")
     large = args.concepts is not None
     # the flags given; the rest are the per-pair or large-scale defaults

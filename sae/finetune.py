@@ -32,8 +32,8 @@ import torch
 from torch.func import functional_call
 from tqdm.auto import tqdm
 
-from .attention import (MAP_KINDS, StopForward, capture_attention, is_joint_transformer, joint_attention_layers,
-                        object_maps)
+from .attention import (MAP_KINDS, StopForward, capture_attention, cross_attention_layers, is_joint_transformer,
+                        joint_attention_layers, object_maps)
 from .backbones import FlowMatchingForward, conditioning, denoiser
 from .checkpoint import base_fingerprints, load_delta, save_delta
 from .files import atomic_path
@@ -288,6 +288,13 @@ def trainable_parameters(unet, projection: str = "k") -> dict[str, torch.nn.Para
     return params
 
 
+def trainable_projections(network) -> dict[str, torch.nn.Parameter]:
+    """Every projection a checkpoint may train on this denoiser: a UNet's attn2 keys, queries and values; SD3's text
+    keys."""
+    projections = ("k",) if is_joint_transformer(network) else ("k", "q", "v")
+    return {name: p for projection in projections for name, p in trainable_parameters(network, projection).items()}
+
+
 def encode_prompts(pipe, prompts: list[str]) -> torch.Tensor:
     """Text embeddings `(batch, 77, dim)` as the pipeline makes them (padded to the tokenizer's length)."""
     return conditioning(pipe, prompts)[0]
@@ -423,7 +430,7 @@ def _write_losses(path: Path, history: list[dict]) -> None:
         writer.writerows(history)
 
 
-def _check_maps_fit(network, config: FinetuneConfig) -> None:
+def check_maps_fit(network, config: FinetuneConfig) -> None:
     """The map settings the denoiser reads: a UNet's resolution (map_downscale), or SD3's joint blocks."""
     if is_joint_transformer(network):
         default = FinetuneConfig.__dataclass_fields__["map_downscale"].default
@@ -433,6 +440,8 @@ def _check_maps_fit(network, config: FinetuneConfig) -> None:
         joint_attention_layers(network, config.joint_blocks)  # blocks the transformer has
     elif config.joint_blocks is not None:
         raise ValueError("joint_blocks chooses SD3's joint blocks; a UNet's maps are chosen by map_downscale")
+    else:
+        cross_attention_layers(network, config.map_downscale)  # layers at that resolution
 
 
 def finetune(pipe, source: ConceptPair | ConceptPool, config: FinetuneConfig | None = None,
@@ -466,7 +475,7 @@ class _Trainer:
                  out_dir: str | os.PathLike | None, base_model: str, log_every: int, cuda_graph: bool):
         self.pipe, self.source, self.config, self.base_model = pipe, source, config, base_model
         self.unet = denoiser(pipe)  # SD3: its transformer
-        _check_maps_fit(self.unet, config)
+        check_maps_fit(self.unet, config)
         self.device = self.unet.device
         self.latent_size = config.latent_size or self.unet.config.sample_size
         self._set_up_parameters()

@@ -77,6 +77,8 @@ def add_flags(parser, cls, prefix: str = "", dest_prefix: str = "") -> None:
             extra["choices"] = field.metadata["choices"]
         if field.metadata.get("metavar"):
             extra["metavar"] = field.metadata["metavar"]
+        elif "choices" not in extra:  # the field's name, not the prefixed destination
+            extra["metavar"] = field.name.upper()
         parser.add_argument(flag_name(field, prefix), dest=dest_prefix + field.name, default=None,
                             help=text.replace("%", "%%"), **extra)
 

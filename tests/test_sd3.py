@@ -1,5 +1,6 @@
-"""SepEn on SD3 at the library level (docs/backbones.md, the SD3 plan), on the tiny SD3 built offline: the text maps
-of joint attention, the flow-matching forward process, and training of the text keys (`add_k_proj`) alone."""
+"""SepEn and the latent guidance on SD3 (docs/backbones.md, the SD3 plan), on the tiny SD3 built offline: the text
+maps of joint attention, the flow-matching forward process, training of the text keys (`add_k_proj`) alone, and
+Attend-and-Excite's and the test-time variant's latent steps through SD3's own pipeline loop."""
 
 import pytest
 import torch
@@ -233,3 +234,54 @@ def test_sae_train_on_sd3_writes_a_checkpoint_that_loads_back(sd3_dir, tiny_mode
     assert capsys.readouterr().err.strip().splitlines() == [
         "error: --report draws the maps of sd, sdxl models, not of sd3: train without it"]
     assert not (tmp_path / "report").exists()
+
+
+def test_the_guidance_pass_is_the_pipelines_and_reads_the_clip_positions(sd3):
+    from sae.backbones import guidance_pass
+
+    family_pass = guidance_pass(sd3, PAIR.prompt, 2, 64, 64)
+    latents, t, text, extra = transformer_inputs(sd3, [PAIR.prompt] * 2)
+    assert torch.equal(family_pass.text, text) and torch.equal(family_pass.kwargs["pooled_projections"],
+                                                                extra["pooled_projections"])
+    t = torch.tensor(500.0)
+    with torch.no_grad(), capture_attention(sd3.transformer) as store:
+        out = family_pass(latents, t)[0]
+    assert torch.allclose(out, run(sd3.transformer, latents, t.expand(2), text, extra), atol=1e-6)
+    maps = store.maps()
+    clip = family_pass.text_maps(maps)
+    assert maps.shape[-1] > 77 and clip.shape == (*maps.shape[:-1], 77)
+    assert torch.allclose(clip.sum(-1), torch.ones(clip.shape[:-1]), atol=1e-5)
+    # each CLIP position's share of what the pixel gives the CLIP positions
+    pixel = maps[1, 3, 4]
+    assert torch.allclose(clip[1, 3, 4, 5], pixel[5] / pixel[:77].sum(), atol=1e-6)
+
+
+@pytest.mark.parametrize("method", ["attend_excite", "sepen_tt"])
+def test_latent_guidance_on_sd3_steps_the_latents_only_and_leaves_the_loop_as_it_is(sd3, method):
+    import numpy as np
+
+    from benchmark.guidance import attend_and_excite, sepen_test_time
+    from sae.backbones import guidance_pass
+    from sae.sampling import seed_generators
+
+    make = attend_and_excite if method == "attend_excite" else \
+        (lambda steps, **kw: sepen_test_time(num_inference_steps=steps, **kw))
+    groups = find_token_indices(sd3.tokenizer, PAIR.prompt, PAIR.objects)
+    seen = []
+    guidance = make(4)
+    loss_fn = guidance.loss_fn
+    guidance.loss_fn = lambda maps, token_groups: seen.append(maps.shape) or loss_fn(maps, token_groups)
+    latents = torch.randn(1, 16, 8, 8, generator=torch.Generator().manual_seed(0))
+    sd3.scheduler.set_timesteps(4)
+    stepped = guidance.update(guidance_pass(sd3, PAIR.prompt, 1, 64, 64), latents, sd3.scheduler.timesteps[1], 1,
+                              groups, 20.0)
+    moved = (stepped - latents).abs().max().item()
+    assert 0 < moved < 10 and torch.isfinite(stepped).all()  # a gradient step on the latents
+    assert seen and all(shape[-1] == 77 for shape in seen)  # the loss read CLIP's positions
+    assert all(p.grad is None for p in sd3.transformer.parameters())  # no weight gets a gradient
+    # with a zero step the guided loop is SD3's own pipeline loop: the same image
+    unmoved = make(4, scale_factor=0.0).generate(sd3, PAIR.prompt, groups, seed_generators([0]), 4, 5.0)[0]
+    plain = sd3(PAIR.prompt, num_inference_steps=4, guidance_scale=5.0, generator=seed_generators([0])).images[0]
+    assert np.abs(np.asarray(unmoved, dtype=int) - np.asarray(plain, dtype=int)).max() <= 1
+    moved_image = make(4, scale_factor=2000.0).generate(sd3, PAIR.prompt, groups, seed_generators([0]), 4, 5.0)[0]
+    assert np.abs(np.asarray(moved_image, dtype=int) - np.asarray(plain, dtype=int)).max() > 1

@@ -6,6 +6,7 @@ import torch
 from diffusers import StableDiffusionAttendAndExcitePipeline
 
 from benchmark.guidance import attend_and_excite, attend_excite_loss, scaled_schedule, sepen_test_time
+from sae.backbones import guidance_pass
 from sae.sampling import seed_generators
 
 PROMPT, GROUPS = "a cat and a dog", [[2], [5]]
@@ -62,15 +63,14 @@ def test_batched_guidance_equals_one_image_at_a_time(tiny_pipe):
 
 def test_latent_update_lowers_the_loss(tiny_pipe):
     guidance = sepen_test_time(num_inference_steps=6)
-    unet = tiny_pipe.unet
-    text, _ = tiny_pipe.encode_prompt(PROMPT, "cpu", 1, do_classifier_free_guidance=False)
+    family_pass = guidance_pass(tiny_pipe, PROMPT, 1, 256, 256)
     latents = torch.randn(1, 4, 32, 32, generator=torch.Generator().manual_seed(0))
     t = torch.tensor(900)
     with torch.no_grad():
-        before = guidance._loss(unet, latents, t, text, GROUPS)
-    updated = guidance.update(unet, latents, t, 0, text, GROUPS, step_size=20.0)
+        before = guidance._loss(family_pass, latents, t, GROUPS)
+    updated = guidance.update(family_pass, latents, t, 0, GROUPS, step_size=20.0)
     with torch.no_grad():
-        after = guidance._loss(unet, updated, t, text, GROUPS)
+        after = guidance._loss(family_pass, updated, t, GROUPS)
     assert not torch.equal(updated, latents)
     assert after.item() < before.item()
 
@@ -78,7 +78,7 @@ def test_latent_update_lowers_the_loss(tiny_pipe):
 def test_refinement_runs_the_unet_once_per_latent_it_measures(tiny_pipe):
     """Refinement re-measures only latents it has changed: one initial forward, one per further try, one after."""
     unet = tiny_pipe.unet
-    text, _ = tiny_pipe.encode_prompt(PROMPT, "cpu", 1, do_classifier_free_guidance=False)
+    family_pass = guidance_pass(tiny_pipe, PROMPT, 1, 256, 256)
     latents = torch.randn(1, 4, 32, 32, generator=torch.Generator().manual_seed(0))
     calls = []
     hook = unet.register_forward_pre_hook(lambda *args: calls.append(1))
@@ -87,7 +87,7 @@ def test_refinement_runs_the_unet_once_per_latent_it_measures(tiny_pipe):
         for threshold, expected in ((0.0, 1), (1.0, 1 + 2 + 1)):
             calls.clear()
             guidance = attend_and_excite(10, thresholds={0: threshold}, max_refinement_steps=3)
-            updated = guidance.update(unet, latents, torch.tensor(900), 0, text, GROUPS, step_size=20.0)
+            updated = guidance.update(family_pass, latents, torch.tensor(900), 0, GROUPS, step_size=20.0)
             assert len(calls) == expected
             assert not torch.equal(updated, latents)  # index 0 is an update step either way
     finally:

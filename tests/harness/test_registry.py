@@ -75,7 +75,7 @@ def test_an_installed_methods_options_are_flags_and_its_metric_adds_a_report_sec
     with pytest.raises(SystemExit):
         main(["run", "--help"])
     shown = " ".join(capsys.readouterr().out.split())
-    assert "--dimmed-factor DIMMEDOPTIONS.FACTOR what the base images are multiplied by (default: 0.5)" in shown
+    assert "--dimmed-factor FACTOR what the base images are multiplied by (default: 0.5)" in shown
     assert "--dimmed-channels {rgb,r,g,b} which colour channels are dimmed (default: rgb)" in shown
     out = tmp_path / "run"
     assert main(["run", "--suite", str(small_suite), "--model", str(tiny_model_dir), "--methods", "plain,dimmed",
