@@ -207,7 +207,7 @@ def test_thirty_steps_lower_each_loss_trained_alone(sd3, trained):
 
 
 def test_sae_train_on_sd3_writes_a_checkpoint_that_loads_back(sd3_dir, tiny_model_dir, tmp_path, capsys):
-    from sae.checkpoint import CheckpointError, apply_delta, load_delta
+    from sae.checkpoint import BaseModelMismatchError, CheckpointError, apply_delta, load_delta
     from sae.cli import main
 
     out = tmp_path / "train"
@@ -223,6 +223,11 @@ def test_sae_train_on_sd3_writes_a_checkpoint_that_loads_back(sd3_dir, tiny_mode
     assert all(torch.equal(delta.tensors[n], p) for n, p in keys.items())
     with pytest.raises(CheckpointError):
         apply_delta(load_pipeline(tiny_model_dir, device="cpu").unet, out / "sepen.safetensors")
+    other = load_pipeline(sd3_dir, device="cpu")  # the same architecture, other base weights
+    with torch.no_grad():
+        other.transformer.transformer_blocks[0].attn.to_q.weight.add_(0.01)
+    with pytest.raises(BaseModelMismatchError):
+        apply_delta(other.transformer, delta)
     # `sae sample --delta` applies it to the transformer
     assert main(["sample", "--model", str(sd3_dir), "--delta", str(out / "sepen.safetensors"), "--prompt",
                  PAIR.prompt, "--seeds", "0", "--steps", "2", "--out", str(tmp_path / "samples")]) == 0

@@ -214,7 +214,7 @@ def test_latent_guidance_on_sdxl_steps_the_latents_and_leaves_the_loop_as_it_is(
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("arch", ["sd2", "sdxl"])
+@pytest.mark.parametrize("arch", ["sd2", "sdxl", "sd3"])
 def test_the_main_job_runs_on_each_family(tiny_models, tmp_path, arch):
     out = tmp_path / "run"
     assert main(["run", "--suite", "multi_object", "--model", str(tiny_models(arch)), "--methods",
