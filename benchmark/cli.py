@@ -285,7 +285,8 @@ def cmd_ls(args) -> int:
         family = model_family(args.model) if args.model else None
         for name, cls in METHODS.items():
             if family is None or cls.families is None or family in cls.families:
-                runs_on = ", ".join(cls.families) if cls.families else "any"
+                runs_on = ", ".join(f"{f} (experimental)" if f in cls.experimental_families else f
+                                    for f in cls.families) if cls.families else "any"
                 print(f"{name:16s} {cls.description}  [families: {runs_on}]")
     else:
         from .metrics import METRICS

@@ -109,8 +109,9 @@ def test_the_attention_methods_run_on_sd3_marked_experimental_in_every_report(ti
 
     model = tiny_models("sd3")
     assert main(["ls", "methods", "--model", str(model)]) == 0
-    listed = {line.split()[0] for line in capsys.readouterr().out.splitlines() if line.strip()}
-    assert listed >= {"plain", *ATTENTION_METHODS}, listed
+    lines = {line.split()[0]: line for line in capsys.readouterr().out.splitlines() if line.strip()}
+    assert set(lines) >= {"plain", *ATTENTION_METHODS}, lines
+    assert all(lines[m].endswith("[families: sd, sdxl, sd3 (experimental)]") for m in ATTENTION_METHODS), lines
     out, cache = tmp_path / "run", tmp_path / "cache"
     assert main(["run", "--suite", str(small_suite), "--model", str(model), "--methods",
                  "plain," + ",".join(ATTENTION_METHODS), "--limit", "1", "--seeds", "0", "--steps", "3",
