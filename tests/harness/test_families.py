@@ -215,15 +215,15 @@ def test_latent_guidance_on_sdxl_steps_the_latents_and_leaves_the_loop_as_it_is(
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("arch", ["sd2", "sdxl", "sd3"])
+@pytest.mark.parametrize("arch", ["sd2", "sdxl", "sd3", "pixart", "flux"])
 def test_the_main_job_runs_on_each_family(tiny_models, tmp_path, arch):
+    methods = ["plain"] if arch in ("pixart", "flux") else ["attend_excite", "plain", "sepen"]  # what runs there
     out = tmp_path / "run"
-    assert main(["run", "--suite", "multi_object", "--model", str(tiny_models(arch)), "--methods",
-                 "plain,attend_excite,sepen", "--limit", "2", "--num-seeds", "1", "--steps", "4", "--sepen-steps",
-                 "2", "--checkpoint-cache", str(tmp_path / "cache"), "--out", str(out), "--no-progress",
-                 "--processes", "1"]) == 0
+    assert main(["run", "--suite", "multi_object", "--model", str(tiny_models(arch)), "--methods", ",".join(methods),
+                 "--limit", "2", "--num-seeds", "1", "--steps", "4", "--sepen-steps", "2", "--checkpoint-cache",
+                 str(tmp_path / "cache"), "--out", str(out), "--no-progress", "--processes", "1"]) == 0
     rows = [json.loads(line) for line in (out / "samples.jsonl").read_text().splitlines()]
-    assert sorted({r["method"] for r in rows}) == ["attend_excite", "plain", "sepen"] and len(rows) == 6
+    assert sorted({r["method"] for r in rows}) == methods and len(rows) == 2 * len(methods)
     assert (out / "report" / "index.html").is_file()
 
 
