@@ -73,15 +73,21 @@ def fitting_batch_size(pipe, methods: list, state, most: int = 16) -> int:
     from accelerate.utils import broadcast_object_list
 
     found = [4]
+    if state.num_processes > 1:
+        state.wait_for_everyone()  # every rank's pipeline loaded before the memory left is read
     if state.is_main_process:
-        torch.cuda.synchronize()
-        torch.cuda.reset_peak_memory_stats()
-        before = torch.cuda.memory_allocated()
+        device = pipe.device  # the pipeline's GPU, not the current one
+        torch.cuda.synchronize(device)
+        torch.cuda.reset_peak_memory_stats(device)
+        before = torch.cuda.memory_allocated(device)
         with torch.no_grad():
             pipe(prompt=["a photo of a cat and a dog"] * 2, num_inference_steps=1, output_type="pil")
-        per_image = max(1, torch.cuda.max_memory_allocated() - before) / 2
+        per_image = max(1, torch.cuda.max_memory_allocated(device) - before) / 2
         factor = 3.0 if any(m.families is not None for m in methods) else 1.5  # latent updates keep activations
-        fits = max(1, min(most, int(torch.cuda.mem_get_info()[0] / (per_image * factor))))
+        # ranks sharing a GPU (more ranks than GPUs) share its free memory too
+        sharing = max(1, -(-state.num_processes // max(1, torch.cuda.device_count())))
+        free = torch.cuda.mem_get_info(device)[0] / sharing
+        fits = max(1, min(most, int(free / (per_image * factor))))
         found = [1 << (fits.bit_length() - 1)]
     if state.num_processes > 1:
         broadcast_object_list(found)

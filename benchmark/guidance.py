@@ -77,11 +77,14 @@ class LatentGuidance:
         return latents - step_size * grad * scale
 
     def update(self, denoiser: DenoiserPass, latents, t, index: int, token_groups, step_size: float) -> torch.Tensor:
-        """The latent after step `index`'s optimisation (refinement, then one gradient step)."""
+        """The latent after step `index`'s optimisation (refinement, then one gradient step). The steps are taken
+        in float32 whatever the pipeline's precision (a half latent would round away updates under 5e-4 and
+        underflow small gradients), and the result handed back in the pipeline's."""
         if index >= self.max_iter_to_alter and index not in self.thresholds:
             return latents
+        dtype = latents.dtype
         with torch.enable_grad():
-            latents = latents.detach().requires_grad_(True)
+            latents = latents.detach().float().requires_grad_(True)
             loss = self._loss(denoiser, latents, t, token_groups)
             if index in self.thresholds:
                 target = max(0.0, 1.0 - self.thresholds[index])
@@ -99,7 +102,7 @@ class LatentGuidance:
                     loss = self._loss(denoiser, latents, t, token_groups)
             if index < self.max_iter_to_alter:
                 latents = self._step(latents, loss, torch.ones_like(loss, dtype=torch.bool), step_size)
-        return latents.detach()
+        return latents.detach().to(dtype)
 
     def generate(self, pipe, prompt: str, token_groups, generators, num_inference_steps: int = 50,
                  guidance_scale: float = DEFAULT_GUIDANCE, height: int | None = None, width: int | None = None):

@@ -347,8 +347,8 @@ class SepEnOptions:
         """Per-prompt finetuning settings. With latents="samples" the samples are drawn with the run's `sampling`
         (steps, guidance); otherwise those stay out, so that a run with other sampling reuses the checkpoints."""
         precision = self.training_precision
-        if precision == "auto":
-            precision = "bf16" if device_type == "cuda" else "no"
+        if precision == "auto":  # bf16 where the GPU has it (Ampere and later), else fp32
+            precision = "bf16" if device_type == "cuda" and torch.cuda.is_bf16_supported() else "no"
         fields_ = {"mixed_precision": precision, "steps": self.steps, "learning_rate": self.learning_rate,
                    "maps": self.maps, "map_downscale": self.map_downscale, "latents": self.latents,
                    "latent_scale": self.latent_scale}

@@ -42,10 +42,17 @@ def context_from_config(config: dict, device: str):
 
     from .methods import GenerationContext
 
+    from sae.models import resolve_device
+
     local = _local_model(str(config["model"]))
     if local is None:
         return None
-    return GenerationContext(pipe=load_pipeline(local, device=device), base_model=config["model"], progress=False)
+    # the run's precision, so that the traced images are the run's (float16 only where it ran: on a GPU)
+    dtype = config.get("dtype", "float32")
+    if dtype == "float16" and resolve_device(device).type != "cuda":
+        dtype = "float32"
+    return GenerationContext(pipe=load_pipeline(local, device=device, dtype=dtype), base_model=config["model"],
+                             progress=False)
 
 
 def methods_from_config(config: dict, names) -> dict:

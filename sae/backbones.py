@@ -98,6 +98,8 @@ class DenoiserPass:
     text_length: int | None = None
 
     def __call__(self, latents: torch.Tensor, t: torch.Tensor):
+        """The denoiser's output at `latents` (of any precision: the pass runs in the pipeline's)."""
+        latents = latents.to(self.text.dtype)
         sample = self.scale_input(latents, t) if self.scale_input is not None else latents
         if self.text_length is not None:  # SD3's transformer: a timestep per image, as its pipeline passes it
             return self.network(hidden_states=sample, timestep=t.expand(len(sample)), encoder_hidden_states=self.text,

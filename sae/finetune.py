@@ -592,6 +592,10 @@ class _Trainer:
             checkpoint = out / CHECKPOINT_NAME  # a finished run found on disk
         for p in self.params.values():
             p.requires_grad_(False)
+            p.grad = None
+        # the graph holds the step (and so this trainer) and its memory pool: freed now, not at the next collection,
+        # so that a run training one checkpoint after another does not keep each one's on the GPU
+        self.graph = None
         return FinetuneResult(tensors={n: p.detach().clone() for n, p in self.params.items()},
                               history=self.history, checkpoint=checkpoint)
 
@@ -772,7 +776,8 @@ class _GraphedStep:
         try:
             self.noisy, self.timesteps = noisy.clone(), timesteps.clone()
             graph = torch.cuda.CUDAGraph()
-            with torch.cuda.graph(graph):
+            # captured on a stream of the training's GPU: the current device's would record nothing on another
+            with torch.cuda.device(self.device), torch.cuda.graph(graph, stream=torch.cuda.Stream(self.device)):
                 self.values = self.optimise(step, batch, self.noisy, self.timesteps)[1]
         except RuntimeError as err:
             raise _CaptureError(str(err)) from err

@@ -35,7 +35,7 @@ def seed_generators(seeds: list[int], device: str = "cpu") -> list[torch.Generat
     depends on its seed alone, not on the batch. On the CPU (the default) the same seed gives the same noise on
     any machine and device; "cuda" is the release's choice (`torch.Generator("cuda")`): other noise for the same
     seed, reproducible only on CUDA."""
-    if device not in GENERATOR_DEVICES:
+    if str(device).split(":")[0] not in GENERATOR_DEVICES:
         raise ValueError(f"generator device must be one of {GENERATOR_DEVICES}, got {device!r}")
     return [torch.Generator(device).manual_seed(int(seed)) for seed in seeds]
 
@@ -47,7 +47,9 @@ def generate(pipe, prompt: str, seeds: list[int], num_inference_steps: int = DEF
     images = []
     for start in range(0, len(seeds), batch_size):
         chunk = seeds[start:start + batch_size]
-        result = pipe(prompt=[prompt] * len(chunk), generator=seed_generators(chunk, generator_device),
+        # "cuda": the pipeline's own GPU (a generator on another one cannot draw its noise)
+        on = str(pipe.device) if generator_device == "cuda" else generator_device
+        result = pipe(prompt=[prompt] * len(chunk), generator=seed_generators(chunk, on),
                       num_inference_steps=num_inference_steps, guidance_scale=guidance_scale,
                       height=height, width=width, **kwargs)
         images.extend(result.images)

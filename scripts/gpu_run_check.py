@@ -163,7 +163,8 @@ def main() -> int:
             count = min(4, args.seeds)
             default = per_image_of(lambda n: [pipe(prompts[0], num_inference_steps=args.steps).images
                                               for _ in range(n)], count)
-            anchor_ae = StableDiffusionAttendAndExcitePipeline.from_pipe(pipe)
+            # from_pipe casts the shared modules to float32 unless told the dtype (in place: ours too)
+            anchor_ae = StableDiffusionAttendAndExcitePipeline.from_pipe(pipe, dtype=pipe.dtype)
             anchor_ae.set_progress_bar_config(disable=True)
             indices = [i for group in _token_groups(pipe, prompts[0]) for i in group][:2]
             ae = per_image_of(lambda n: [anchor_ae(prompts[0], token_indices=indices, num_inference_steps=args.steps)
@@ -197,12 +198,13 @@ def main() -> int:
                 if done.returncode != 0:
                     figures[f"{ranks}_processes_error"] = done.stderr[-1500:]
             two = sorted((tmp / "ranks2" / "images").rglob("*.png"))
-            figures["images"] = len(two)
+            pairs = [(path, tmp / "ranks1" / path.relative_to(tmp / "ranks2")) for path in two]
+            pairs = [(a, b) for a, b in pairs if b.exists()]  # a run that failed left fewer (its error is above)
+            figures["images"], figures["images_in_both"] = len(two), len(pairs)
             # the same images; on the CPU a rank's single thread may round a last bit apart (OMP_NUM_THREADS)
             figures["max_level_difference"] = max((int(np.abs(
-                np.asarray(Image.open(path), dtype=int)
-                - np.asarray(Image.open(tmp / "ranks1" / path.relative_to(tmp / "ranks2")), dtype=int)).max())
-                for path in two), default=None)
+                np.asarray(Image.open(a), dtype=int) - np.asarray(Image.open(b), dtype=int)).max()) for a, b in pairs),
+                default=None)
             report.put("ranks", figures)
     report.put("finished", time.strftime("%Y-%m-%d %H:%M:%S"))
     return 0

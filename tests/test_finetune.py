@@ -27,6 +27,8 @@ def test_one_step_changes_only_the_selected_projection(tiny_pipe, projection):
     diff = changed(before, tiny_pipe)
     assert diff, "the step changed nothing"
     assert all(name.startswith("unet.") and f".attn2.to_{projection}." in name for name in diff), diff
+    # nothing of the training stays on the weights: no gradient held, none asked for
+    assert all(p.grad is None and not p.requires_grad for p in tiny_pipe.unet.parameters())
 
 
 def test_layers_after_the_last_captured_one_get_no_gradient_without_norm_loss(tiny_pipe):

@@ -92,3 +92,19 @@ def test_refinement_runs_the_unet_once_per_latent_it_measures(tiny_pipe):
             assert not torch.equal(updated, latents)  # index 0 is an update step either way
     finally:
         hook.remove()
+
+
+def test_a_half_pipelines_latent_steps_are_taken_in_float32(tiny_model_dir):
+    """On a half-precision pipeline the denoiser runs in its precision, but the refinement's steps accumulate in
+    float32 and the latent is rounded to the pipeline's precision once, at the end."""
+    from sae.models import load_pipeline
+
+    pipe = load_pipeline(tiny_model_dir, device="cpu", dtype="bfloat16")
+    family_pass = guidance_pass(pipe, PROMPT, 1, 256, 256)
+    assert family_pass.text.dtype == torch.bfloat16
+    latents = torch.randn(1, 4, 32, 32, generator=torch.Generator().manual_seed(0)).to(torch.bfloat16)
+    guidance = attend_and_excite(10, thresholds={0: 1.0}, max_refinement_steps=4)  # four refinement steps
+    half = guidance.update(family_pass, latents, torch.tensor(900), 0, GROUPS, step_size=20.0)
+    full = guidance.update(family_pass, latents.float(), torch.tensor(900), 0, GROUPS, step_size=20.0)
+    assert half.dtype == torch.bfloat16 and full.dtype == torch.float32
+    assert torch.equal(half, full.to(torch.bfloat16)) and not torch.equal(half, latents)

@@ -12,7 +12,7 @@ from PIL import Image
 
 from benchmark.cli import main
 from benchmark.generate import RunConfig
-from benchmark.methods import SepEn, checkpoint_key, weights_in_float32
+from benchmark.methods import AttendExcite, Plain, SepEn, checkpoint_key, weights_in_float32
 from benchmark.run_folder import RunError
 from benchmark.suites import SuiteObject, SuitePrompt
 
@@ -64,9 +64,10 @@ def test_a_folder_from_before_the_precision_was_recorded_is_float32(tiny_model_d
     assert "other dtype (dtype='float32')" in capsys.readouterr().err
 
 
-def test_the_training_precision_is_part_of_the_cache_key():
+def test_the_training_precision_is_part_of_the_cache_key(monkeypatch):
     item = SuitePrompt("t/0", "a cat and a dog", (SuiteObject("cat"), SuiteObject("dog")), "two", "small")
     base = {"float16": "0" * 16}
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *args, **kwargs: True)  # an Ampere or later GPU
     keys = {}
     for precision, device in (("auto", "cpu"), ("no", "cpu"), ("auto", "cuda"), ("bf16", "cpu")):
         method = SepEn(training_precision=precision)
@@ -76,6 +77,11 @@ def test_the_training_precision_is_part_of_the_cache_key():
     assert keys["auto", "cpu"] == keys["no", "cpu"] and keys["auto", "cpu"][0] == "no"  # the CPU's keys as before
     assert keys["auto", "cuda"] == keys["bf16", "cpu"] and keys["auto", "cuda"][0] == "bf16"
     assert keys["auto", "cuda"][1] != keys["auto", "cpu"][1]
+    # a GPU without bf16 (before Ampere: autocast would refuse it) trains in fp32
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *args, **kwargs: False)
+    method = SepEn()
+    method.device_type = "cuda"
+    assert method.finetune_config().mixed_precision == "no"
 
 
 def test_sepen_on_a_half_precision_pipeline_trains_fp32_keys_and_gives_the_base_back(tiny_model_dir, small_suite,
@@ -99,3 +105,51 @@ def test_sepen_on_a_half_precision_pipeline_trains_fp32_keys_and_gives_the_base_
     assert {t.dtype for t in delta.tensors.values()} == {torch.float32}
     record = json.loads((out / "samples.jsonl").read_text().splitlines()[0])
     assert record["dtype"] == "bfloat16" and record["checkpoint_sha256"] == delta.digest()
+
+
+def test_an_auto_batch_fits_the_memory_left_on_the_pipelines_own_gpu(monkeypatch):
+    """`--batch-size auto` on a GPU (mocked: CUDA's memory calls): measured on the pipeline's GPU, not the current
+    one, and ranks that share a GPU share its free memory."""
+    import accelerate.utils
+
+    from benchmark.generate import fitting_batch_size
+
+    gib = 2 ** 30
+    asked = []
+
+    def on(value):
+        def call(device=None):
+            asked.append(str(device))
+            return value
+        return call
+
+    monkeypatch.setattr(torch.cuda, "synchronize", on(None))
+    monkeypatch.setattr(torch.cuda, "reset_peak_memory_stats", on(None))
+    monkeypatch.setattr(torch.cuda, "memory_allocated", on(0))
+    monkeypatch.setattr(torch.cuda, "max_memory_allocated", on(2 * gib))  # a batch of two: 1 GiB an image
+    monkeypatch.setattr(torch.cuda, "mem_get_info", on((20 * gib, 80 * gib)))
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
+    monkeypatch.setattr(accelerate.utils, "broadcast_object_list", lambda found: found)
+
+    class Pipe:
+        device = torch.device("cuda:1")
+
+        def __call__(self, **kwargs):
+            assert len(kwargs["prompt"]) == 2
+
+    class State:
+        is_main_process = True
+
+        def __init__(self, processes):
+            self.num_processes = processes
+
+        def wait_for_everyone(self):
+            pass
+
+    # plain keeps 1.5x an image's memory: 20 GiB / 1.5 GiB -> 13 -> 8; A&E 3x: 6 -> 4; capped at 16
+    assert fitting_batch_size(Pipe(), [Plain()], State(1)) == 8
+    assert set(asked) == {"cuda:1"}
+    assert fitting_batch_size(Pipe(), [AttendExcite()], State(1)) == 4
+    assert fitting_batch_size(Pipe(), [Plain()], State(2)) == 4  # two ranks on one GPU: 10 GiB each
+    monkeypatch.setattr(torch.cuda, "mem_get_info", on((200 * gib, 200 * gib)))
+    assert fitting_batch_size(Pipe(), [Plain()], State(1)) == 16
