@@ -159,7 +159,7 @@ def require_same_base(delta: Delta, found: str, key: str = "float16") -> None:
     if found != expected:
         raise BaseModelMismatchError(
             f"checkpoint was trained on base model {delta.base_model!r} (weights fingerprint "
-            f"{str(expected)[:12]}), but this UNet's weights differ (fingerprint {found[:12]}): load that "
+            f"{str(expected)[:12]}), but this model's weights differ (fingerprint {found[:12]}): load that "
             "base model (and no other checkpoint on top of it)")
 
 
@@ -168,11 +168,11 @@ def check_fits(unet, delta: Delta) -> None:
     params = dict(unet.named_parameters())
     missing = [name for name in delta.tensors if name not in params]
     if missing:
-        raise CheckpointError(f"checkpoint tensors not in this UNet (e.g. {missing[0]}): "
+        raise CheckpointError(f"checkpoint tensors not in this model's denoiser (e.g. {missing[0]}): "
                               "it was trained on another architecture")
     for name, tensor in delta.tensors.items():
         if params[name].shape != tensor.shape:
-            raise CheckpointError(f"checkpoint tensor {name} has shape {tuple(tensor.shape)}, the UNet's is "
+            raise CheckpointError(f"checkpoint tensor {name} has shape {tuple(tensor.shape)}, the model's is "
                                   f"{tuple(params[name].shape)}: it was trained on another architecture")
 
 
