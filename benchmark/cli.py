@@ -212,13 +212,10 @@ def _method_options(pairs: list[str]) -> dict:
 def cmd_run(args) -> int:
     from sae.sampling import parse_seeds
 
-    import pandas as pd
-
     from .domains import default_model, get_domain, model_domain
     from .generate import RunConfig, check_run_folder_is_ours, run
     from .methods import method_class
-    from .metrics import report_sections
-    from .report import experimental_note, markdown_table, method_labels
+    from .report import printed_tables
 
     model = args.model or str(default_model())
     steps, steps_per = per_method(args.steps, int, "--steps")
@@ -254,13 +251,7 @@ def cmd_run(args) -> int:
         return relaunch(args.argv, processes)
     out = run(config)
     if out is not None:  # the main process
-        results = json.loads((out / "results.json").read_text())
-        if experimental_note(results["config"]):
-            print(experimental_note(results["config"]))
-        print(markdown_table(pd.read_csv(out / "summary.csv"), method_labels(results["config"])), end="")
-        for section in report_sections(results.get("metrics", {})):  # e.g. GenEval's six tasks and overall
-            if results.get(section.key):
-                print(section.markdown(results[section.key]), end="")
+        print(printed_tables(out), end="")
         print(f"wrote {out}/samples.jsonl, summary.csv, summary.md, results.json"
               + ("" if args.no_html else ", report/index.html"))
     return 0
@@ -300,9 +291,10 @@ def cmd_ls(args) -> int:
 
 
 def cmd_report(args) -> int:
-    from .report import markdown_table, write_report
+    from .report import printed_tables, write_report
 
-    print(markdown_table(write_report(args.run_dir)), end="")
+    write_report(args.run_dir)
+    print(printed_tables(args.run_dir), end="")
     if args.html:
         from .html_report import write_html_report
 
@@ -328,7 +320,7 @@ def cmd_trace(args) -> int:
 
 def cmd_score(args) -> int:
     from .scoring import rescore
-    from .report import markdown_table
+    from .report import printed_tables
 
     names = [m.strip() for m in args.metrics.split(",") if m.strip()] if args.metrics else None
     run_dir = args.run_dir
@@ -340,15 +332,17 @@ def cmd_score(args) -> int:
         logging.getLogger("benchmark").info(f"imported {written} new images of {args.run_dir} into {run_dir}")
     elif args.out is not None or args.method_name is not None:
         raise ValueError("--out and --method-name are for --layout geneval (a run folder is scored in place)")
-    summary = rescore(run_dir, names, _metric_models(args.metric_model), device=args.device, again=args.rescore)
-    print(markdown_table(summary), end="")
+    rescore(run_dir, names, _metric_models(args.metric_model), device=args.device, again=args.rescore)
+    print(printed_tables(run_dir), end="")
     return 0
 
 
 def cmd_compare(args) -> int:
-    from .report import compare, compare_markdown
+    from .records import read_run_config
+    from .report import compare, compare_markdown, method_labels
 
-    print(compare_markdown(compare(args.run_a, args.run_b)), end="")
+    labels = {**method_labels(read_run_config(args.run_a)), **method_labels(read_run_config(args.run_b))}
+    print(compare_markdown(compare(args.run_a, args.run_b), labels), end="")
     return 0
 
 

@@ -34,7 +34,7 @@ from .records import (CONFIG_NAME, append_jsonl, image_path, quarantine_damaged,
 from .report import write_report
 from .run_config import AUTO, RunConfig
 from .run_folder import (LOCK_NAME, RUN_MARKER, RunError, check_run_folder_is_ours, check_same_settings,
-                         lock_run_folder, mark_run_folder, stored_described)
+                         PER_METHOD_RECORDS, lock_run_folder, mark_run_folder, stored_described)
 from .scoring import append_scores, score_missing, setup_metrics
 from .suites import SuitePrompt
 
@@ -129,9 +129,25 @@ class RunPlan:
 
     def write_config(self) -> None:
         """Written with the first image (or at the end): a start that fails leaves no settings to refuse a
-        corrected command with."""
-        if self.state.is_main_process and not (self.out / CONFIG_NAME).exists():
-            write_json(self.out / CONFIG_NAME, self.settings, default=str)
+        corrected command with. A folder that gains methods records theirs beside the ones it holds (their
+        sampling, options, notes, resume keys and whether they are experiments on the model), so that its reports
+        show them and a resume checks them."""
+        if not self.state.is_main_process:
+            return
+        path = self.out / CONFIG_NAME
+        if not path.exists():
+            write_json(path, self.settings, default=str)
+            return
+        saved = read_run_config(self.out)
+        gained = [m for m in self.settings["methods"] if m not in saved.get("methods", [])]
+        if not gained:
+            return
+        saved["methods"] = list(saved.get("methods", [])) + gained
+        for key in PER_METHOD_RECORDS:
+            values = {m: v for m, v in (self.settings.get(key) or {}).items() if m in gained}
+            if values:
+                saved[key] = {**(saved.get(key) or {}), **values}
+        write_json(path, saved, default=str)
 
 
 def run(config: RunConfig) -> Path | None:

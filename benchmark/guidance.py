@@ -27,7 +27,7 @@ import torch
 from diffusers.utils.torch_utils import randn_tensor
 
 from sae.attention import StopForward, capture_attention, object_maps, sharpened_text_maps
-from sae.backbones import DenoiserPass, denoiser, guidance_pass
+from sae.backbones import DenoiserPass, denoiser, guidance_pass, schedule_kwargs
 from sae.sampling import DEFAULT_GUIDANCE
 from sae.losses import enhance_loss, gaussian_smooth, separate_loss, smoothing_sigma
 
@@ -113,7 +113,7 @@ class LatentGuidance:
         height = height or network.config.sample_size * pipe.vae_scale_factor
         width = width or network.config.sample_size * pipe.vae_scale_factor
         family_pass = guidance_pass(pipe, prompt, batch, height, width)
-        pipe.scheduler.set_timesteps(num_inference_steps, device=device)
+        pipe.scheduler.set_timesteps(num_inference_steps, device=device, **schedule_kwargs(pipe, height, width))
         timesteps = pipe.scheduler.timesteps
         step_sizes = self.scale_factor * np.sqrt(np.linspace(1.0, 0.5, len(timesteps)))
         shape = (batch, network.config.in_channels, height // pipe.vae_scale_factor, width // pipe.vae_scale_factor)

@@ -37,7 +37,7 @@ from PIL import Image
 
 from .records import note_made, read_jsonl, read_run_config, remove_made, slug, write_text_atomic
 from .report import (experimental_note, method_labels, method_settings, model_label, ordered_methods, paired_cells,
-                     paired_title, set_columns, summary_cells, write_report)
+                     paired_title, relabel_cells, set_columns, summary_cells, write_report)
 from .trace import TRACE_DIR
 
 REPORT_DIR = "report"
@@ -76,7 +76,8 @@ def metric_sections(results: dict) -> list[dict]:
     results.json: each a title, a note and one table of text cells (`macros.metric_section` renders them)."""
     from .metrics import report_sections
 
-    return [{"title": title, "note": note.replace("`", ""), "header": header, "rows": rows}
+    labels = method_labels(results.get("config", {}))
+    return [{"title": title, "note": note.replace("`", ""), "header": header, "rows": relabel_cells(rows, labels)}
             for section in report_sections(results.get("metrics", {})) if results.get(section.key)
             for title, note, header, rows in section.tables(results[section.key])]
 

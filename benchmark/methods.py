@@ -31,6 +31,7 @@ from sae.finetune import (ConceptPair, FinetuneConfig, check_maps_fit, finetune,
                           trainable_projections)
 from sae.options import add_flags, flag_fields, given_flags, option, same_option
 from sae.sampling import DEFAULT_GUIDANCE, DEFAULT_STEPS, seed_generators
+from sae.speed import has_bf16
 from sae.tokens import find_token_indices
 
 from .guidance import attend_and_excite, sepen_test_time
@@ -343,12 +344,12 @@ class SepEnOptions:
         except ValueError as err:
             raise ValueError(f"SepEn: {err}") from None
 
-    def finetune_config(self, sampling: dict | None = None, device_type: str = "cpu") -> FinetuneConfig:
+    def finetune_config(self, sampling: dict | None = None, device: str = "cpu") -> FinetuneConfig:
         """Per-prompt finetuning settings. With latents="samples" the samples are drawn with the run's `sampling`
         (steps, guidance); otherwise those stay out, so that a run with other sampling reuses the checkpoints."""
         precision = self.training_precision
         if precision == "auto":  # bf16 where the GPU has it (Ampere and later), else fp32
-            precision = "bf16" if device_type == "cuda" and torch.cuda.is_bf16_supported() else "no"
+            precision = "bf16" if has_bf16(device) else "no"
         fields_ = {"mixed_precision": precision, "steps": self.steps, "learning_rate": self.learning_rate,
                    "maps": self.maps, "map_downscale": self.map_downscale, "latents": self.latents,
                    "latent_scale": self.latent_scale}
@@ -373,7 +374,7 @@ class SepEn(Method):
     def __init__(self, sampling: dict | None = None, **options):
         super().__init__(sampling, **options)
         self.checkpoint_sha256: str | None = None  # of the large-scale checkpoint, once checked
-        self.device_type = "cpu"  # the pipeline's device, once the run has one (`check`)
+        self.device = "cpu"  # the pipeline's device, once the run has one (`check`)
 
     @classmethod
     def flag_prefix(cls) -> str:
@@ -383,7 +384,7 @@ class SepEn(Method):
         """Per-prompt finetuning settings. With latents="samples" the samples are drawn with the run's steps and
         guidance; otherwise those stay out, so that a run with other sampling reuses the cached checkpoints. The
         autocast follows the device the run's pipeline is on (its precision is part of the cache key)."""
-        return self.options.finetune_config(self.sampling, self.device_type)
+        return self.options.finetune_config(self.sampling, self.device)
 
     def resume_key(self) -> dict:
         if self.options.checkpoint is not None:
@@ -394,14 +395,14 @@ class SepEn(Method):
         return "large-scale checkpoint" if self.options.checkpoint else self.options.train_prompt
 
     def checkpoint_path(self, context: GenerationContext, item: SuitePrompt) -> Path:
-        self.device_type = context.pipe.device.type
+        self.device = str(context.pipe.device)
         if self.options.checkpoint is not None:
             return Path(self.options.checkpoint)
         key = checkpoint_key(context.base_fingerprint(), item, self.finetune_config(), self.options.train_prompt)
         return Path(self.options.cache).expanduser() / key / "sepen.safetensors"
 
     def check(self, context):
-        self.device_type = context.pipe.device.type  # what per-prompt finetuning runs on (its precision)
+        self.device = str(context.pipe.device)  # what per-prompt finetuning runs on (its precision)
         if self.options.checkpoint is not None:  # shapes, finiteness and base weights, before any image
             path = Path(self.options.checkpoint)
             delta = load_delta(path)

@@ -31,7 +31,8 @@ from .domains import default_model, get_domain, model_domain
 from .generate import RunConfig, run
 from .run_config import add_dtype_argument
 from .geneval.report import geneval_markdown
-from .records import write_text_atomic
+from .records import CONFIG_NAME, read_run_config, write_text_atomic
+from .report import experimental_note, method_labels, relabel_markdown
 
 MAIN_COLUMNS = {"fid": "FID (lower better)", "blip_similarity": "BLIP similarity", "presence_all": "success rate",
                 "clip_full": "CLIP full", "clip_min_object": "CLIP min-object"}
@@ -64,12 +65,25 @@ def _cell(value: float | None, digits: int = 3) -> str:
     return "n/a" if value is None else f"{value:.{digits}f}"
 
 
+def method_name(run_dir: Path):
+    """How the tables name a method of the run: marked where it is an experiment on the run's model."""
+    config = read_run_config(run_dir) if (Path(run_dir) / CONFIG_NAME).exists() else {}  # (a bare summary: none)
+    experimental = config.get("experimental") or {}
+
+    def name(method: str) -> str:
+        shown = METHOD_NAMES.get(method, method)
+        return f"{shown} (experimental on {experimental[method]})" if method in experimental else shown
+
+    return name
+
+
 def main_table(run_dir: Path, published: bool) -> str:
     summary = pd.read_csv(Path(run_dir) / "summary.csv")
+    name = method_name(run_dir)
     lines = ["| method | " + " | ".join(MAIN_COLUMNS.values()) + " |", "|---" * (len(MAIN_COLUMNS) + 1) + "|"]
     for method in summary["method"].drop_duplicates():
         cells = [_cell(_value(summary, method, "all", c), 2 if c == "fid" else 3) for c in MAIN_COLUMNS]
-        lines.append(f"| {METHOD_NAMES.get(method, method)} | " + " | ".join(cells) + " |")
+        lines.append(f"| {name(method)} | " + " | ".join(cells) + " |")
         if published and method in PUBLISHED_MAIN:
             paper = [_cell(PUBLISHED_MAIN[method].get(c), 2 if c == "fid" else 3) for c in MAIN_COLUMNS]
             lines.append(f"| paper (unverified): {METHOD_NAMES[method]} | " + " | ".join(paper) + " |")
@@ -78,11 +92,12 @@ def main_table(run_dir: Path, published: bool) -> str:
 
 def large_table(run_dir: Path, published: bool) -> str:
     summary = pd.read_csv(Path(run_dir) / "summary.csv")
+    name = method_name(run_dir)
     lines = ["| method | " + " | ".join(c.replace("_", "-") for c in LARGE_CATEGORIES) + " | all |",
              "|---" * (len(LARGE_CATEGORIES) + 2) + "|"]
     for method in summary["method"].drop_duplicates():
         cells = [_cell(_value(summary, method, c, "presence_all")) for c in (*LARGE_CATEGORIES, "all")]
-        lines.append(f"| {METHOD_NAMES.get(method, method)} | " + " | ".join(cells) + " |")
+        lines.append(f"| {name(method)} | " + " | ".join(cells) + " |")
         if published and method in PUBLISHED_LARGE:
             paper = [_cell(PUBLISHED_LARGE[method].get(c)) for c in (*LARGE_CATEGORIES, "all")]
             lines.append("| paper (unverified) | " + " | ".join(paper) + " |")
@@ -131,7 +146,9 @@ def paper(model: str | None, num_seeds: int = 64, limit: int | None = None, out:
                              out=out / "main", device=device, metric_models=metric_models or {}, progress=progress)
     sepen = base.options.get("sepen", {})  # the domain's SepEn options and the cache
     main_dir = run(base)
+    note = experimental_note(read_run_config(main_dir))
     text = [f"# The paper's tables on {model} ({domain.name} suites)\n", f"Command: `{command}`\n" if command else "",
+            f"{note}\n" if note else "",
             f"## Main comparison: `{main_suite}`, {num_seeds} seeds"
             + (f", first {limit} prompts" if limit else "") + f" (run folder `{main_dir}`)\n",
             main_table(main_dir, published=recipe.published)]
@@ -155,7 +172,8 @@ def paper(model: str | None, num_seeds: int = 64, limit: int | None = None, out:
         results = json.loads((geneval_dir / "results.json").read_text())
         text += [f"\n## GenEval's six tasks: {len(seeds)} seeds" + (f", first {limit} prompts of each task" if limit
                                                                       else "") + f" (run folder `{geneval_dir}`)\n",
-                 geneval_markdown(results.get("geneval", {}), level=3)
+                 relabel_markdown(geneval_markdown(results.get("geneval", {}), level=3),
+                                  method_labels(results.get("config", {})))
                  or "The `geneval` metric did not run (its judge's weights: docs/geneval.md).\n"]
         if recipe.published:
             text.append(published_geneval_table())

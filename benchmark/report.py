@@ -161,6 +161,24 @@ def method_labels(config: dict) -> dict[str, str]:
             for method, family in (config.get("experimental") or {}).items()}
 
 
+def relabel_cells(rows: list[list[str]], labels: dict) -> list[list[str]]:
+    """Text cells of a table with each cell that names a method replaced by its label (a metric's own tables)."""
+    return [[labels.get(cell, cell) for cell in row] for row in rows]
+
+
+def relabel_markdown(text: str, labels: dict) -> str:
+    """`relabel_cells` on every Markdown table row of `text`."""
+    if not labels:
+        return text
+    lines = []
+    for line in text.splitlines(keepends=True):
+        body = line.rstrip("\n")
+        if body.startswith("| ") and body.endswith(" |"):
+            line = "| " + " | ".join(labels.get(c, c) for c in body[2:-2].split(" | ")) + " |" + line[len(body):]
+        lines.append(line)
+    return "".join(lines)
+
+
 def experimental_note(config: dict) -> str:
     """One sentence for a run whose methods include experiments on its model family, or ""."""
     experimental = config.get("experimental") or {}
@@ -354,7 +372,8 @@ def write_report(run_dir: Path) -> pd.DataFrame:
     labels = method_labels(config)
     write_text_atomic(run_dir / "summary.md",
                       title + markdown_table(summary, labels) + paired_markdown(paired, labels)
-                      + "".join(markdown for _, markdown in sections.values()) + settings_markdown(config)
+                      + "".join(relabel_markdown(markdown, labels) for _, markdown in sections.values())
+                      + settings_markdown(config)
                       + conventions_text(described))
     results = {"config": config, "settings": method_settings(config), "versions": library_versions(),
                "git_commit": git_commit(),
@@ -364,6 +383,23 @@ def write_report(run_dir: Path) -> pd.DataFrame:
                **{key: values for key, (values, _) in sections.items()}}
     write_json(run_dir / "results.json", results)
     return summary
+
+
+def printed_tables(run_dir: Path) -> str:
+    """What the commands print of a run folder (`run`, `report`, `score`): the note on methods that are experiments
+    on the model, the summary table and the metrics' own tables, the methods labelled (`method_labels`)."""
+    from .metrics import report_sections
+
+    run_dir = Path(run_dir)
+    results = json.loads((run_dir / "results.json").read_text())
+    config = results.get("config", {})
+    labels = method_labels(config)
+    note = experimental_note(config)
+    text = (note + "\n" if note else "") + markdown_table(pd.read_csv(run_dir / "summary.csv"), labels)
+    for section in report_sections(results.get("metrics", {})):  # e.g. GenEval's six tasks and overall
+        if results.get(section.key):
+            text += relabel_markdown(section.markdown(results[section.key]), labels)
+    return text
 
 
 def compare(run_a: Path, run_b: Path) -> pd.DataFrame:
@@ -398,14 +434,17 @@ def compare(run_a: Path, run_b: Path) -> pd.DataFrame:
     return out.merge(intervals, on=["method", "category"], how="left")
 
 
-def compare_markdown(table: pd.DataFrame) -> str:
-    """`compare`'s table as markdown: per metric "A -> B: delta [low, high] (gained, lost)"."""
+def compare_markdown(table: pd.DataFrame, labels: dict | None = None) -> str:
+    """`compare`'s table as markdown: per metric "A -> B: delta [low, high] (gained, lost)". `labels`: names for
+    methods (`method_labels`)."""
+    labels = labels or {}
     metrics = [c.removesuffix("_delta") for c in table.columns if c.endswith("_delta")]
     header = ["method", "category", "pairs"] + metrics
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for _, row in table.iterrows():
         pairs = row.get("pairs", float("nan"))
-        cells = [str(row["method"]), str(row["category"]), "-" if pd.isna(pairs) else str(int(pairs))]
+        cells = [labels.get(row["method"], str(row["method"])), str(row["category"]),
+                 "-" if pd.isna(pairs) else str(int(pairs))]
         for metric in metrics:
             cell = f"{row[f'{metric}_a']:.3f} -> {row[f'{metric}_b']:.3f}: {row[f'{metric}_delta']:+.3f}"
             if not pd.isna(row.get(f"{metric}_ci_low", float("nan"))):

@@ -19,6 +19,8 @@ IMAGE_SETTINGS = ("model", "steps", "guidance", "sampling", "scheduler", "method
 LATER_SETTINGS = ("sampling", "scheduler", "method_keys")
 # per method: compared for the methods both the folder and the command have (a folder can gain methods)
 PER_METHOD_SETTINGS = ("sampling", "method_keys")
+# what run_config.json records per method (a folder that gains a method records its own)
+PER_METHOD_RECORDS = ("sampling", "options", "notes", "method_keys", "experimental")
 LOCK_NAME = ".lock"
 # written first into every run folder: `run` writes only into a folder that has it, or into a new or empty one
 RUN_MARKER = ".benchmark-run"

@@ -116,6 +116,21 @@ class DenoiserPass:
         return clip / clip.sum(dim=-1, keepdim=True)
 
 
+def schedule_kwargs(pipe, height: int, width: int) -> dict:
+    """What `scheduler.set_timesteps` needs beyond the step count to give the pipeline's own timesteps: a
+    flow-matching scheduler with dynamic shifting takes the shift `mu` that SD3's pipeline computes from the image's
+    token count; the others need nothing."""
+    config = pipe.scheduler.config
+    if model_family(pipe) != "sd3" or not config.get("use_dynamic_shifting"):
+        return {}
+    from diffusers.pipelines.stable_diffusion_3.pipeline_stable_diffusion_3 import calculate_shift
+
+    patch = pipe.transformer.config.patch_size
+    tokens = (height // pipe.vae_scale_factor // patch) * (width // pipe.vae_scale_factor // patch)
+    return {"mu": calculate_shift(tokens, config.get("base_image_seq_len", 256), config.get("max_image_seq_len", 4096),
+                                  config.get("base_shift", 0.5), config.get("max_shift", 1.16))}
+
+
 def guidance_pass(pipe, prompt: str, batch: int, height: int, width: int) -> DenoiserPass:
     """The family's conditional pass for `batch` images of `prompt` at `height` x `width` pixels."""
     family = model_family(pipe)

@@ -46,7 +46,7 @@ def looks_like_path(model: str) -> bool:
     return model.startswith(("/", ".", "~")) or model.count("/") > 1 or "\\" in model
 
 
-def _dtype_keyword() -> str:
+def dtype_keyword() -> str:
     """diffusers reads `dtype=` from 0.40 on; older releases read `torch_dtype=` and would load a `dtype=` pipeline
     in fp32 without a word (0.40 and later still take `torch_dtype=`, with a deprecation warning)."""
     from diffusers import __version__
@@ -88,7 +88,7 @@ def load_pipeline(model: str | os.PathLike, device: str | torch.device | None = 
     from diffusers import DiffusionPipeline, StableDiffusionPipeline
 
     model = str(model)
-    kwargs = {_dtype_keyword(): resolve_dtype(dtype), "use_safetensors": None}
+    kwargs = {dtype_keyword(): resolve_dtype(dtype), "use_safetensors": None}
     local = Path(model).expanduser()
     sd = model_family(local) == "sd" if local.exists() else True
     if sd:  # (only its class takes these)

@@ -49,6 +49,9 @@ def generate(pipe, prompt: str, seeds: list[int], num_inference_steps: int = DEF
         chunk = seeds[start:start + batch_size]
         # "cuda": the pipeline's own GPU (a generator on another one cannot draw its noise)
         on = str(pipe.device) if generator_device == "cuda" else generator_device
+        if generator_device == "cuda" and pipe.device.type != "cuda":
+            raise ValueError("generator device cuda draws the noise on the pipeline's GPU: load the pipeline on one "
+                             "(--device cuda), or draw on the CPU")
         result = pipe(prompt=[prompt] * len(chunk), generator=seed_generators(chunk, on),
                       num_inference_steps=num_inference_steps, guidance_scale=guidance_scale,
                       height=height, width=width, **kwargs)

@@ -18,6 +18,13 @@ from contextlib import contextmanager
 import torch
 
 
+def has_bf16(device) -> bool:
+    """Whether `device` computes in bf16 natively: a GPU of compute capability 8 (Ampere) or later. torch's own
+    `is_bf16_supported` also says yes where bf16 is only emulated (V100, T4): slow there, or refused."""
+    device = torch.device(device)
+    return device.type == "cuda" and torch.cuda.get_device_capability(device)[0] >= 8
+
+
 @contextmanager
 def frozen_weights_in(module: torch.nn.Module, dtype: torch.dtype | None, keep=()):
     """The weights and biases of `module`'s linear and convolution layers that are not in `keep` hold `dtype`

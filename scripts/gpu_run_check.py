@@ -42,7 +42,7 @@ from benchmark.generate import RunConfig, run  # noqa: E402
 from benchmark.records import read_jsonl  # noqa: E402
 from benchmark.suites import load_suite  # noqa: E402
 from sae.finetune import ConceptPair, FinetuneConfig, finetune, release_pair_prompt  # noqa: E402
-from sae.models import load_pipeline, write_tiny_model  # noqa: E402
+from sae.models import dtype_keyword, load_pipeline, write_tiny_model  # noqa: E402
 from sae.sampling import DEFAULT_GUIDANCE, generate  # noqa: E402
 from sae.speed import for_inference  # noqa: E402
 from sae.tokens import find_token_indices  # noqa: E402
@@ -164,7 +164,7 @@ def main() -> int:
             default = per_image_of(lambda n: [pipe(prompts[0], num_inference_steps=args.steps).images
                                               for _ in range(n)], count)
             # from_pipe casts the shared modules to float32 unless told the dtype (in place: ours too)
-            anchor_ae = StableDiffusionAttendAndExcitePipeline.from_pipe(pipe, dtype=pipe.dtype)
+            anchor_ae = StableDiffusionAttendAndExcitePipeline.from_pipe(pipe, **{dtype_keyword(): pipe.dtype})
             anchor_ae.set_progress_bar_config(disable=True)
             indices = [i for group in _token_groups(pipe, prompts[0]) for i in group][:2]
             ae = per_image_of(lambda n: [anchor_ae(prompts[0], token_indices=indices, num_inference_steps=args.steps)

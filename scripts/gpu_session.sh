@@ -18,10 +18,12 @@ found = re.search(r"\b[A-Z]+[0-9]+", name.removeprefix("NVIDIA "))
 print((found.group(0) if found else name.split()[-1]).lower())')"
 day="$(date +%F)"
 mkdir -p "$out"
-if [[ "$part" != sdxl ]]; then
-    python scripts/gpu_run_check.py --json "$out/$device-run-$day.json" || echo "gpu_run_check failed" >&2
+status=0
+if [[ "$part" != sdxl ]]; then  # a failure still lets the SDXL part run, and the exit status says it
+    python scripts/gpu_run_check.py --json "$out/$device-run-$day.json" || { echo "gpu_run_check failed" >&2; status=1; }
 fi
 if [[ "$part" != run ]]; then
     python scripts/gpu_check.py --arch sdxl-base --parts finetune,graphs --variants bf16,bf16_graph \
-        --json "$out/$device-sdxl-$day.json"
+        --json "$out/$device-sdxl-$day.json" || { echo "gpu_check --arch sdxl-base failed" >&2; status=1; }
 fi
+exit "$status"

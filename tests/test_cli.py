@@ -126,6 +126,12 @@ def test_sample_takes_the_releases_cuda_generators_only_where_there_is_cuda(tiny
     assert [g.device.type for g in seed_generators([0, 1])] == ["cpu", "cpu"]
     with pytest.raises(ValueError, match="generator device must be one of"):
         seed_generators([0], "tpu")
+    # CUDA generators draw on the pipeline's own GPU: a pipeline on the CPU is refused, not given CPU noise
+    from sae.models import load_pipeline
+    from sae.sampling import generate
+
+    with pytest.raises(ValueError, match="draws the noise on the pipeline's GPU"):
+        generate(load_pipeline(tiny_model_dir, device="cpu"), "a cat", [0], 2, generator_device="cuda")
     if torch.cuda.is_available():
         pytest.skip("this machine has CUDA: the refusal is for machines without it")
     code = main(["sample", "--model", str(tiny_model_dir), "--prompt", "a cat", "--seeds", "0", "--out",

@@ -40,7 +40,7 @@ def test_the_dtype_keyword_follows_the_diffusers_release(monkeypatch, version, k
     import sae.models
 
     monkeypatch.setattr(diffusers, "__version__", version)
-    assert sae.models._dtype_keyword() == keyword
+    assert sae.models.dtype_keyword() == keyword
 
 
 def test_the_dtype_reaches_every_component_of_the_pipeline(tiny_model_dir):

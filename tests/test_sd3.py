@@ -273,6 +273,7 @@ def test_latent_guidance_on_sd3_steps_the_latents_only_and_leaves_the_loop_as_it
         (lambda steps, **kw: sepen_test_time(num_inference_steps=steps, **kw))
     groups = find_token_indices(sd3.tokenizer, PAIR.prompt, PAIR.objects)
     seen = []
+    before = {n: p.detach().clone() for n, p in sd3.transformer.named_parameters()}
     guidance = make(4)
     loss_fn = guidance.loss_fn
     guidance.loss_fn = lambda maps, token_groups: seen.append(maps.shape) or loss_fn(maps, token_groups)
@@ -283,10 +284,29 @@ def test_latent_guidance_on_sd3_steps_the_latents_only_and_leaves_the_loop_as_it
     moved = (stepped - latents).abs().max().item()
     assert 0 < moved < 10 and torch.isfinite(stepped).all()  # a gradient step on the latents
     assert seen and all(shape[-1] == 77 for shape in seen)  # the loss read CLIP's positions
-    assert all(p.grad is None for p in sd3.transformer.parameters())  # no weight gets a gradient
+    assert all(torch.equal(p, before[n]) for n, p in sd3.transformer.named_parameters())  # the weights stay
     # with a zero step the guided loop is SD3's own pipeline loop: the same image
     unmoved = make(4, scale_factor=0.0).generate(sd3, PAIR.prompt, groups, seed_generators([0]), 4, 5.0)[0]
     plain = sd3(PAIR.prompt, num_inference_steps=4, guidance_scale=5.0, generator=seed_generators([0])).images[0]
     assert np.abs(np.asarray(unmoved, dtype=int) - np.asarray(plain, dtype=int)).max() <= 1
     moved_image = make(4, scale_factor=2000.0).generate(sd3, PAIR.prompt, groups, seed_generators([0]), 4, 5.0)[0]
     assert np.abs(np.asarray(moved_image, dtype=int) - np.asarray(plain, dtype=int)).max() > 1
+
+
+def test_the_guided_loop_keeps_a_dynamically_shifted_schedule(sd3):
+    """A flow-matching scheduler with dynamic shifting takes SD3's pipeline's shift: with a zero step the guided
+    loop's images are still the pipeline's own."""
+    import numpy as np
+    from diffusers import FlowMatchEulerDiscreteScheduler
+
+    from benchmark.guidance import attend_and_excite
+    from sae.backbones import schedule_kwargs
+    from sae.sampling import seed_generators
+
+    sd3.scheduler = FlowMatchEulerDiscreteScheduler.from_config(sd3.scheduler.config, use_dynamic_shifting=True)
+    assert set(schedule_kwargs(sd3, 64, 64)) == {"mu"}
+    groups = find_token_indices(sd3.tokenizer, PAIR.prompt, PAIR.objects)
+    unmoved = attend_and_excite(4, scale_factor=0.0).generate(sd3, PAIR.prompt, groups, seed_generators([0]), 4,
+                                                             5.0)[0]
+    plain = sd3(PAIR.prompt, num_inference_steps=4, guidance_scale=5.0, generator=seed_generators([0])).images[0]
+    assert np.abs(np.asarray(unmoved, dtype=int) - np.asarray(plain, dtype=int)).max() <= 1

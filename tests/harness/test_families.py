@@ -140,6 +140,26 @@ def test_the_attention_methods_run_on_sd3_marked_experimental_in_every_report(ti
     image = {m: np.asarray(Image.open(out / "images" / m / "t_0" / "0000.png"), dtype=int) for m in
              ["plain", *ATTENTION_METHODS]}
     assert all(np.abs(image[m] - image["plain"]).max() > 1 for m in ATTENTION_METHODS)
+    # the tables the other commands print are marked too
+    for command in (["report", str(out)], ["compare", str(out), str(out)]):
+        assert main(command) == 0
+        printed = capsys.readouterr().out
+        assert "| sepen (experimental on sd3) |" in printed and "| plain |" in printed, command
+
+
+def test_a_folder_that_gains_an_experimental_method_records_it(tiny_models, small_suite, tmp_path, capsys):
+    out = tmp_path / "run"
+    common = ["run", "--suite", str(small_suite), "--model", str(tiny_models("sd3")), "--limit", "1", "--seeds", "0",
+              "--steps", "2", "--out", str(out), "--no-progress", "--no-html", "--processes", "1"]
+    assert main(common + ["--methods", "plain"]) == 0
+    assert "experimental" not in json.loads((out / "run_config.json").read_text())
+    assert main(common + ["--methods", "plain,sepen_tt"]) == 0
+    config = json.loads((out / "run_config.json").read_text())
+    assert config["methods"] == ["plain", "sepen_tt"] and config["experimental"] == {"sepen_tt": "sd3"}
+    assert set(config["method_keys"]) == set(config["notes"]) == set(config["options"]) == {"plain", "sepen_tt"}
+    summary = (out / "summary.md").read_text()
+    assert "| sepen_tt (experimental on sd3) |" in summary and "Experimental on sd3: sepen_tt read" in summary
+    capsys.readouterr()
 
 
 @pytest.fixture(scope="module")

@@ -248,3 +248,17 @@ def test_a_run_folders_text_is_escaped_in_every_page(report_run, tmp_path, monke
     cat, dog = f"cat {HOSTILE}", f"dog {HOSTILE}"  # the objects' names in the captions: plain at seed 1 missed dog
     assert [(f["class"], f["ok"], f["miss"]) for f in Page(pages[breakout_page]).figures] == [
         ("found", [cat, dog], []), ("missed", [cat], [dog]), ("unscored", [], []), ("found", [cat, dog], [])]
+
+
+def test_methods_are_relabelled_in_every_markdown_table_row_and_nowhere_else():
+    from benchmark.report import relabel_cells, relabel_markdown
+
+    labels = {"sepen": "sepen (experimental on sd3)"}
+    text = ("Note: sepen reads joint attention.\n\n| method | images |\n|---|---|\n| plain | 2 |\n| sepen | 2 |\n"
+            "| sepen_tt | 2 |\n")
+    assert relabel_markdown(text, labels) == (
+        "Note: sepen reads joint attention.\n\n| method | images |\n|---|---|\n| plain | 2 |\n"
+        "| sepen (experimental on sd3) | 2 |\n| sepen_tt | 2 |\n")
+    assert relabel_markdown(text, {}) == text
+    assert relabel_cells([["sepen", "2"], ["x", "sepen"]], labels) == [["sepen (experimental on sd3)", "2"],
+                                                                        ["x", "sepen (experimental on sd3)"]]

@@ -76,3 +76,15 @@ def test_paper_on_a_shapes_model_prints_both_tables(tmp_path, capsys, monkeypatc
     assert set(geneval["category"]) == {"single_object", "two_object", "counting", "colors", "position",
                                         "color_attr", "all"}
     assert "GenEval-compatible (judge=shapes-exact)" in printed
+
+
+def test_the_papers_tables_mark_methods_that_are_experiments_on_the_model(tmp_path):
+    import json
+
+    from benchmark.paper import method_name
+
+    (tmp_path / "run_config.json").write_text(json.dumps({"methods": ["plain", "sepen"],
+                                                          "experimental": {"sepen": "sd3"}}))
+    name = method_name(tmp_path)
+    assert name("sepen") == "+ Separate-and-Enhance (finetuned) (experimental on sd3)"
+    assert name("plain") == "base model (plain)" and name("mine") == "mine"

@@ -67,21 +67,22 @@ def test_a_folder_from_before_the_precision_was_recorded_is_float32(tiny_model_d
 def test_the_training_precision_is_part_of_the_cache_key(monkeypatch):
     item = SuitePrompt("t/0", "a cat and a dog", (SuiteObject("cat"), SuiteObject("dog")), "two", "small")
     base = {"float16": "0" * 16}
-    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *args, **kwargs: True)  # an Ampere or later GPU
+    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device: (9, 0))  # Hopper: bf16
     keys = {}
     for precision, device in (("auto", "cpu"), ("no", "cpu"), ("auto", "cuda"), ("bf16", "cpu")):
         method = SepEn(training_precision=precision)
-        method.device_type = device
+        method.device = device
         config = method.finetune_config()
         keys[precision, device] = (config.mixed_precision, checkpoint_key(base, item, config, "release"))
     assert keys["auto", "cpu"] == keys["no", "cpu"] and keys["auto", "cpu"][0] == "no"  # the CPU's keys as before
     assert keys["auto", "cuda"] == keys["bf16", "cpu"] and keys["auto", "cuda"][0] == "bf16"
     assert keys["auto", "cuda"][1] != keys["auto", "cpu"][1]
-    # a GPU without bf16 (before Ampere: autocast would refuse it) trains in fp32
-    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *args, **kwargs: False)
+    # a GPU before Ampere (bf16 only emulated) trains in fp32; the capability asked of the pipeline's GPU
+    asked = []
+    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device: asked.append(str(device)) or (7, 0))
     method = SepEn()
-    method.device_type = "cuda"
-    assert method.finetune_config().mixed_precision == "no"
+    method.device = "cuda:1"
+    assert method.finetune_config().mixed_precision == "no" and asked == ["cuda:1"]
 
 
 def test_sepen_on_a_half_precision_pipeline_trains_fp32_keys_and_gives_the_base_back(tiny_model_dir, small_suite,
