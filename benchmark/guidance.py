@@ -19,6 +19,8 @@ gives no other.
 
 from __future__ import annotations
 
+import inspect
+
 from dataclasses import dataclass, field
 from collections.abc import Callable
 
@@ -27,7 +29,7 @@ import torch
 from diffusers.utils.torch_utils import randn_tensor
 
 from sae.attention import StopForward, capture_attention, object_maps, sharpened_text_maps
-from sae.backbones import DenoiserPass, denoiser, guidance_pass, schedule_kwargs
+from sae.backbones import DenoiserPass, denoiser, guidance_pass, sampled_size, schedule_kwargs
 from sae.sampling import DEFAULT_GUIDANCE
 from sae.losses import enhance_loss, gaussian_smooth, separate_loss, smoothing_sigma
 
@@ -69,7 +71,7 @@ class LatentGuidance:
                 denoiser(latents, t)
             except StopForward:
                 pass
-            return self.loss_fn(denoiser.text_maps(store.maps().float()), token_groups)
+            return self.loss_fn(denoiser.text_maps(store.maps().float()), denoiser.text_groups(token_groups))
 
     def _step(self, latents, loss, mask, step_size):
         grad = torch.autograd.grad(loss[mask].sum(), latents)[0] if mask.any() else torch.zeros_like(latents)
@@ -112,26 +114,34 @@ class LatentGuidance:
         network = denoiser(pipe)
         height = height or network.config.sample_size * pipe.vae_scale_factor
         width = width or network.config.sample_size * pipe.vae_scale_factor
-        family_pass = guidance_pass(pipe, prompt, batch, height, width)
-        pipe.scheduler.set_timesteps(num_inference_steps, device=device, **schedule_kwargs(pipe, height, width))
+        sampled = sampled_size(pipe, height, width)  # PixArt's aspect-ratio bin
+        family_pass = guidance_pass(pipe, prompt, batch, *sampled)
+        pipe.scheduler.set_timesteps(num_inference_steps, device=device, **schedule_kwargs(pipe, *sampled))
         timesteps = pipe.scheduler.timesteps
         step_sizes = self.scale_factor * np.sqrt(np.linspace(1.0, 0.5, len(timesteps)))
-        shape = (batch, network.config.in_channels, height // pipe.vae_scale_factor, width // pipe.vae_scale_factor)
+        shape = (batch, network.config.in_channels, *(side // pipe.vae_scale_factor for side in sampled))
         sigma = getattr(pipe.scheduler, "init_noise_sigma", 1.0)  # flow matching starts from unit noise
         latents = randn_tensor(shape, generator=generators, device=device, dtype=family_pass.text.dtype) * sigma
         latents = self.update(family_pass, latents, timesteps[0], 0, token_groups, float(step_sizes[0]))
 
-        def on_step_end(pipeline, i, t, tensors):
+        def updated(i, latents):  # the latent after step i, optimised for step i + 1
             following = i + 1
             if following < len(timesteps):
-                tensors["latents"] = self.update(family_pass, tensors["latents"], timesteps[following], following,
-                                                 token_groups, float(step_sizes[following]))
+                return self.update(family_pass, latents, timesteps[following], following, token_groups,
+                                   float(step_sizes[following]))
+            return latents
+
+        def on_step_end(pipeline, i, t, tensors):
+            tensors["latents"] = updated(i, tensors["latents"])
             return tensors
 
-        return pipe(prompt=[prompt] * batch, latents=latents / sigma, generator=generators,
-                    num_inference_steps=num_inference_steps, guidance_scale=guidance_scale, height=height,
-                    width=width, callback_on_step_end=on_step_end,
-                    callback_on_step_end_tensor_inputs=["latents"]).images
+        call = dict(prompt=[prompt] * batch, latents=latents / sigma, generator=generators,
+                    num_inference_steps=num_inference_steps, guidance_scale=guidance_scale, height=height, width=width)
+        if "callback_on_step_end" in inspect.signature(pipe.__call__).parameters:
+            return pipe(**call, callback_on_step_end=on_step_end, callback_on_step_end_tensor_inputs=["latents"]).images
+        # PixArt's pipelines have only the older `callback(step, t, latents)`, which cannot hand a new latent back:
+        # the update is written into the loop's own latent tensor
+        return pipe(**call, callback=lambda i, t, latents: latents.copy_(updated(i, latents)), callback_steps=1).images
 
 
 def scaled_schedule(num_inference_steps: int) -> dict:

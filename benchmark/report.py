@@ -185,8 +185,8 @@ def experimental_note(config: dict) -> str:
     if not experimental:
         return ""
     families = sorted(set(experimental.values()))
-    return (f"Experimental on {', '.join(families)}: {', '.join(experimental)} read maps of joint attention, a "
-            "designed experiment not yet validated on real weights (docs/backbones.md).")
+    return (f"Experimental on {', '.join(families)}: {', '.join(experimental)} read the maps of a transformer's text "
+            "attention, a designed experiment not yet validated on real weights (docs/backbones.md).")
 
 
 def paired_cells(paired: pd.DataFrame, labels: dict | None = None) -> tuple[list[str], list[list[str]]]:

@@ -210,14 +210,16 @@ def is_joint_transformer(model) -> bool:
     return isinstance(model, SD3Transformer2DModel)
 
 
-def joint_attention_layers(transformer, blocks=None) -> list[str]:
-    """Processor names of the joint attention layers (`transformer_blocks.i.attn`) of the blocks `blocks` (indices;
-    default: every block, the plan's first choice)."""
+def transformer_attention_layers(transformer, blocks=None) -> list[str]:
+    """Processor names of the text attention of a transformer's blocks `blocks` (indices; default: every block, the
+    plan's first choice): SD3's joint attention (`transformer_blocks.i.attn`) or PixArt's cross-attention
+    (`transformer_blocks.i.attn2`)."""
     count = len(transformer.transformer_blocks)
     chosen = range(count) if blocks is None else sorted(set(int(b) for b in blocks))
     if not chosen or not all(0 <= b < count for b in chosen):
-        raise ValueError(f"joint blocks {list(blocks)} do not fit the transformer's {count} blocks (0 to {count - 1})")
-    return [f"transformer_blocks.{b}.attn.processor" for b in chosen]
+        raise ValueError(f"blocks {list(blocks)} do not fit the transformer's {count} blocks (0 to {count - 1})")
+    layer = "attn" if is_joint_transformer(transformer) else "attn2"
+    return [f"transformer_blocks.{b}.{layer}.processor" for b in chosen]
 
 
 class CaptureJointAttnProcessor:
@@ -281,20 +283,42 @@ def capture_joint_attention(transformer, blocks=None, stop_after_last: bool = Fa
     context is open. The maps are at the patch grid (1/patch_size of the latent side: 64x64 for SD3 at 1024 px) and
     their last axis is the text sequence: CLIP's 77 positions (`find_token_indices` on `pipe.tokenizer`), then
     T5's. `stop_after_last` and `keep_heads` as in `capture_cross_attention`. Yields the `AttentionStore`."""
-    names = joint_attention_layers(transformer, blocks)
+    names = transformer_attention_layers(transformer, blocks)
     store = AttentionStore(names, transformer.config.patch_size, stop_after_last, keep_heads)
     with _capturing(transformer, store, CaptureJointAttnProcessor, "hidden_states"):
         yield store
 
 
+def is_cross_attention_transformer(model) -> bool:
+    """Whether `model` is a DiT whose blocks cross-attend to the text (PixArt's), all at one resolution."""
+    from diffusers import PixArtTransformer2DModel
+
+    return isinstance(model, PixArtTransformer2DModel)
+
+
+@contextmanager
+def capture_transformer_cross_attention(transformer, blocks=None, stop_after_last: bool = False,
+                                        keep_heads: bool = False):
+    """Capture the cross-attention maps (`attn2`) of a DiT's blocks `blocks` (default: all, averaged): PixArt's,
+    over T5's tokens (padding masked: its columns are zero). The maps are at the patch grid (1/patch_size of the
+    latent side); `stop_after_last` and `keep_heads` as in `capture_cross_attention`. Yields the store."""
+    names = transformer_attention_layers(transformer, blocks)
+    store = AttentionStore(names, transformer.config.patch_size, stop_after_last, keep_heads)
+    with _capturing(transformer, store, CaptureAttnProcessor, "hidden_states"):
+        yield store
+
+
 def capture_attention(model, map_downscale: int = 4, stop_after_last: bool = False, keep_heads: bool = False,
                       joint_blocks=None):
-    """The text maps of a denoiser: a UNet's cross-attention at 1/`map_downscale` of the latent side, or SD3's
-    joint attention in `joint_blocks` (default: all; its maps are at the patch grid whatever `map_downscale`)."""
+    """The text maps of a denoiser: a UNet's cross-attention at 1/`map_downscale` of the latent side, SD3's joint
+    attention or PixArt's cross-attention in the blocks `joint_blocks` (default: all; their maps are at the patch
+    grid whatever `map_downscale`)."""
     if is_joint_transformer(model):
         return capture_joint_attention(model, joint_blocks, stop_after_last, keep_heads)
+    if is_cross_attention_transformer(model):
+        return capture_transformer_cross_attention(model, joint_blocks, stop_after_last, keep_heads)
     if joint_blocks is not None:
-        raise ValueError("joint_blocks chooses SD3's joint blocks; a UNet's maps are chosen by map_downscale")
+        raise ValueError("joint_blocks chooses a transformer's blocks; a UNet's maps are chosen by map_downscale")
     return capture_cross_attention(model, map_downscale, stop_after_last, keep_heads)
 
 

@@ -8,7 +8,8 @@ trained `attn2.to_k` (docs/backbones.md).
 
 SD3 (an MMDiT, `pipe.transformer`) takes the prompt embeddings of CLIP-L, CLIP-G and T5 as one sequence and their
 pooled projections, and is trained by flow matching rather than DDPM (`FlowMatchingForward`). Its maps and trained
-keys come from joint attention (`sae.attention.capture_joint_attention`, `add_k_proj`).
+keys come from joint attention (`sae.attention.capture_joint_attention`, `add_k_proj`). PixArt (a DiT) cross-attends
+to T5's tokens under a padding mask: SD's `attn2` recipe at its patch grid, with T5's positions (no start token).
 """
 
 from __future__ import annotations
@@ -22,9 +23,9 @@ import torch
 from .models import model_family
 
 # The families the attention methods (SepEn and its training, A&E, the test-time variant) run on
-METHOD_FAMILIES = ("sd", "sdxl", "sd3")
+METHOD_FAMILIES = ("sd", "sdxl", "sd3", "pixart")
 # Those of them whose maps are a designed experiment, unvalidated on real weights: every report marks the methods
-EXPERIMENTAL_FAMILIES = ("sd3",)
+EXPERIMENTAL_FAMILIES = ("sd3", "pixart")
 UNET_FAMILIES = ("sd", "sdxl")  # maps of a UNet's cross-attention, the ones the pictures of maps draw
 
 
@@ -78,6 +79,18 @@ def conditioning(pipe, prompts: list[str], height: int | None = None,
                                                           device=pipe.transformer.device, num_images_per_prompt=1,
                                                           do_classifier_free_guidance=False)
             return embeddings, {"pooled_projections": pooled}
+        if family == "pixart":  # T5's tokens with their padding mask, and the size conditions
+            device = pipe.transformer.device
+            embeddings, mask, _, _ = pipe.encode_prompt(prompts, do_classifier_free_guidance=False,
+                                                        num_images_per_prompt=1, device=device)
+            sizes = {"resolution": None, "aspect_ratio": None}  # PixArt-Sigma's: none
+            if type(pipe).__name__ == "PixArtAlphaPipeline" and pipe.transformer.config.sample_size == 128:
+                side = pipe.transformer.config.sample_size * pipe.vae_scale_factor  # PixArt-Alpha 1024's
+                height, width = height or side, width or side
+                sizes = {"resolution": torch.tensor([[height, width]] * len(prompts)),
+                         "aspect_ratio": torch.tensor([[height / width]] * len(prompts))}
+                sizes = {k: v.to(dtype=embeddings.dtype, device=device) for k, v in sizes.items()}
+            return embeddings, {"encoder_attention_mask": mask, "added_cond_kwargs": sizes}
     raise ValueError(f"the methods condition {', '.join(METHOD_FAMILIES)} models, not {family} (docs/backbones.md)")
 
 
@@ -88,7 +101,9 @@ class DenoiserPass:
 
     `scale_input`: the sampler's input scaling where the pipeline applies it (SDXL's Euler divides by
     sqrt(sigma^2 + 1); SD's samplers leave the input as it is). `text_length`: the token positions the maps are read
-    at, where the text sequence is longer: SD3's CLIP positions (77), before T5's.
+    at, where the text sequence is longer: SD3's CLIP positions (77), before T5's; PixArt's prompt tokens, before
+    T5's masked padding. `start_token`: whether position 0 is a start token (CLIP's), as Attend-and-Excite's maps
+    expect; T5 has none, so its maps are read with an empty start column in front (`text_maps`, `text_groups`).
     """
 
     network: torch.nn.Module
@@ -96,24 +111,30 @@ class DenoiserPass:
     kwargs: dict = field(default_factory=dict)
     scale_input: Callable | None = None
     text_length: int | None = None
+    start_token: bool = True
 
     def __call__(self, latents: torch.Tensor, t: torch.Tensor):
         """The denoiser's output at `latents` (of any precision: the pass runs in the pipeline's)."""
         latents = latents.to(self.text.dtype)
         sample = self.scale_input(latents, t) if self.scale_input is not None else latents
-        if self.text_length is not None:  # SD3's transformer: a timestep per image, as its pipeline passes it
-            return self.network(hidden_states=sample, timestep=t.expand(len(sample)), encoder_hidden_states=self.text,
+        if self.text_length is not None:  # a transformer: a timestep per image, as its pipeline passes it
+            return self.network(sample, timestep=t.expand(len(sample)), encoder_hidden_states=self.text,
                                 **self.kwargs)
         return self.network(sample, t, encoder_hidden_states=self.text, **self.kwargs)
 
     def text_maps(self, maps: torch.Tensor) -> torch.Tensor:
-        """Captured maps `(batch, H, W, tokens)` at the positions the token finder reads: SD3's first 77 (CLIP's),
-        each pixel's share renormalised over them, as a UNet's maps sum to one over CLIP's tokens; others as they
-        are."""
+        """Captured maps `(batch, H, W, tokens)` at the positions the token finder reads, each pixel's share
+        renormalised over them, as a UNet's maps sum to one over CLIP's tokens: SD3's first 77 (CLIP's), PixArt's
+        prompt tokens behind an empty start column; a UNet's as they are."""
         if self.text_length is None:
             return maps
-        clip = maps[..., :self.text_length]
-        return clip / clip.sum(dim=-1, keepdim=True)
+        text = maps[..., :self.text_length]
+        text = text / text.sum(dim=-1, keepdim=True)
+        return text if self.start_token else torch.nn.functional.pad(text, (1, 0))
+
+    def text_groups(self, token_groups):
+        """The object token positions in `text_maps`' columns."""
+        return token_groups if self.start_token else [[i + 1 for i in group] for group in token_groups]
 
 
 def schedule_kwargs(pipe, height: int, width: int) -> dict:
@@ -140,4 +161,19 @@ def guidance_pass(pipe, prompt: str, batch: int, height: int, width: int) -> Den
     text, kwargs = conditioning(pipe, [prompt] * batch, height, width)
     if family == "sdxl":
         return DenoiserPass(pipe.unet, text, kwargs, pipe.scheduler.scale_model_input)
+    if family == "pixart":  # the prompt's T5 tokens (its end token included), as the mask gives them
+        return DenoiserPass(pipe.transformer, text, kwargs, text_length=int(kwargs["encoder_attention_mask"][0].sum()),
+                            start_token=False)
     return DenoiserPass(pipe.transformer, text, kwargs, text_length=pipe.tokenizer.model_max_length)  # sd3
+
+
+def sampled_size(pipe, height: int, width: int) -> tuple[int, int]:
+    """The size the pipeline samples at when asked for `height` x `width` (PixArt samples at the nearest of its
+    aspect-ratio bins and resizes the image after; the others at the size asked)."""
+    if model_family(pipe) != "pixart":
+        return height, width
+    from diffusers.pipelines.pixart_alpha import pipeline_pixart_sigma as pixart
+
+    bins = {256: pixart.ASPECT_RATIO_2048_BIN, 128: pixart.ASPECT_RATIO_1024_BIN, 64: pixart.ASPECT_RATIO_512_BIN,
+            32: pixart.ASPECT_RATIO_256_BIN}[pipe.transformer.config.sample_size]
+    return pipe.image_processor.classify_height_width_bin(height, width, ratios=bins)

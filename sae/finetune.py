@@ -32,8 +32,9 @@ import torch
 from torch.func import functional_call
 from tqdm.auto import tqdm
 
-from .attention import (MAP_KINDS, StopForward, capture_attention, cross_attention_layers, is_joint_transformer,
-                        joint_attention_layers, object_maps)
+from .attention import (MAP_KINDS, StopForward, capture_attention, cross_attention_layers,
+                        is_cross_attention_transformer, is_joint_transformer, object_maps,
+                        transformer_attention_layers)
 from .backbones import FlowMatchingForward, conditioning, denoiser
 from .checkpoint import base_fingerprints, load_delta, save_delta
 from .files import atomic_path
@@ -431,15 +432,16 @@ def _write_losses(path: Path, history: list[dict]) -> None:
 
 
 def check_maps_fit(network, config: FinetuneConfig) -> None:
-    """The map settings the denoiser reads: a UNet's resolution (map_downscale), or SD3's joint blocks."""
-    if is_joint_transformer(network):
+    """The map settings the denoiser reads: a UNet's resolution (map_downscale), or a transformer's blocks (SD3's
+    joint blocks, PixArt's cross-attending ones: `joint_blocks`)."""
+    if is_joint_transformer(network) or is_cross_attention_transformer(network):
         default = FinetuneConfig.__dataclass_fields__["map_downscale"].default
         if config.map_downscale != default:
-            raise ValueError(f"map_downscale {config.map_downscale}: SD3's maps are at its patch grid in every block; "
-                             "choose the blocks with joint_blocks instead")
-        joint_attention_layers(network, config.joint_blocks)  # blocks the transformer has
+            raise ValueError(f"map_downscale {config.map_downscale}: a transformer's maps are at its patch grid in "
+                             "every block; choose the blocks with joint_blocks instead")
+        transformer_attention_layers(network, config.joint_blocks)  # blocks the transformer has
     elif config.joint_blocks is not None:
-        raise ValueError("joint_blocks chooses SD3's joint blocks; a UNet's maps are chosen by map_downscale")
+        raise ValueError("joint_blocks chooses SD3's or PixArt's blocks; a UNet's maps are chosen by map_downscale")
     else:
         cross_attention_layers(network, config.map_downscale)  # layers at that resolution
 

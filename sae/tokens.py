@@ -3,7 +3,8 @@
 The public SepEn release hard-codes positions per template (and gets one template wrong); here they come from
 the tokenizer itself. CLIP's BPE encodes each word on its own, so an object's tokens are a contiguous run of the
 prompt's ids: a word split into several sub-tokens ("hippopotamus" -> hippo, potam, us) yields all of them, and
-its map is the mean of theirs (see `sae.attention.object_maps`).
+its map is the mean of theirs (see `sae.attention.object_maps`). T5's SentencePiece (PixArt) does the same with
+`▁`-prefixed pieces and has no start token: its positions count from the first word.
 """
 
 from __future__ import annotations
@@ -33,7 +34,7 @@ def strip_article(phrase: str) -> str:
 
 
 def find_token_indices(tokenizer, prompt: str, objects: list[str]) -> list[list[int]]:
-    """Token positions of each object word or phrase in `prompt` (position 0 is the start token).
+    """Token positions of each object word or phrase in `prompt` (position 0 is CLIP's start token; T5 has none).
 
     Leading articles of an object ("a cat") are dropped. An object listed twice takes the prompt's occurrences
     in order ("a cat and a cat" with objects cat, cat -> the first and the second cat). Matching is on whole
@@ -42,6 +43,7 @@ def find_token_indices(tokenizer, prompt: str, objects: list[str]) -> list[list[
     if not objects:
         raise PromptError(f"no object words given for prompt {prompt!r}")
     ids = encode_prompt_ids(tokenizer, prompt)
+    first = 1 if ids and tokenizer.bos_token_id is not None and ids[0] == tokenizer.bos_token_id else 0
     used: set[int] = set()
     groups = []
     for obj in objects:
@@ -49,7 +51,7 @@ def find_token_indices(tokenizer, prompt: str, objects: list[str]) -> list[list[
         sub = tokenizer(phrase, add_special_tokens=False).input_ids if phrase else []
         if not sub:
             raise PromptError(f"object {obj!r} has no tokens: give a word of the prompt {prompt!r}")
-        starts = [s for s in range(1, len(ids) - len(sub) + 1) if ids[s:s + len(sub)] == sub]
+        starts = [s for s in range(first, len(ids) - len(sub) + 1) if ids[s:s + len(sub)] == sub]
         free = [s for s in starts if not used.intersection(range(s, s + len(sub)))]
         if not free:
             if starts:

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from sae.attention import (CaptureJointAttnProcessor, StopForward, capture_attention, capture_joint_attention,
-                           joint_attention_layers, object_maps)
+                           transformer_attention_layers, object_maps)
 from sae.backbones import conditioning
 from sae.finetune import ConceptPair, FinetuneConfig, finetune, sepen_losses, trainable_parameters
 from sae.models import load_pipeline
@@ -88,14 +88,14 @@ def test_capture_leaves_the_output_unchanged_and_restores_the_processors(sd3, bl
             captured = run(transformer, latents, t, text, extra)
             during = transformer.attn_processors
         after = run(transformer, latents, t, text, extra)
-    names = joint_attention_layers(transformer, blocks)
+    names = transformer_attention_layers(transformer, blocks)
     assert sorted(store.by_layer) == names and len(names) == (2 if blocks is None else 1)
     assert all(isinstance(during[n], CaptureJointAttnProcessor) for n in names)
     torch.testing.assert_close(captured, reference, atol=1e-5, rtol=1e-5)
     assert torch.equal(after, reference)
     assert all(transformer.attn_processors[n] is p for n, p in before.items())
     with pytest.raises(ValueError, match="do not fit"):
-        joint_attention_layers(transformer, [2])
+        transformer_attention_layers(transformer, [2])
 
 
 def test_stop_after_last_skips_the_rest_of_the_transformer(sd3):
