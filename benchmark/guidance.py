@@ -20,7 +20,6 @@ gives no other.
 from __future__ import annotations
 
 import inspect
-
 from dataclasses import dataclass, field
 from collections.abc import Callable
 

@@ -43,6 +43,21 @@ def tiny_model_dir(tmp_path_factory):
     return write_tiny_model(tmp_path_factory.mktemp("models") / "tiny")
 
 
+@pytest.fixture(scope="session")
+def tiny_models(tmp_path_factory):
+    """Tiny models of the other families by `--arch` (sd2, sdxl, sd3, pixart, flux), each written once."""
+    from sae.models import write_tiny_model
+
+    made = {}
+
+    def model(arch):
+        if arch not in made:
+            made[arch] = write_tiny_model(tmp_path_factory.mktemp("models") / arch, arch=arch)
+        return made[arch]
+
+    return model
+
+
 @pytest.fixture
 def tiny_pipe(tiny_model_dir):
     """A fresh pipeline per test (tests train it in place)."""

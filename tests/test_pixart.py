@@ -7,36 +7,24 @@ import pytest
 import torch
 
 from sae.attention import capture_attention, object_maps
-from sae.backbones import conditioning, guidance_pass, sampled_size
+from sae.backbones import guidance_pass, sampled_size
 from sae.finetune import ConceptPair, FinetuneConfig, finetune, sepen_losses, trainable_parameters
 from sae.models import load_pipeline
 from sae.sampling import seed_generators
 from sae.tokens import find_token_indices
+from transformer_batches import run, training_batch
 
 PAIR = ConceptPair("a cat and a dog", ["cat", "dog"])
 
 
-@pytest.fixture(scope="module")
-def pixart_dir(tmp_path_factory):
-    from sae.models import write_tiny_model
-
-    return write_tiny_model(tmp_path_factory.mktemp("models") / "pixart", arch="pixart")
-
-
 @pytest.fixture
-def pixart(pixart_dir):
+def pixart(tiny_models):
     """A fresh pipeline per test (tests train it in place)."""
-    return load_pipeline(pixart_dir, device="cpu")
+    return load_pipeline(tiny_models("pixart"), device="cpu")
 
 
-def inputs(pipe, prompts, seed=0):
-    latents = torch.randn(len(prompts), 4, 32, 32, generator=torch.Generator().manual_seed(seed))
-    text, extra = conditioning(pipe, prompts)
-    return latents, torch.tensor([500] * len(prompts)), text, extra
-
-
-def run(transformer, latents, t, text, extra):
-    return transformer(latents, timestep=t, encoder_hidden_states=text, **extra).sample
+def inputs(pipe, prompts):
+    return training_batch(pipe, prompts, channels=4)
 
 
 def test_t5_positions_count_from_the_first_word(pixart):
@@ -82,11 +70,12 @@ def test_gradients_reach_the_cross_attention_keys_and_nothing_else(pixart):
     assert [n for n, p in transformer.named_parameters() if p.grad is not None and n not in params] == []
 
 
-def test_finetune_changes_only_the_keys_and_sae_train_writes_a_checkpoint_that_loads_back(pixart_dir, tmp_path,
+def test_finetune_changes_only_the_keys_and_sae_train_writes_a_checkpoint_that_loads_back(tiny_models, tmp_path,
                                                                                           capsys):
     from sae.checkpoint import BaseModelMismatchError, apply_delta, load_delta
     from sae.cli import main
 
+    pixart_dir = tiny_models("pixart")
     pipe = load_pipeline(pixart_dir, device="cpu")
     before = {n: p.detach().clone() for n, p in pipe.transformer.named_parameters()}
     finetune(pipe, PAIR, FinetuneConfig(steps=2, batch_size=2, learning_rate=1e-2, lambda_norm=0.5), progress=False)

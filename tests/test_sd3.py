@@ -11,15 +11,14 @@ from sae.backbones import conditioning
 from sae.finetune import ConceptPair, FinetuneConfig, finetune, sepen_losses, trainable_parameters
 from sae.models import load_pipeline
 from sae.tokens import find_token_indices
+from transformer_batches import run, training_batch
 
 PAIR = ConceptPair("a cat and a dog", ["cat", "dog"])
 
 
 @pytest.fixture(scope="module")
-def sd3_dir(tmp_path_factory):
-    from sae.models import write_tiny_model
-
-    return write_tiny_model(tmp_path_factory.mktemp("models") / "sd3", arch="sd3")
+def sd3_dir(tiny_models):
+    return tiny_models("sd3")
 
 
 @pytest.fixture
@@ -29,13 +28,7 @@ def sd3(sd3_dir):
 
 
 def transformer_inputs(pipe, prompts, seed=0):
-    latents = torch.randn(len(prompts), 16, 32, 32, generator=torch.Generator().manual_seed(seed))
-    text, extra = conditioning(pipe, prompts)
-    return latents, torch.tensor([500] * len(prompts)), text, extra
-
-
-def run(transformer, latents, t, text, extra):
-    return transformer(latents, timestep=t, encoder_hidden_states=text, **extra).sample
+    return training_batch(pipe, prompts, channels=16, seed=seed)
 
 
 def test_maps_of_every_joint_block_sum_to_one_over_the_text_tokens(sd3):

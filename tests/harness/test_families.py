@@ -16,21 +16,6 @@ from sae.models import load_pipeline, model_family
 
 
 @pytest.fixture(scope="module")
-def tiny_models(tmp_path_factory):
-    """Tiny models by `--arch`, each written once for the module."""
-    from sae.models import write_tiny_model
-
-    made = {}
-
-    def model(arch):
-        if arch not in made:
-            made[arch] = write_tiny_model(tmp_path_factory.mktemp("models") / arch, arch=arch)
-        return made[arch]
-
-    return model
-
-
-@pytest.fixture(scope="module")
 def tiny_sdxl(tiny_models):
     return tiny_models("sdxl")
 
