@@ -29,7 +29,7 @@ from sae.checkpoint import (apply_delta, base_fingerprints, check_base_model, ch
                             require_same_base)
 from sae.finetune import (ConceptPair, FinetuneConfig, check_maps_fit, finetune, release_pair_prompt,
                           trainable_projections)
-from sae.options import add_flags, flag_fields, given_flags, option, same_option
+from sae.options import add_flags, flag_fields, flag_name, given_flags, option, same_option
 from sae.sampling import DEFAULT_GUIDANCE, DEFAULT_STEPS, seed_generators
 from sae.speed import has_bf16
 from sae.tokens import find_token_indices
@@ -410,10 +410,12 @@ class SepEn(Method):
             check_base_model(denoiser(context.pipe), delta)
             self.checkpoint_sha256 = delta.digest()
             return
-        try:  # per-prompt finetuning reads the maps at this size (SD3: in its joint blocks)
+        try:  # the maps per-prompt finetuning reads fit the model (a UNet's resolution, a transformer's blocks)
             check_maps_fit(denoiser(context.pipe), self.finetune_config())
-        except ValueError as err:
-            raise ValueError(f"--sepen-map-downscale {self.options.map_downscale}: {err}") from None
+        except ValueError as err:  # named by its flag ("map_downscale 16: ..." -> "--sepen-map-downscale 16: ...")
+            setting, _, rest = str(err).partition(" ")
+            flags = {f.name: flag_name(f, self.flag_prefix()) for f in flag_fields(SepEnOptions)}
+            raise ValueError(f"{flags.get(setting, 'SepEn ' + setting)} {rest}") from None
 
     def prepare(self, context, prompts):
         if self.options.checkpoint is not None:

@@ -433,17 +433,26 @@ def _write_losses(path: Path, history: list[dict]) -> None:
 
 def check_maps_fit(network, config: FinetuneConfig) -> None:
     """The map settings the denoiser reads: a UNet's resolution (map_downscale), or a transformer's blocks (SD3's
-    joint blocks, PixArt's cross-attending ones: `joint_blocks`)."""
+    joint blocks, PixArt's cross-attending ones: `joint_blocks`). A refusal begins with the setting's name."""
     if is_joint_transformer(network) or is_cross_attention_transformer(network):
         default = FinetuneConfig.__dataclass_fields__["map_downscale"].default
         if config.map_downscale != default:
             raise ValueError(f"map_downscale {config.map_downscale}: a transformer's maps are at its patch grid in "
                              "every block; choose the blocks with joint_blocks instead")
-        transformer_attention_layers(network, config.joint_blocks)  # blocks the transformer has
+        if config.maps == "sharpened":  # (the latent guidance reads them so, through `backbones.DenoiserPass`)
+            raise ValueError("maps sharpened: Attend-and-Excite's maps drop a start token and the last of CLIP's 77, "
+                             "which a transformer's text sequence does not end with; train on probs")
+        try:  # blocks the transformer has
+            transformer_attention_layers(network, config.joint_blocks)
+        except ValueError as err:
+            raise ValueError(f"joint_blocks {config.joint_blocks}: {err}") from None
     elif config.joint_blocks is not None:
         raise ValueError("joint_blocks chooses SD3's or PixArt's blocks; a UNet's maps are chosen by map_downscale")
     else:
-        cross_attention_layers(network, config.map_downscale)  # layers at that resolution
+        try:  # layers at that resolution
+            cross_attention_layers(network, config.map_downscale)
+        except ValueError as err:
+            raise ValueError(f"map_downscale {config.map_downscale}: {err}") from None
 
 
 def finetune(pipe, source: ConceptPair | ConceptPool, config: FinetuneConfig | None = None,

@@ -70,6 +70,15 @@ def test_gradients_reach_the_cross_attention_keys_and_nothing_else(pixart):
     assert [n for n, p in transformer.named_parameters() if p.grad is not None and n not in params] == []
 
 
+def test_settings_that_do_not_fit_a_transformer_are_refused(pixart):
+    with pytest.raises(ValueError, match="patch grid"):
+        finetune(pixart, PAIR, FinetuneConfig(steps=1, map_downscale=2), progress=False)
+    with pytest.raises(ValueError, match="maps sharpened"):  # T5 has no start token to drop
+        finetune(pixart, PAIR, FinetuneConfig(steps=1, maps="sharpened"), progress=False)
+    with pytest.raises(ValueError, match="do not fit"):
+        finetune(pixart, PAIR, FinetuneConfig(steps=1, joint_blocks=(5,)), progress=False)
+
+
 def test_finetune_changes_only_the_keys_and_sae_train_writes_a_checkpoint_that_loads_back(tiny_models, tmp_path,
                                                                                           capsys):
     from sae.checkpoint import BaseModelMismatchError, apply_delta, load_delta

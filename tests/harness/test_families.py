@@ -264,3 +264,17 @@ def test_plain_on_a_transformer_family_takes_the_prompts_its_encoders_take(tiny_
                      "0", "--steps", "2", "--out", str(out), "--no-progress", "--processes", "1"]) == 0, \
             capsys.readouterr().err
         assert (out / "report" / "index.html").is_file() and not list((out / "attention").glob("*.png"))
+
+
+def test_sepen_settings_that_do_not_fit_a_transformer_are_one_line_naming_the_flag(tiny_models, small_suite,
+                                                                                  tmp_path, capsys):
+    out, model = tmp_path / "run", tiny_models("pixart")
+    capsys.readouterr()  # (writing the model the first time prints its progress)
+    common = ["run", "--suite", str(small_suite), "--model", str(model), "--methods", "plain,sepen",
+              "--out", str(out), "--no-progress", "--processes", "1"]
+    for flags, expected in ((["--sepen-maps", "sharpened"], "error: --sepen-maps sharpened: Attend-and-Excite's maps"),
+                            (["--sepen-map-downscale", "2"], "error: --sepen-map-downscale 2: a transformer's maps")):
+        assert main(common + flags) == 2
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and err[0].startswith(expected), err
+        assert not out.exists()
