@@ -35,7 +35,8 @@ class DefaultsHelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
 
 
 def _add_runtime_args(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--model", required=True, help="hub id or local diffusers pipeline folder")
+    parser.add_argument("--model", required=True, help="hub id or local diffusers pipeline folder: SD 1.x/2.x, SDXL; "
+                                                        "SD3 and PixArt as an experiment (docs/backbones.md)")
     parser.add_argument("--device", default="auto", help="cuda, cpu, cuda:1, ... (default: cuda when present)")
 
 
