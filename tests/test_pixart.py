@@ -142,3 +142,21 @@ def test_latent_guidance_on_pixart_steps_the_latents_and_leaves_the_loop_as_it_i
     assert np.abs(np.asarray(unmoved, dtype=int) - np.asarray(plain, dtype=int)).max() <= 1
     moved_image = make(4, scale_factor=2000.0).generate(pixart, PAIR.prompt, groups, seed_generators([0]), 4, 4.5)[0]
     assert np.abs(np.asarray(moved_image, dtype=int) - np.asarray(plain, dtype=int)).max() > 1
+
+
+def test_large_scale_training_on_a_transformer_trains_its_text_keys(tiny_models, tmp_path):
+    """`sae train --concepts` (the large-scale run: a concept pool, the norm loss in its own step) on PixArt and SD3."""
+    import json
+
+    from sae.checkpoint import load_delta
+    from sae.cli import main
+
+    concepts = tmp_path / "concepts.json"
+    concepts.write_text(json.dumps(["cat", "dog", "bowl", "frog", "car", "chair", "bear", "book"]))
+    for arch, keys in (("pixart", ".attn2.to_k."), ("sd3", ".attn.add_k_proj.")):
+        out = tmp_path / arch
+        assert main(["train", "--model", str(tiny_models(arch)), "--concepts", str(concepts), "--steps", "2",
+                     "--batch-size", "2", "--out", str(out), "--no-progress"]) == 0
+        delta = load_delta(out / "sepen.safetensors")
+        assert delta.tensors and all(keys in name for name in delta.tensors)
+        assert delta.config["lambda_norm"] == 0.5 and delta.config["norm_step"] == "separate"  # the release's
