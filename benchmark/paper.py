@@ -68,13 +68,8 @@ def _cell(value: float | None, digits: int = 3) -> str:
 def method_name(run_dir: Path):
     """How the tables name a method of the run: marked where it is an experiment on the run's model."""
     config = read_run_config(run_dir) if (Path(run_dir) / CONFIG_NAME).exists() else {}  # (a bare summary: none)
-    experimental = config.get("experimental") or {}
-
-    def name(method: str) -> str:
-        shown = METHOD_NAMES.get(method, method)
-        return f"{shown} (experimental on {experimental[method]})" if method in experimental else shown
-
-    return name
+    labels = method_labels(config, METHOD_NAMES)
+    return lambda method: labels.get(method, METHOD_NAMES.get(method, method))
 
 
 def main_table(run_dir: Path, published: bool) -> str:

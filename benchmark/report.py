@@ -155,9 +155,11 @@ def paired_differences(rows: list[dict], method_order: list[str] | None = None,
     return pd.DataFrame(out) if out else empty
 
 
-def method_labels(config: dict) -> dict[str, str]:
-    """How the tables name a method: marked where it is an experiment on the run's model family (`experimental`)."""
-    return {method: f"{method} (experimental on {family})"
+def method_labels(config: dict, names: dict | None = None) -> dict[str, str]:
+    """How the tables name a method (its name, or its `names` entry) where it is an experiment on the run's model
+    family (`experimental`): "sepen (experimental on sd3)"."""
+    names = names or {}
+    return {method: f"{names.get(method, method)} (experimental on {family})"
             for method, family in (config.get("experimental") or {}).items()}
 
 
@@ -367,8 +369,9 @@ def write_report(run_dir: Path) -> pd.DataFrame:
     write_text_atomic(run_dir / "paired.csv", paired.to_csv(index=False))
     title = (f"# {config.get('suite')} on {model_label(config.get('model'))} "
              f"({config.get('domain', 'natural')} suites)\n\n")
-    if experimental_note(config):
-        title += experimental_note(config) + "\n\n"
+    note = experimental_note(config)
+    if note:
+        title += note + "\n\n"
     labels = method_labels(config)
     write_text_atomic(run_dir / "summary.md",
                       title + markdown_table(summary, labels) + paired_markdown(paired, labels)

@@ -7,9 +7,9 @@ the softmax probabilities explicitly and hands them to an `AttentionStore`. Ever
 costs nothing when it is off. No UNet forward is copied: everything goes through diffusers' own modules.
 
 SD3's MMDiT has no cross-attention: each joint block runs one softmax over image and text keys together.
-`capture_joint_attention(transformer)` records, for every image query, its probabilities on the text keys divided
-by their sum (docs/backbones.md, the SD3 plan), by default in every joint block; `capture_attention` picks the
-capture that fits the denoiser.
+`capture_transformer_attention(transformer)` records, for every image query, its probabilities on the text keys
+divided by their sum (docs/backbones.md, the SD3 plan), by default in every joint block, and PixArt's `attn2` maps
+in every block; `capture_attention` picks the capture that fits the denoiser.
 """
 
 from __future__ import annotations
@@ -277,18 +277,6 @@ class CaptureJointAttnProcessor:
         return hidden_states, encoder_hidden_states
 
 
-@contextmanager
-def capture_joint_attention(transformer, blocks=None, stop_after_last: bool = False, keep_heads: bool = False):
-    """Capture SD3's text maps in the joint blocks `blocks` (default: all; the store averages them) while the
-    context is open. The maps are at the patch grid (1/patch_size of the latent side: 64x64 for SD3 at 1024 px) and
-    their last axis is the text sequence: CLIP's 77 positions (`find_token_indices` on `pipe.tokenizer`), then
-    T5's. `stop_after_last` and `keep_heads` as in `capture_cross_attention`. Yields the `AttentionStore`."""
-    names = transformer_attention_layers(transformer, blocks)
-    store = AttentionStore(names, transformer.config.patch_size, stop_after_last, keep_heads)
-    with _capturing(transformer, store, CaptureJointAttnProcessor, "hidden_states"):
-        yield store
-
-
 def is_cross_attention_transformer(model) -> bool:
     """Whether `model` is a DiT whose blocks cross-attend to the text (PixArt's), all at one resolution."""
     from diffusers import PixArtTransformer2DModel
@@ -296,15 +284,23 @@ def is_cross_attention_transformer(model) -> bool:
     return isinstance(model, PixArtTransformer2DModel)
 
 
+def is_transformer(model) -> bool:
+    """Whether `model` is a transformer whose text maps are at its patch grid in every block (SD3's, PixArt's)."""
+    return is_joint_transformer(model) or is_cross_attention_transformer(model)
+
+
 @contextmanager
-def capture_transformer_cross_attention(transformer, blocks=None, stop_after_last: bool = False,
-                                        keep_heads: bool = False):
-    """Capture the cross-attention maps (`attn2`) of a DiT's blocks `blocks` (default: all, averaged): PixArt's,
-    over T5's tokens (padding masked: its columns are zero). The maps are at the patch grid (1/patch_size of the
-    latent side); `stop_after_last` and `keep_heads` as in `capture_cross_attention`. Yields the store."""
+def capture_transformer_attention(transformer, blocks=None, stop_after_last: bool = False, keep_heads: bool = False):
+    """Capture a transformer's text maps in the blocks `blocks` (default: all; the store averages them) while the
+    context is open: SD3's from its joint attention (`CaptureJointAttnProcessor`), PixArt's from its cross-attention
+    over T5's tokens (`attn2`; the padding is masked, so its columns are zero). The maps are at the patch grid
+    (1/patch_size of the latent side: 64x64 for SD3 at 1024 px); SD3's last axis is CLIP's 77 positions
+    (`find_token_indices` on `pipe.tokenizer`), then T5's. `stop_after_last` and `keep_heads` as in
+    `capture_cross_attention`. Yields the `AttentionStore`."""
     names = transformer_attention_layers(transformer, blocks)
     store = AttentionStore(names, transformer.config.patch_size, stop_after_last, keep_heads)
-    with _capturing(transformer, store, CaptureAttnProcessor, "hidden_states"):
+    processor = CaptureJointAttnProcessor if is_joint_transformer(transformer) else CaptureAttnProcessor
+    with _capturing(transformer, store, processor, "hidden_states"):
         yield store
 
 
@@ -313,10 +309,8 @@ def capture_attention(model, map_downscale: int = 4, stop_after_last: bool = Fal
     """The text maps of a denoiser: a UNet's cross-attention at 1/`map_downscale` of the latent side, SD3's joint
     attention or PixArt's cross-attention in the blocks `joint_blocks` (default: all; their maps are at the patch
     grid whatever `map_downscale`)."""
-    if is_joint_transformer(model):
-        return capture_joint_attention(model, joint_blocks, stop_after_last, keep_heads)
-    if is_cross_attention_transformer(model):
-        return capture_transformer_cross_attention(model, joint_blocks, stop_after_last, keep_heads)
+    if is_transformer(model):
+        return capture_transformer_attention(model, joint_blocks, stop_after_last, keep_heads)
     if joint_blocks is not None:
         raise ValueError("joint_blocks chooses a transformer's blocks; a UNet's maps are chosen by map_downscale")
     return capture_cross_attention(model, map_downscale, stop_after_last, keep_heads)

@@ -8,8 +8,9 @@ trained `attn2.to_k` (docs/backbones.md).
 
 SD3 (an MMDiT, `pipe.transformer`) takes the prompt embeddings of CLIP-L, CLIP-G and T5 as one sequence and their
 pooled projections, and is trained by flow matching rather than DDPM (`FlowMatchingForward`). Its maps and trained
-keys come from joint attention (`sae.attention.capture_joint_attention`, `add_k_proj`). PixArt (a DiT) cross-attends
-to T5's tokens under a padding mask: SD's `attn2` recipe at its patch grid, with T5's positions (no start token).
+keys come from joint attention (`sae.attention.capture_transformer_attention`, `add_k_proj`). PixArt (a DiT)
+cross-attends to T5's tokens under a padding mask: SD's `attn2` recipe at its patch grid, with T5's positions (no
+start token).
 """
 
 from __future__ import annotations

@@ -12,8 +12,9 @@ results/shapes/sepen_lr_sweep.md).
 The optional norm loss compares noise predictions with the frozen base on single-concept prompts; it needs the
 whole UNet, and the frozen base is the same module called with the original projection weights
 (`torch.func.functional_call`), not a second copy of the UNet.
-On SD3 the same steps run on its transformer: the maps of every joint block (`sae.attention.capture_joint_attention`)
-and the flow-matching forward process (`sae.backbones.FlowMatchingForward`).
+On SD3 the same steps run on its transformer: the maps of every joint block
+(`sae.attention.capture_transformer_attention`) and the flow-matching forward process
+(`sae.backbones.FlowMatchingForward`); on PixArt, the maps of every block's `attn2`.
 """
 
 from __future__ import annotations
@@ -33,8 +34,7 @@ from torch.func import functional_call
 from tqdm.auto import tqdm
 
 from .attention import (MAP_KINDS, StopForward, capture_attention, cross_attention_layers,
-                        is_cross_attention_transformer, is_joint_transformer, object_maps,
-                        transformer_attention_layers)
+                        is_joint_transformer, is_transformer, object_maps, transformer_attention_layers)
 from .backbones import FlowMatchingForward, conditioning, denoiser
 from .checkpoint import base_fingerprints, load_delta, save_delta
 from .files import atomic_path
@@ -434,7 +434,7 @@ def _write_losses(path: Path, history: list[dict]) -> None:
 def check_maps_fit(network, config: FinetuneConfig) -> None:
     """The map settings the denoiser reads: a UNet's resolution (map_downscale), or a transformer's blocks (SD3's
     joint blocks, PixArt's cross-attending ones: `joint_blocks`). A refusal begins with the setting's name."""
-    if is_joint_transformer(network) or is_cross_attention_transformer(network):
+    if is_transformer(network):
         default = FinetuneConfig.__dataclass_fields__["map_downscale"].default
         if config.map_downscale != default:
             raise ValueError(f"map_downscale {config.map_downscale}: a transformer's maps are at its patch grid in "

@@ -5,7 +5,7 @@ Attend-and-Excite's and the test-time variant's latent steps through SD3's own p
 import pytest
 import torch
 
-from sae.attention import (CaptureJointAttnProcessor, StopForward, capture_attention, capture_joint_attention,
+from sae.attention import (CaptureJointAttnProcessor, StopForward, capture_attention, capture_transformer_attention,
                            transformer_attention_layers, object_maps)
 from sae.backbones import conditioning
 from sae.finetune import ConceptPair, FinetuneConfig, finetune, sepen_losses, trainable_parameters
@@ -53,7 +53,7 @@ def test_a_map_is_the_joint_softmax_on_a_text_key_over_the_pixels_total_on_the_t
     attn.register_forward_pre_hook(lambda m, a, kw: seen.update(x=kw["hidden_states"], ctx=kw["encoder_hidden_states"]),
                                    with_kwargs=True)
     latents, t, text, extra = transformer_inputs(sd3, ["a cat and a dog"])
-    with torch.no_grad(), capture_joint_attention(transformer) as store:
+    with torch.no_grad(), capture_transformer_attention(transformer) as store:
         run(transformer, latents, t, text, extra)
         got = store.by_layer["transformer_blocks.0.attn.processor"]
         heads = attn.heads
@@ -77,7 +77,7 @@ def test_capture_leaves_the_output_unchanged_and_restores_the_processors(sd3, bl
     latents, t, text, extra = transformer_inputs(sd3, ["a cat and a dog", "a red car"])
     with torch.no_grad():
         reference = run(transformer, latents, t, text, extra)
-        with capture_joint_attention(transformer, blocks) as store:
+        with capture_transformer_attention(transformer, blocks) as store:
             captured = run(transformer, latents, t, text, extra)
             during = transformer.attn_processors
         after = run(transformer, latents, t, text, extra)
@@ -96,7 +96,7 @@ def test_stop_after_last_skips_the_rest_of_the_transformer(sd3):
     calls = []
     transformer.transformer_blocks[1].register_forward_pre_hook(lambda *a: calls.append("block 1"))
     latents, t, text, extra = transformer_inputs(sd3, ["a cat and a dog"])
-    with torch.no_grad(), capture_joint_attention(transformer, [0], stop_after_last=True) as store:
+    with torch.no_grad(), capture_transformer_attention(transformer, [0], stop_after_last=True) as store:
         with pytest.raises(StopForward):
             run(transformer, latents, t, text, extra)
     assert list(store.by_layer) == ["transformer_blocks.0.attn.processor"] and calls == []
